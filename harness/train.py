@@ -1,0 +1,181 @@
+"""The one generic trainer and the checkpoint cache.
+
+``obtain(name, cfg, ...)`` returns a trained method: from the cache when a checkpoint
+with the same key exists, else by training it (after obtaining its ``init_from``
+parent). The key hashes (method, method options, resolved config, seed, dataset and
+the parent's key). Checkpoints are written atomically; a per-epoch resume file means an
+interrupted training continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from harness import backbones, device as dev
+from harness.config import RunConfig, config_hash, with_train_overrides
+from harness.data import Split
+from harness.errors import UserError
+from methods.base import METHODS, Method
+
+#: bump when a change invalidates cached checkpoints
+CACHE_VERSION = 1
+
+
+@dataclass
+class Trained:
+    """A trained method and how it was obtained."""
+
+    method: Method
+    key: str
+    cfg: RunConfig
+    cached: bool
+    train_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def method_config(name: str, cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the method's registered trainer overrides applied."""
+    return with_train_overrides(cfg, METHODS.entry(name).meta.get("train", {}))
+
+
+def build_method(name: str, cfg: RunConfig, split: Split, **options: Any) -> Method:
+    """Instantiate method ``name`` on a fresh backbone (seeded by ``cfg.seed``)."""
+    entry = METHODS.entry(name)
+    if entry.meta.get("needs_boxes") and not split.info.has_boxes:
+        raise UserError(f"method {name!r} needs bounding boxes; dataset "
+                        f"{split.info.name!r} has none")
+    torch.manual_seed(cfg.seed)
+    bb = backbones.build(cfg.backbone, split.info.num_classes, **cfg.backbone_kwargs)
+    return entry.obj(bb, split.info, **options)
+
+
+def cache_key(name: str, cfg: RunConfig, options: dict[str, Any]) -> str:
+    """Checkpoint key of ``name`` (recursively includes its ``init_from`` parents)."""
+    entry = METHODS.entry(name)
+    parent = entry.meta.get("init_from")
+    mcfg = method_config(name, cfg)
+    payload = {"method": name, "options": options, "version": CACHE_VERSION,
+               "dataset": mcfg.dataset, "dataset_kwargs": mcfg.dataset_kwargs,
+               "backbone": mcfg.backbone, "backbone_kwargs": mcfg.backbone_kwargs,
+               "train": dataclasses.asdict(mcfg.train), "seed": mcfg.seed,
+               "parent": cache_key(parent, cfg, {}) if parent else None}
+    return config_hash(payload)
+
+
+def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
+           cache_dir: Path | None, *, progress: bool = True,
+           options: dict[str, Any] | None = None,
+           _memo: dict[str, Trained] | None = None) -> Trained:
+    """A trained ``name``: loaded from ``cache_dir`` if present, else trained there.
+
+    Args:
+        cache_dir: where checkpoints live; None disables caching.
+        options: method constructor options (part of the cache key).
+    """
+    options = dict(options or {})
+    memo = _memo if _memo is not None else {}
+    key = cache_key(name, cfg, options)
+    if key in memo:
+        return memo[key]
+    mcfg = method_config(name, cfg)
+    model = build_method(name, mcfg, train_split, **options)
+    path = cache_dir / f"{name}-{key}.pt" if cache_dir else None
+    if path is not None and path.exists():
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(blob["state_dict"])
+        dev.prepare(model, device).eval()
+        result = Trained(model, key, mcfg, True, blob["train_seconds"], blob["history"])
+        memo[key] = result
+        return result
+    parent = METHODS.entry(name).meta.get("init_from")
+    if parent:
+        p = obtain(parent, cfg, train_split, device, cache_dir, progress=progress, _memo=memo)
+        model.load_parent({k: v.cpu() for k, v in p.method.state_dict().items()})
+    dev.prepare(model, device)
+    t0 = time.perf_counter()
+    history = fit(model, mcfg, train_split, device, progress=progress,
+                  resume=path.with_suffix(".partial") if path else None)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    if path is not None and mcfg.train.epochs > 0:
+        _atomic_save({"state_dict": model.state_dict(), "train_seconds": seconds,
+                      "history": history, "method": name, "config": mcfg.to_dict()}, path)
+    result = Trained(model, key, mcfg, False, seconds, history)
+    memo[key] = result
+    return result
+
+
+def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
+        progress: bool = True, resume: Path | None = None) -> list[dict[str, float]]:
+    """Train ``model`` on ``split`` with SGD + multi-step LR; returns per-epoch logs.
+
+    The method's own ``training_step`` does the forward, loss and backward(s); this loop
+    only feeds batches, steps the LR schedules and writes the resume file.
+    """
+    tc = cfg.train
+    if tc.epochs <= 0:
+        return []
+    optimizers = model.configure_optimizers(tc)
+    milestones = sorted({max(1, round(f * tc.epochs)) for f in tc.milestones})
+    schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, milestones, tc.gamma)
+                  for o in optimizers]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(split.dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True,
+                        generator=gen, num_workers=0, pin_memory=dev.pin_memory(device))
+    if len(loader) == 0:
+        raise UserError(f"training split has {len(split.dataset)} samples, fewer than "  # type: ignore[arg-type]
+                        f"one batch of {tc.batch_size}")
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if resume is not None and resume.exists():
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        for o, s in zip(optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)
+        for sch, s in zip(schedulers, state["schedulers"], strict=True):
+            sch.load_state_dict(s)
+        gen.set_state(state["generator"])
+        history, start_epoch = state["history"], state["epoch"]
+    name = type(model).name or type(model).__name__
+    for epoch in range(start_epoch, tc.epochs):
+        model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{tc.epochs}", leave=False,
+                   disable=not progress, dynamic_ncols=True)
+        for i, batch in enumerate(bar, 1):
+            batch = dev.to_device(batch, device)
+            with dev.autocast(device):
+                logs = model.training_step(batch, optimizers)
+            for k, v in logs.items():
+                if not torch.isfinite(torch.tensor(v)):
+                    raise FloatingPointError(f"{name}: non-finite {k} at epoch {epoch + 1}")
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v / i:.3f}" for k, v in sums.items()})
+        for sch in schedulers:
+            sch.step()
+        history.append({"epoch": epoch + 1, **{k: v / len(loader) for k, v in sums.items()}})
+        if resume is not None and epoch + 1 < tc.epochs:
+            _atomic_save({"model": model.state_dict(),
+                          "optimizers": [o.state_dict() for o in optimizers],
+                          "schedulers": [s.state_dict() for s in schedulers],
+                          "generator": gen.get_state(), "history": history,
+                          "epoch": epoch + 1}, resume)
+    if resume is not None and resume.exists():
+        resume.unlink()
+    return history
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,109 @@
+"""Attention Branch Network (Fukui et al., CVPR 2019; ``abn-2019-*.txt``).
+
+Feature extractor g(x) -> attention branch -> attention map M(x) -> perception branch
+on g'(x) = (1 + M(x)) * g(x) (Eq. 2, the paper's default) or M(x) * g(x) (Eq. 1).
+Loss L = L_att + L_per (Eq. 3), both cross-entropy; the prediction is the perception
+branch's.
+
+The attention branch follows the authors' released code rather than the paper's text
+where they differ: the K maps are aggregated into M by a 3x3 convolution (no bias)
+followed by batch norm and a sigmoid, where Sec. 3.2 describes a 1x1x1 convolution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.backbones import SplitBackbone, stride1_copy
+from harness.data import DatasetInfo
+from methods.base import Method, Output, register_method, upsample
+
+
+class AttentionBranch(nn.Module):
+    """ABN's attention branch (authors' code).
+
+    stride-1 copy of the last stage -> BN -> 1x1 conv to K (no bias) -> BN -> ReLU,
+    then (a) 1x1 conv K->K (no bias) -> global average pool -> attention logits, and
+    (b) 3x3 conv K->1 (no bias) -> BN -> sigmoid -> attention map M.
+    """
+
+    def __init__(self, last_stage: nn.Module, out_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.stage = stride1_copy(last_stage)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.to_classes = nn.Conv2d(out_channels, num_classes, 1, bias=False)
+        self.bn_classes = nn.BatchNorm2d(num_classes)
+        self.head = nn.Conv2d(num_classes, num_classes, 1, bias=False)
+        self.to_map = nn.Conv2d(num_classes, 1, 3, padding=1, bias=False)
+        self.bn_map = nn.BatchNorm2d(1)
+
+    def forward(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (class maps ``[B,K,h,w]``, attention logits ``[B,K]``, M ``[B,1,h,w]``)."""
+        k_maps = F.relu(self.bn_classes(self.to_classes(self.bn(self.stage(g)))))
+        att_logits = self.head(k_maps).mean(dim=(2, 3))
+        m = torch.sigmoid(self.bn_map(self.to_map(k_maps)))
+        return k_maps, att_logits, m
+
+
+class ABN(Method):
+    """Attention Branch Network.
+
+    Args:
+        mechanism: ``"residual"`` for g * (1 + M) (Eq. 2, default) or ``"multiply"``
+            for g * M (Eq. 1).
+    """
+
+    name = "abn"
+
+    def __init__(self, backbone: SplitBackbone, info: DatasetInfo,
+                 mechanism: str = "residual") -> None:
+        super().__init__(backbone, info)
+        if mechanism not in ("residual", "multiply"):
+            raise ValueError(f"ABN mechanism must be 'residual' or 'multiply', got {mechanism!r}")
+        self.mechanism = mechanism
+        self.attention_branch = AttentionBranch(backbone.last_stage, backbone.out_channels,
+                                                info.num_classes)
+
+    def apply_attention(self, g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """The attention mechanism: g' = g * (1 + M) or g * M."""
+        return g * (1.0 + m) if self.mechanism == "residual" else g * m
+
+    def perceive(self, g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Perception-branch logits for features ``g`` and attention map ``m``."""
+        return self.backbone.head(self.backbone.last_stage(self.apply_attention(g, m)))
+
+    def forward(self, x: torch.Tensor) -> Output:
+        g = self.backbone.features(x)
+        k_maps, att_logits, m = self.attention_branch(g)
+        return Output(logits=self.perceive(g, m), att_logits=att_logits, attention=m,
+                      class_maps=k_maps)
+
+    def loss(self, out: Output, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """L = CE(attention branch) + CE(perception branch) (Eq. 3)."""
+        assert out.att_logits is not None
+        l_att = F.cross_entropy(out.att_logits, batch["label"])
+        l_per = F.cross_entropy(out.logits, batch["label"])
+        loss = l_att + l_per
+        return loss, {"loss": float(loss.detach()), "l_att": float(l_att.detach()),
+                      "l_per": float(l_per.detach())}
+
+    def explain(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The attention map M (class-agnostic), bilinearly upsampled to the input."""
+        _, _, m = self.attention_branch(self.backbone.features(x))
+        return upsample(m, tuple(x.shape[-2:]))
+
+    def class_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The K-channel attention-branch maps (before the 1x1 head) for ``classes``."""
+        k_maps, _, _ = self.attention_branch(self.backbone.features(x))
+        idx = classes[:, :, None, None].expand(-1, -1, *k_maps.shape[-2:])
+        return k_maps.gather(1, idx)
+
+
+@register_method("abn", paper="Fukui et al., CVPR 2019", attention=True,
+                 description="Attention Branch Network, g*(1+M)")
+def abn(backbone: SplitBackbone, info: DatasetInfo, mechanism: str = "residual") -> Method:
+    return ABN(backbone, info, mechanism=mechanism)

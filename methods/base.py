@@ -1,0 +1,124 @@
+"""The one ``Method`` interface, its named ``Output`` and the method registry.
+
+A Method is a trainable recipe (architecture + objective + schedule) plus the way its
+explanation is read out. The generic trainer calls :meth:`Method.training_step`, which
+owns its backward pass(es); the evaluator calls ``forward``, :meth:`Method.explain` and
+:meth:`Method.class_maps`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.backbones import SplitBackbone
+from harness.config import TrainConfig
+from harness.data import DatasetInfo
+from harness.registry import Registry
+
+
+@dataclass
+class Output:
+    """Named outputs of a method's forward pass.
+
+    Attributes:
+        logits: ``[B,K]`` the prediction (for ABN: the perception branch).
+        att_logits: ``[B,K]`` attention-branch logits, for methods that have them.
+        attention: ``[B,1,h,w]`` the attention map used by the attention mechanism.
+        class_maps: ``[B,K,h,w]`` class-specific response maps, if produced.
+    """
+
+    logits: torch.Tensor
+    att_logits: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+    class_maps: torch.Tensor | None = None
+
+
+class Method(nn.Module):
+    """Base class of every method.
+
+    Subclasses implement :meth:`forward`, :meth:`loss` (or override
+    :meth:`training_step`) and :meth:`explain`.
+
+    Args:
+        backbone: the split backbone the method builds on.
+        info: the dataset's static facts (class count, image size, boxes).
+    """
+
+    name: ClassVar[str] = ""
+    #: registry id of the method whose trained checkpoint this one starts from
+    init_from: ClassVar[str | None] = None
+
+    def __init__(self, backbone: SplitBackbone, info: DatasetInfo) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.info = info
+
+    def forward(self, x: torch.Tensor) -> Output:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, out: Output, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training objective for one forward pass; returns (loss, named parts)."""
+        loss = F.cross_entropy(out.logits, batch["label"])
+        return loss, {"loss": float(loss.detach())}
+
+    def configure_optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+        """One SGD optimiser over all parameters (methods needing two override this)."""
+        return [torch.optim.SGD(self.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)]
+
+    def training_step(self, batch: dict[str, Any],
+                      optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]:
+        """One optimisation step on ``batch``; returns scalar logs."""
+        (opt,) = optimizers
+        out = self(batch["image"])
+        loss, logs = self.loss(out, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return logs
+
+    def explain(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The explanation for class ``target``: ``[B,1,H,W]``, >= 0, at input size."""
+        raise NotImplementedError
+
+    def class_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
+        """Class-specific maps ``[B,C,h,w]`` for ``classes`` ``[B,C]``, if the method has them."""
+        return None
+
+    def load_parent(self, state: dict[str, torch.Tensor]) -> None:
+        """Initialise from the ``init_from`` method's trained state (strict by default)."""
+        self.load_state_dict(state)
+
+
+def upsample(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False) of a ``[B,C,h,w]`` map to ``size``."""
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m
+    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+
+MethodFactory = Callable[..., Method]
+METHODS: Registry[MethodFactory] = Registry("method")
+
+
+def register_method(name: str, *, init_from: str | None = None, paper: str = "",
+                    explainer: str = "native", train: dict[str, Any] | None = None,
+                    needs_boxes: bool = False, attention: bool = False,
+                    description: str = "") -> Callable[[MethodFactory], MethodFactory]:
+    """Register a method factory ``(backbone, info, **options) -> Method``.
+
+    Args:
+        init_from: method whose trained checkpoint initialises this one.
+        train: overrides of the preset's trainer fields (e.g. ``{"epochs": 0}``).
+        needs_boxes: the method needs ground-truth boxes at training time.
+        attention: the method has an attention mechanism (reads ``Output.attention``).
+    """
+    return METHODS.register(name, init_from=init_from, paper=paper, explainer=explainer,
+                            train=dict(train or {}), needs_boxes=needs_boxes,
+                            attention=attention, description=description)

@@ -1,0 +1,7 @@
+"""Metrics: functional cores (``metrics.causal``, ``metrics.localization``) and the
+accumulating classes the evaluator uses (``metrics.standard``)."""
+
+from metrics import standard  # noqa: F401  (registration side effects)
+from metrics.base import METRICS, EvalBatch, MetricSpec, PerImageMetric
+
+__all__ = ["METRICS", "EvalBatch", "MetricSpec", "PerImageMetric"]

@@ -1,0 +1,113 @@
+"""Metric registry, the evaluation batch and the per-image accumulating base class.
+
+Every metric keeps per-image scores (so the leaderboard can give bootstrap intervals
+and paired tests) in a ``torchmetrics.Metric`` state reduced by concatenation across
+processes. Nothing here knows a method by name: metrics see an :class:`EvalBatch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from harness.registry import Registry
+
+
+@dataclass
+class EvalBatch:
+    """What the evaluator knows about one batch of test images.
+
+    Attributes:
+        images: ``[B,3,H,W]`` model inputs.
+        labels: ``[B]`` ground-truth classes.
+        logits: ``[B,K]`` the method's prediction.
+        saliency: ``[B,1,H,W]`` explanation of the ground-truth class.
+        boxes: named ``[B,4]`` xyxy boxes (``"bbox"``, ``"distractor_bbox"``, ...).
+        model: images -> logits, for metrics that perturb the input.
+        causal_images/causal_saliency/causal_classes: the subset scored by the causal
+            metrics, with the explanation of the tracked class (None if none here).
+        pointing_tolerance: the dataset's pointing-game tolerance in pixels.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+    saliency: torch.Tensor
+    boxes: dict[str, torch.Tensor] = field(default_factory=dict)
+    model: Callable[[torch.Tensor], torch.Tensor] | None = None
+    causal_images: torch.Tensor | None = None
+    causal_saliency: torch.Tensor | None = None
+    causal_classes: torch.Tensor | None = None
+    pointing_tolerance: float = 15.0
+
+
+class PerImageMetric(Metric):
+    """Accumulates one score per image; ``compute`` gives the aggregate.
+
+    Subclasses implement :meth:`score` (``[B]`` scores or None to skip the batch) and
+    may override :meth:`aggregate` (default: the mean).
+    """
+
+    full_state_update = False
+    higher_is_better: bool | None = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("classes", default=[], dist_reduce_fx="cat")
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-image scores and the ground-truth classes of those images."""
+        raise NotImplementedError
+
+    def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
+        out = self.score(batch)
+        if out is None:
+            return
+        scores, classes = out
+        self.scores.append(scores.detach().float())
+        self.classes.append(classes.detach().long())
+
+    def per_image(self) -> tuple[np.ndarray, np.ndarray]:
+        """All per-image scores and their ground-truth classes (numpy)."""
+        if not self.scores:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        return (dim_zero_cat(self.scores).cpu().numpy(),
+                dim_zero_cat(self.classes).cpu().numpy())
+
+    @staticmethod
+    def aggregate(scores: np.ndarray, classes: np.ndarray) -> float:
+        """The leaderboard value from per-image scores (default: mean)."""
+        return float(np.mean(scores)) if len(scores) else float("nan")
+
+    def compute(self) -> torch.Tensor:
+        scores, classes = self.per_image()
+        return torch.tensor(self.aggregate(scores, classes))
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """Registry metadata of a leaderboard column."""
+
+    name: str
+    higher_is_better: bool
+    description: str
+    paper: str = ""
+    needs_boxes: tuple[str, ...] = ()
+    factory: Callable[..., PerImageMetric] | None = None  # None: computed by the evaluator
+    unit: str = ""
+
+
+METRICS: Registry[MetricSpec] = Registry("metric")
+
+
+def register_metric(spec: MetricSpec) -> None:
+    """Register a leaderboard column."""
+    METRICS.add(spec.name, spec, higher_is_better=spec.higher_is_better,
+                needs_boxes=spec.needs_boxes)

@@ -1,0 +1,81 @@
+"""Localisation metrics of a saliency map against ground-truth boxes.
+
+Saliency is ``[B,H,W]`` or ``[B,1,H,W]`` at image size; each map is min-max normalised
+to [0, 1] inside the metric (a constant map becomes all zeros). Boxes are ``[B,4]``
+xyxy in pixels; a pixel (row r, column c) is inside a box when its centre
+``(c + 0.5, r + 0.5)`` lies in the closed box. A NaN box contains no pixel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def normalize(saliency: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max normalisation to [0, 1]; ``[B,H,W]`` float (constant -> 0)."""
+    s = saliency[:, 0] if saliency.dim() == 4 else saliency
+    s = s.float()
+    flat = s.reshape(s.shape[0], -1)
+    lo = flat.min(1).values.view(-1, 1, 1)
+    span = (flat.max(1).values.view(-1, 1, 1) - lo)
+    return torch.where(span > 0, (s - lo) / span.clamp_min(1e-12), torch.zeros_like(s))
+
+
+def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Boolean ``[B,H,W]``: pixels whose centres lie in each box."""
+    boxes = boxes.float()
+    cx = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5
+    cy = torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5
+    x1, y1, x2, y2 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
+    inside_x = (cx.view(1, 1, -1) >= x1) & (cx.view(1, 1, -1) <= x2)
+    inside_y = (cy.view(1, -1, 1) >= y1) & (cy.view(1, -1, 1) <= y2)
+    return inside_x & inside_y
+
+
+def bbox_inside_frac(saliency: torch.Tensor, boxes: torch.Tensor,
+                     threshold: float = 0.2) -> torch.Tensor:
+    """Share of the binarised map (normalised value >= ``threshold``) inside the box.
+
+    MSABN (Sec. 4.4) binarises attention at 0.2. An empty binarised map scores 0.
+    Returns ``[B]``.
+    """
+    s = normalize(saliency)
+    on = s >= threshold
+    inside = (on & box_mask(boxes, *s.shape[-2:])).sum((1, 2)).float()
+    total = on.sum((1, 2)).float()
+    return torch.where(total > 0, inside / total.clamp_min(1), torch.zeros_like(total))
+
+
+def energy_pointing_game(saliency: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Energy-based pointing game (Score-CAM): sum of the normalised map inside the box
+    over its total sum; 0 for an all-zero map. Returns ``[B]``."""
+    s = normalize(saliency)
+    inside = (s * box_mask(boxes, *s.shape[-2:])).sum((1, 2))
+    total = s.sum((1, 2))
+    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
+
+
+def pointing_game(saliency: torch.Tensor, boxes: torch.Tensor,
+                  tolerance: float = 15.0) -> torch.Tensor:
+    """Pointing-game hits (Zhang et al. 2016; TorchRay's benchmark): ``[B]`` of 0/1.
+
+    The first arg-max of the map in raster order is a hit when it is inside the box or
+    strictly closer than ``tolerance`` pixels (centre to centre) to a box pixel.
+    """
+    s = normalize(saliency)
+    b, h, w = s.shape
+    arg = s.reshape(b, -1).argmax(1)
+    r, c = (arg // w).float(), (arg % w).float()
+    boxes = boxes.float()
+    # first/last pixel indices whose centres are inside the box
+    c_lo, c_hi = torch.ceil(boxes[:, 0] - 0.5), torch.floor(boxes[:, 2] - 0.5)
+    r_lo, r_hi = torch.ceil(boxes[:, 1] - 0.5), torch.floor(boxes[:, 3] - 0.5)
+    c_lo, r_lo = c_lo.clamp_min(0), r_lo.clamp_min(0)
+    c_hi, r_hi = c_hi.clamp_max(w - 1), r_hi.clamp_max(h - 1)
+    nonempty = (c_lo <= c_hi) & (r_lo <= r_hi)
+    zero = torch.zeros_like(r)
+    dx = torch.maximum(torch.maximum(c_lo - c, c - c_hi), zero)
+    dy = torch.maximum(torch.maximum(r_lo - r, r - r_hi), zero)
+    dist = torch.sqrt(dx**2 + dy**2)
+    hit = nonempty & ((dist == 0) | (dist < tolerance))
+    return hit.float()

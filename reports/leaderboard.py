@@ -1,0 +1,205 @@
+"""Leaderboards: ``leaderboard.csv``, ``curves.csv``, ``config.yaml`` and a
+self-contained ``leaderboard.html`` (table, curves, attention gallery).
+
+Reports read only the :class:`RunRecord` (the evaluated rows and run metadata) and the
+metric registry's metadata (direction, description); they never call a method.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from harness.evaluate import MethodResult  # noqa: E402
+from metrics.base import METRICS  # noqa: E402
+
+CURVE_MODES = ("insertion", "deletion")
+
+
+@dataclass
+class RunRecord:
+    """One run: its rows and what is needed to describe and picture them."""
+
+    rows: list[MethodResult]
+    meta: dict[str, Any]
+    method_meta: dict[str, dict[str, Any]]
+    config: dict[str, Any]
+    gallery_images: np.ndarray  # [N,H,W,3] in [0,1]
+    gallery_boxes: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N,4]
+    gallery_labels: np.ndarray | None = None
+
+
+def metric_columns(rows: list[MethodResult]) -> list[str]:
+    """Registered metric ids present in any row, in registry order."""
+    present = set().union(*(r.values for r in rows)) if rows else set()
+    return [e.name for e in METRICS if e.name in present]
+
+
+def to_frame(record: RunRecord) -> pd.DataFrame:
+    """One row per (method, explainer); each metric with its 95 % interval bounds."""
+    cols = metric_columns(record.rows)
+    records = []
+    for r in record.rows:
+        mm = record.method_meta.get(r.method, {})
+        row: dict[str, Any] = {"method": r.method, "explainer": mm.get("explainer", "native"),
+                               "init_from": mm.get("init_from") or "",
+                               "dataset": record.meta["dataset"],
+                               "backbone": record.meta["backbone"],
+                               "seeds": record.meta["seed"], "n": r.n_test,
+                               "n_causal": r.n_causal}
+        for c in cols:
+            row[c] = r.values.get(c, math.nan)
+            lo, hi = r.intervals.get(c, (math.nan, math.nan))
+            row[f"{c}_lo"], row[f"{c}_hi"] = lo, hi
+        row["train_s"] = mm.get("train_seconds", math.nan)
+        row["cached"] = mm.get("cached", False)
+        row["config_hash"] = mm.get("key", "")
+        row["protocol"] = record.meta["protocol"]
+        row["git_rev"] = record.meta.get("git_rev", "")
+        records.append(row)
+    return pd.DataFrame.from_records(records)
+
+
+def curves_frame(record: RunRecord) -> pd.DataFrame:
+    """Mean insertion/deletion curves: method, mode, step, fraction, score."""
+    out = []
+    for r in record.rows:
+        for mode, curve in r.curves.items():
+            n = len(curve) - 1
+            for k, s in enumerate(curve):
+                out.append({"method": r.method, "mode": mode, "step": k,
+                            "fraction": k / n if n else 0.0, "score": float(s)})
+    return pd.DataFrame.from_records(out, columns=["method", "mode", "step", "fraction", "score"])
+
+
+def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
+    """Write every output file into ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "leaderboard.csv", "curves": out / "curves.csv",
+             "config": out / "config.yaml", "html": out / "leaderboard.html"}
+    frame = to_frame(record)
+    frame.to_csv(paths["csv"], index=False, float_format="%.6g")
+    curves_frame(record).to_csv(paths["curves"], index=False, float_format="%.6g")
+    with open(paths["config"], "w") as fh:
+        yaml.safe_dump({"run": record.meta, "config": record.config,
+                        "methods": record.method_meta}, fh, sort_keys=False)
+    paths["html"].write_text(render_html(record, frame))
+    return paths
+
+
+def best_values(frame: pd.DataFrame, cols: list[str]) -> dict[str, float]:
+    """The best value of each metric column, by the registry's direction."""
+    best = {}
+    for c in cols:
+        s = frame[c].dropna()
+        if len(s):
+            best[c] = float(s.max() if METRICS.get(c).higher_is_better else s.min())
+    return best
+
+
+def _fmt(v: float, c: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if METRICS.get(c).unit == "ms" or c == "explain_overhead":
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
+    """The self-contained HTML leaderboard."""
+    cols = metric_columns(record.rows)
+    best = best_values(frame, cols)
+    header = [{"id": c, "arrow": "↑" if METRICS.get(c).higher_is_better else "↓",
+               "desc": METRICS.get(c).description} for c in cols]
+    body = []
+    for _, row in frame.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            lo, hi = row[f"{c}_lo"], row[f"{c}_hi"]
+            is_best = c in best and not pd.isna(v) and math.isclose(v, best[c], rel_tol=1e-9,
+                                                                   abs_tol=1e-12)
+            ci = "" if pd.isna(lo) else f"[{_fmt(lo, c)}, {_fmt(hi, c)}]"
+            cells.append({"text": _fmt(v, c), "ci": ci, "best": is_best,
+                          "sort": "" if pd.isna(v) else f"{v:.9g}"})
+        mm = record.method_meta.get(row["method"], {})
+        body.append({"method": row["method"], "explainer": row["explainer"],
+                     "paper": mm.get("paper", ""), "description": mm.get("description", ""),
+                     "cells": cells, "train_s": row["train_s"], "cached": row["cached"]})
+    env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    return env.get_template("leaderboard.html.j2").render(
+        meta=record.meta, header=header, body=body,
+        curves_png=_png(curves_figure(record)), gallery_png=_png(gallery_figure(record)),
+        metrics=[{"id": c, **vars(METRICS.get(c))} for c in cols],
+        config_yaml=yaml.safe_dump(record.config, sort_keys=False))
+
+
+def curves_figure(record: RunRecord) -> plt.Figure:
+    """Mean insertion and deletion curves of every row."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for ax, mode in zip(axes, CURVE_MODES, strict=True):
+        for r in record.rows:
+            c = r.curves.get(mode)
+            if c is None or not len(c):
+                continue
+            auc = r.values.get(f"{mode}_auc", math.nan)
+            ax.plot(np.linspace(0, 1, len(c)), c, label=f"{r.method} ({auc:.3f})")
+        ax.set_title(f"{mode} ({'higher' if mode == 'insertion' else 'lower'} is better)")
+        ax.set_xlabel(f"fraction of pixels {'inserted' if mode == 'insertion' else 'deleted'}")
+        ax.set_ylabel("probability of the tracked class")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def gallery_figure(record: RunRecord) -> plt.Figure:
+    """Test images (target box green, distractor box red dashed) and every row's map."""
+    imgs = record.gallery_images
+    n = len(imgs)
+    ncol = 1 + len(record.rows)
+    fig, axes = plt.subplots(n, ncol, figsize=(1.6 * ncol, 1.6 * n), squeeze=False,
+                             constrained_layout=True)
+    for i in range(n):
+        for j in range(ncol):
+            ax = axes[i, j]
+            ax.axis("off")
+            ax.imshow(imgs[i])
+            if j:
+                ax.imshow(record.rows[j - 1].gallery["saliency"][i], cmap="jet", alpha=0.5,
+                          vmin=0, vmax=1)
+            for name, color, style in (("bbox", "lime", "-"), ("distractor_bbox", "red", "--")):
+                b = record.gallery_boxes.get(name)
+                if b is not None and not np.isnan(b[i]).any():
+                    x1, y1, x2, y2 = b[i]
+                    ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
+                                           edgecolor=color, linestyle=style, linewidth=1.2))
+            if i == 0:
+                ax.set_title("image" if j == 0 else record.rows[j - 1].method, fontsize=8)
+            if j == 0 and record.gallery_labels is not None:
+                ax.text(1, 7, str(int(record.gallery_labels[i])), color="white", fontsize=7,
+                        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
+    return fig
+
+
+def _png(fig: plt.Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")

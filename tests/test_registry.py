@@ -1,0 +1,30 @@
+import pytest
+
+from harness.errors import UserError
+from harness.registry import Registry
+from methods import METHODS
+
+
+def test_duplicate_name_raises() -> None:
+    r: Registry[int] = Registry("thing")
+    r.add("a", 1)
+    with pytest.raises(ValueError, match="already registered"):
+        r.add("a", 2)
+
+
+def test_unknown_name_suggests_close_matches() -> None:
+    r: Registry[int] = Registry("thing")
+    r.add("gradcam", 1, higher=True)
+    r.add("abn", 2)
+    with pytest.raises(UserError) as err:
+        r.get("gradcma")
+    msg = str(err.value)
+    assert "unknown thing 'gradcma'" in msg and "did you mean gradcam" in msg
+    assert "\n" not in msg
+    assert r.entry("gradcam").meta == {"higher": True}
+
+
+def test_method_registry_metadata() -> None:
+    assert METHODS.names()[:4] == ["baseline", "cam", "gradcam", "abn"]
+    assert METHODS.entry("cam").meta["init_from"] == "baseline"
+    assert METHODS.entry("abn").meta["attention"] is True
