@@ -50,7 +50,7 @@ class EvalConfig:
 
     causal_n: int = 200
     causal_step: int = 0
-    forward_batch: int = 512
+    forward_batch: int = 256
     batch_size: int = 100
     bootstrap: int = 1000
     gallery_n: int = 8
@@ -95,10 +95,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The embedded default: about a minute of training per method on a 2-core CPU.
     "default": {
-        "dataset_kwargs": {"n_train": 6000, "n_test": 1000},
+        "dataset_kwargs": {"n_train": 5000, "n_test": 1000},
         "backbone": "cifar-resnet14",
         "backbone_kwargs": {"stem_stride": 2},
-        "train": {"epochs": 6, "batch_size": 64, "lr": 0.1},
+        "train": {"epochs": 5, "batch_size": 64, "lr": 0.1},
         "eval": {},
     },
 }

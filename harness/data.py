@@ -93,8 +93,7 @@ def make_transform(info: DatasetInfo, train: bool, pad: int = 4) -> v2.Transform
     """Train: random crop with ``pad`` px zero padding (CIFAR-style); both: to float, normalise."""
     steps: list[v2.Transform] = []
     if train and pad > 0:
-        steps.append(v2.RandomCrop(info.image_size, padding=pad))
-        steps.append(v2.ClampBoundingBoxes())
+        steps.append(v2.RandomCrop(info.image_size, padding=pad))  # clamps boxes itself
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
     return v2.Compose(steps)
 

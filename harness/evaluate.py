@@ -64,7 +64,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
 
     def logits_of(z: torch.Tensor) -> torch.Tensor:
         with dev.autocast(device):
-            return method(z).logits
+            return method(dev.channels_last(z)).logits
 
     seen = 0
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}

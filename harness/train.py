@@ -144,6 +144,7 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
         for sch, s in zip(schedulers, state["schedulers"], strict=True):
             sch.load_state_dict(s)
         gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # augmentation draws from the global RNG
         history, start_epoch = state["history"], state["epoch"]
     name = type(model).name or type(model).__name__
     for epoch in range(start_epoch, tc.epochs):
@@ -167,7 +168,8 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
             _atomic_save({"model": model.state_dict(),
                           "optimizers": [o.state_dict() for o in optimizers],
                           "schedulers": [s.state_dict() for s in schedulers],
-                          "generator": gen.get_state(), "history": history,
+                          "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                          "history": history,
                           "epoch": epoch + 1}, resume)
     if resume is not None and resume.exists():
         resume.unlink()

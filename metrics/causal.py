@@ -82,7 +82,7 @@ def n_steps(height: int, width: int, step: int) -> int:
 @torch.no_grad()
 def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
                   classes: torch.Tensor, *, mode: str, step: int, substrate: str,
-                  batch_size: int = 512) -> torch.Tensor:
+                  batch_size: int = 256) -> torch.Tensor:
     """Insertion or deletion curves of ``images`` under ``saliency``.
 
     Args:

@@ -37,7 +37,7 @@ class CausalAUC(PerImageMetric):
     """
 
     def __init__(self, mode: str, substrate: str | None = None, step: int = 0,
-                 forward_batch: int = 512, **kwargs: Any) -> None:
+                 forward_batch: int = 256, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mode = mode
         self.substrate = substrate or ("blur" if mode == "insertion" else "zero")

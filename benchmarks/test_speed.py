@@ -1,0 +1,74 @@
+"""Explanation cost relative to a plain forward pass, and insertion/deletion throughput
+relative to the plain batched forward passes the metric needs. Ratios are measured side
+by side in the same process; nothing asserts an absolute time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from benchmarks.conftest import median_seconds, ratio_to
+from harness import data
+from methods import METHODS
+from metrics import causal
+
+
+def _batch(split: data.Split, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    b = next(iter(DataLoader(split.dataset, batch_size=n)))
+    return b["image"], b["label"]
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_explain_vs_forward(benchmark, name: str, eval_model: Callable[[str], torch.nn.Module],
+                            bench_split: data.Split) -> None:
+    model = eval_model(name)
+    x, y = _batch(bench_split, 64)
+    with torch.no_grad():
+        fwd = median_seconds(lambda: model(x))
+        benchmark.group = "explain / forward (batch 64)"
+        sal = benchmark(lambda: model.explain(x, y))
+    assert sal.shape == (64, 1, 64, 64)
+    r = ratio_to(benchmark, fwd)
+    benchmark.extra_info["forward_median_s"] = fwd
+    benchmark.extra_info["explain_over_forward"] = r
+    if r is not None:
+        print(f"\n{name}: explain / forward = {r:.2f}")
+        assert r > 0
+
+
+@pytest.mark.parametrize("mode", ["insertion", "deletion"])
+def test_causal_vs_plain_forwards(benchmark, mode: str,
+                                  eval_model: Callable[[str], torch.nn.Module],
+                                  bench_split: data.Split) -> None:
+    model = eval_model("baseline")
+    x, _ = _batch(bench_split, 16)
+    sal = torch.rand(16, 64, 64)
+    cls = torch.zeros(16, dtype=torch.long)
+    n = causal.n_steps(64, 64, 64)
+    total = 16 * (n + 1)
+    fake = torch.randn(512, 3, 64, 64)
+
+    def logits(z: torch.Tensor) -> torch.Tensor:
+        return model(z).logits
+
+    def plain() -> None:
+        with torch.no_grad():
+            for lo in range(0, total, 512):
+                logits(fake[: min(512, total - lo)])
+
+    ref = median_seconds(plain, repeats=3)
+    benchmark.group = "causal curves / plain forwards (16 images x 65 steps)"
+    curves = benchmark(lambda: causal.causal_curves(model=logits, images=x, saliency=sal,
+                                                    classes=cls, mode=mode, step=64,
+                                                    substrate="blur" if mode == "insertion"
+                                                    else "zero"))
+    assert curves.shape == (16, n + 1)
+    r = ratio_to(benchmark, ref)
+    benchmark.extra_info["plain_forwards_median_s"] = ref
+    benchmark.extra_info["causal_over_plain"] = r
+    if r is not None:
+        print(f"\n{mode}: causal curves / plain forwards = {r:.2f}")
+        assert r > 0

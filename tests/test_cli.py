@@ -1,0 +1,87 @@
+"""End to end on the smoke preset through the real command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness import run
+from methods import METHODS
+from metrics import METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke_main(out: Path, cache: Path) -> int:
+    return run.main(["--methods", "all", "--preset", "smoke", "--out", str(out),
+                     "--cache-dir", str(cache), "--no-progress", "--device", "cpu"])
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("out")
+    assert smoke_main(out, cache_dir) == 0
+    return out
+
+
+def test_outputs_written(smoke_run: Path) -> None:
+    for f in ("leaderboard.csv", "leaderboard.html", "curves.csv", "config.yaml"):
+        assert (smoke_run / f).stat().st_size > 0
+    df = pd.read_csv(smoke_run / "leaderboard.csv")
+    assert list(df["method"]) == METHODS.names()
+    cols = ["top1", "top5", "insertion_auc", "deletion_auc", "bbox_inside_frac", "energy_pg",
+            "pointing_game", "distractor_frac", "explain_ms"]
+    for c in cols:
+        assert c in df and df[c].notna().all(), c
+        if c != "explain_ms":
+            assert df[c].between(0, 1).all(), c
+            assert (df[f"{c}_lo"] <= df[c] + 1e-9).all() and (df[c] <= df[f"{c}_hi"] + 1e-9).all()
+    assert (df["explain_ms"] > 0).all()
+    html = (smoke_run / "leaderboard.html").read_text()
+    assert "data:image/png;base64," in html and "★" in html
+    for name in METHODS.names():
+        assert f"<b>{name}</b>" in html
+    for c in cols:
+        arrow = "↑" if METRICS.get(c).higher_is_better else "↓"
+        assert f"{c} {arrow}" in html
+    curves = pd.read_csv(smoke_run / "curves.csv")
+    assert set(curves["mode"]) == {"insertion", "deletion"}
+    assert curves["score"].between(0, 1).all()
+
+
+def test_second_run_uses_the_cache(smoke_run: Path, cache_dir: Path, tmp_path: Path) -> None:
+    trained = {p.name.split("-")[0] for p in cache_dir.glob("*.pt")}
+    assert trained == {"baseline", "abn"}  # cam and gradcam reuse baseline's checkpoint
+    first = pd.read_csv(smoke_run / "leaderboard.csv")
+    assert not first["cached"].any()
+    assert smoke_main(tmp_path, cache_dir) == 0
+    second = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert second.set_index("method").loc[["baseline", "abn"], "cached"].all()
+    # same checkpoints, same data: identical accuracy and localisation
+    for c in ("top1", "bbox_inside_frac", "insertion_auc"):
+        assert second[c].tolist() == pytest.approx(first[c].tolist(), abs=1e-6)
+
+
+def test_unknown_method_exits_2_with_one_line() -> None:
+    proc = subprocess.run([sys.executable, "-m", "harness.run", "--methods", "abn,gradcma",
+                           "--preset", "smoke"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "gradcma" in lines[0] and "did you mean gradcam" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_preset_and_device_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--preset", "huge"]) == 2
+    assert run.main(["--device", "tpu", "--preset", "smoke"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--preset" in err[0] and "--device" in err[1]
