@@ -45,7 +45,8 @@ def ratio_to(benchmark: pytest.FixtureDef, reference_s: float) -> float | None: 
 
 
 @pytest.fixture
-def eval_model(bench_cfg: config.RunConfig, bench_split: data.Split) -> Callable[[str], torch.nn.Module]:
+def eval_model(bench_cfg: config.RunConfig,
+               bench_split: data.Split) -> Callable[[str], torch.nn.Module]:
     def make(name: str) -> torch.nn.Module:
         return train.build_method(name, bench_cfg, bench_split).eval()
 

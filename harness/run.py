@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 import metrics  # noqa: F401  (registers metrics)
-from harness import backbones, config as config_mod, data, device as dev, train
+from harness import backbones, data, train
+from harness import config as config_mod
+from harness import device as dev
 from harness.errors import UserError
 from harness.evaluate import MethodResult, evaluate
 from methods.base import METHODS
@@ -101,8 +103,8 @@ def run(args: argparse.Namespace) -> Path:
     say = print if progress else (lambda *a, **k: None)
     say(f"attnbench: {len(names)} methods on {cfg.dataset} ({cfg.preset}), "
         f"backbone {cfg.backbone}, device {device}")
-    train_split = data.build(cfg.dataset, "train", **cfg.dataset_kwargs)
-    test_split = data.build(cfg.dataset, "test", **cfg.dataset_kwargs)
+    train_split = data.build(cfg.dataset, "train", cache_dir=cache, **cfg.dataset_kwargs)
+    test_split = data.build(cfg.dataset, "test", cache_dir=cache, **cfg.dataset_kwargs)
     memo: dict[str, train.Trained] = {}
     rows: list[MethodResult] = []
     method_meta: dict[str, dict[str, Any]] = {}
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> Path:
                              "description": meta.get("description", ""),
                              "init_from": meta.get("init_from"),
                              "explainer": meta.get("explainer", "native"),
+                             "reference": bool(meta.get("reference", False)),
                              "key": trained.key, "cached": trained.cached,
                              "train_seconds": round(trained.train_seconds, 2),
                              "train": trained.cfg.to_dict()["train"],

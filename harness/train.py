@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from harness import backbones, device as dev
+from harness import backbones
+from harness import device as dev
 from harness.config import RunConfig, config_hash, with_train_overrides
 from harness.data import Split
 from harness.errors import UserError

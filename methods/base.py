@@ -110,6 +110,7 @@ METHODS: Registry[MethodFactory] = Registry("method")
 def register_method(name: str, *, init_from: str | None = None, paper: str = "",
                     explainer: str = "native", train: dict[str, Any] | None = None,
                     needs_boxes: bool = False, attention: bool = False,
+                    reference: bool = False,
                     description: str = "") -> Callable[[MethodFactory], MethodFactory]:
     """Register a method factory ``(backbone, info, **options) -> Method``.
 
@@ -118,7 +119,9 @@ def register_method(name: str, *, init_from: str | None = None, paper: str = "",
         train: overrides of the preset's trainer fields (e.g. ``{"epochs": 0}``).
         needs_boxes: the method needs ground-truth boxes at training time.
         attention: the method has an attention mechanism (reads ``Output.attention``).
+        reference: its explanation is a reference (not ranked on explanation metrics).
     """
     return METHODS.register(name, init_from=init_from, paper=paper, explainer=explainer,
                             train=dict(train or {}), needs_boxes=needs_boxes,
-                            attention=attention, description=description)
+                            attention=attention, reference=reference,
+                            description=description)

@@ -77,8 +77,9 @@ class GradCAM(Baseline):
         return upsample(attr.detach(), tuple(x.shape[-2:]))
 
 
-@register_method("baseline", paper="-", description="plain backbone, cross-entropy; "
-                 "explanation = centre prior (reference floor)")
+@register_method("baseline", explainer="centre prior", reference=True,
+                 description="plain backbone, cross-entropy; explanation = centre prior "
+                 "(a reference floor, not ranked on explanation metrics)")
 def baseline(backbone: SplitBackbone, info: DatasetInfo) -> Method:
     return Baseline(backbone, info)
 

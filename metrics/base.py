@@ -102,6 +102,8 @@ class MetricSpec:
     needs_boxes: tuple[str, ...] = ()
     factory: Callable[..., PerImageMetric] | None = None  # None: computed by the evaluator
     unit: str = ""
+    #: scores the explanation (False for accuracy): reference rows are not ranked on it
+    explanation: bool = True
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")

@@ -116,17 +116,19 @@ class PointingGame(BoxMetric):
 
 
 def _spec(name: str, hib: bool, desc: str, factory: Any = None, needs: tuple[str, ...] = (),
-          paper: str = "", unit: str = "") -> None:
-    register_metric(MetricSpec(name, hib, desc, paper, needs, factory, unit))
+          paper: str = "", unit: str = "", explanation: bool = True) -> None:
+    register_metric(MetricSpec(name, hib, desc, paper, needs, factory, unit, explanation))
 
 
-_spec("top1", True, "top-1 accuracy", lambda cfg: TopK(1))
-_spec("top5", True, "top-5 accuracy", lambda cfg: TopK(5))
+_spec("top1", True, "top-1 accuracy", lambda cfg: TopK(1), explanation=False)
+_spec("top5", True, "top-5 accuracy", lambda cfg: TopK(5), explanation=False)
 _spec("insertion_auc", True, "insertion AUC (RISE protocol: predicted class, blur substrate, "
-      "one row per step)", lambda cfg: InsertionAUC(step=cfg.causal_step, forward_batch=cfg.forward_batch),
+      "one row per step)", lambda cfg: InsertionAUC(step=cfg.causal_step,
+                                                    forward_batch=cfg.forward_batch),
       paper="Petsiuk et al., BMVC 2018")
 _spec("deletion_auc", False, "deletion AUC (RISE protocol: predicted class, zero substrate, "
-      "one row per step)", lambda cfg: DeletionAUC(step=cfg.causal_step, forward_batch=cfg.forward_batch),
+      "one row per step)", lambda cfg: DeletionAUC(step=cfg.causal_step,
+                                                   forward_batch=cfg.forward_batch),
       paper="Petsiuk et al., BMVC 2018")
 _spec("bbox_inside_frac", True, "share of the map binarised at 0.2 inside the target box",
       lambda cfg: BoxMetric("inside"), ("bbox",), paper="Mitsuhara et al. (MSABN), 2022")

@@ -18,14 +18,14 @@ import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.patches import Rectangle
 
-from harness.evaluate import MethodResult  # noqa: E402
-from metrics.base import METRICS  # noqa: E402
+from harness.evaluate import MethodResult
+from metrics.base import METRICS
 
 CURVE_MODES = ("insertion", "deletion")
 
@@ -101,11 +101,16 @@ def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
     return paths
 
 
-def best_values(frame: pd.DataFrame, cols: list[str]) -> dict[str, float]:
-    """The best value of each metric column, by the registry's direction."""
+def best_values(frame: pd.DataFrame, cols: list[str],
+                reference: pd.Series | None = None) -> dict[str, float]:
+    """The best value of each metric column, by the registry's direction; rows marked
+    ``reference`` compete on accuracy columns only."""
     best = {}
     for c in cols:
-        s = frame[c].dropna()
+        s = frame[c]
+        if reference is not None and METRICS.get(c).explanation:
+            s = s[~reference.to_numpy()]
+        s = s.dropna()
         if len(s):
             best[c] = float(s.max() if METRICS.get(c).higher_is_better else s.min())
     return best
@@ -122,17 +127,19 @@ def _fmt(v: float, c: str) -> str:
 def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
     """The self-contained HTML leaderboard."""
     cols = metric_columns(record.rows)
-    best = best_values(frame, cols)
+    ref = frame["method"].map(lambda m: bool(record.method_meta.get(m, {}).get("reference")))
+    best = best_values(frame, cols, ref)
     header = [{"id": c, "arrow": "↑" if METRICS.get(c).higher_is_better else "↓",
                "desc": METRICS.get(c).description} for c in cols]
     body = []
-    for _, row in frame.iterrows():
+    for idx, row in frame.iterrows():
         cells = []
         for c in cols:
             v = row[c]
             lo, hi = row[f"{c}_lo"], row[f"{c}_hi"]
-            is_best = c in best and not pd.isna(v) and math.isclose(v, best[c], rel_tol=1e-9,
-                                                                   abs_tol=1e-12)
+            ranked = not (ref[idx] and METRICS.get(c).explanation)
+            is_best = (ranked and c in best and not pd.isna(v)
+                       and math.isclose(v, best[c], rel_tol=1e-9, abs_tol=1e-12))
             ci = "" if pd.isna(lo) else f"[{_fmt(lo, c)}, {_fmt(hi, c)}]"
             cells.append({"text": _fmt(v, c), "ci": ci, "best": is_best,
                           "sort": "" if pd.isna(v) else f"{v:.9g}"})

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-import metrics  # noqa: F401  (registers metrics)
 import methods  # noqa: F401  (registers methods)
+import metrics  # noqa: F401  (registers metrics)
 from harness import config, data
 
 
