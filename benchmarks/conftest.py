@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 import methods  # noqa: F401
 import metrics  # noqa: F401
 from harness import config, data, train
+from harness import device as dev
 
 
 @pytest.fixture(scope="session")
@@ -36,18 +38,24 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def ratio_to(benchmark: pytest.FixtureDef, reference_s: float) -> float | None:  # type: ignore[type-arg]
-    """The benchmark's median over ``reference_s``, or None when benchmarks are disabled."""
+def record_ratio(benchmark: Any, label: str, reference_s: float) -> float | None:
+    """Store and print the benchmark's median over ``reference_s`` (measured in the same
+    process just before); None when benchmarks are disabled (plain test runs)."""
     stats = getattr(benchmark, "stats", None)
+    benchmark.extra_info["reference_median_s"] = reference_s
     if stats is None or reference_s <= 0:
         return None
-    return float(stats.stats.median / reference_s)
+    ratio = float(stats.stats.median / reference_s)
+    benchmark.extra_info["ratio"] = ratio
+    print(f"\n{label} = {ratio:.2f}")
+    return ratio
 
 
 @pytest.fixture
 def eval_model(bench_cfg: config.RunConfig,
                bench_split: data.Split) -> Callable[[str], torch.nn.Module]:
     def make(name: str) -> torch.nn.Module:
-        return train.build_method(name, bench_cfg, bench_split).eval()
+        model = train.build_method(name, bench_cfg, bench_split)
+        return dev.prepare(model, torch.device("cpu")).eval()
 
     return make

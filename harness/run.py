@@ -169,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished checkpoints are kept; rerun to resume", file=sys.stderr)
         return 130
+    except OSError as err:  # unwritable --out / --cache-dir, full disk, ...
+        print(f"error: {err.strerror or err}: {err.filename or ''}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -85,3 +85,13 @@ def test_bad_preset_and_device_are_one_line_errors(capsys: pytest.CaptureFixture
     assert run.main(["--device", "tpu", "--preset", "smoke"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--preset" in err[0] and "--device" in err[1]
+
+
+def test_unwritable_output_is_a_one_line_error(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    rc = run.main(["--methods", "cam", "--preset", "smoke", "--no-progress",
+                   "--cache-dir", str(blocker / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and str(blocker) in err[0]
