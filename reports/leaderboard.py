@@ -138,8 +138,8 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
             v = row[c]
             lo, hi = row[f"{c}_lo"], row[f"{c}_hi"]
             ranked = not (ref[idx] and METRICS.get(c).explanation)
-            is_best = (ranked and c in best and not pd.isna(v)
-                       and math.isclose(v, best[c], rel_tol=1e-9, abs_tol=1e-12))
+            # ties at the displayed precision share the mark
+            is_best = ranked and c in best and not pd.isna(v) and _fmt(v, c) == _fmt(best[c], c)
             ci = "" if pd.isna(lo) else f"[{_fmt(lo, c)}, {_fmt(hi, c)}]"
             cells.append({"text": _fmt(v, c), "ci": ci, "best": is_best,
                           "sort": "" if pd.isna(v) else f"{v:.9g}"})
