@@ -206,12 +206,12 @@ def timm_resnet(model_name: str, num_classes: int, pretrained_file: str | None =
             raise UserError(f"pretrained_file {pretrained_file!r} does not exist") from None
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         model.load_state_dict(state, strict=False)
-    features = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool,
-                             model.layer1, model.layer2, model.layer3)
-    last = model.layer4
-    feat_channels = _out_channels(model.layer3)
-    net = SplitBackbone(features, last, model.num_features, feat_channels, num_classes)
-    return net
+    parts = [model.get_submodule(n) for n in ("conv1", "bn1", "act1", "maxpool",
+                                                 "layer1", "layer2", "layer3")]
+    features = nn.Sequential(*parts)
+    width: int = model.num_features  # type: ignore[assignment]
+    return SplitBackbone(features, model.get_submodule("layer4"), width,
+                         _out_channels(parts[-1]), num_classes)
 
 
 def _out_channels(stage: nn.Module) -> int:

@@ -262,7 +262,8 @@ def generate_digits(n: int, split: str, seed: int, size: int = 64, n_clutter: in
         sources[i] = t_src
         if masks is not None:
             masks[i, ty : ty + t_size, tx : tx + t_size] = t_ink > INK_THRESHOLD
-    out = {"images": images, "labels": out_labels.astype(np.int64), "bbox": boxes,
+    out: dict[str, np.ndarray] = {"images": images, "labels": out_labels.astype(np.int64),
+                                  "bbox": boxes,
            "distractor_bbox": dboxes, "source": sources}
     if masks is not None:
         out["target_mask"] = masks
@@ -284,7 +285,7 @@ def _cached_digits(n: int, split: str, seed: int,
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     return arrays
 

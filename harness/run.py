@@ -71,12 +71,11 @@ def print_registries() -> None:
         parent = f" (from {e.meta['init_from']})" if e.meta.get("init_from") else ""
         print(f"  {e.name:<14}{parent:<18} {e.meta.get('description', '')}")
     print("metrics:")
-    for e in METRICS:
-        arrow = "higher" if e.obj.higher_is_better else "lower"
-        print(f"  {e.name:<18} {arrow:>6} is better  {e.obj.description}")
+    for me in METRICS:
+        arrow = "higher" if me.obj.higher_is_better else "lower"
+        print(f"  {me.name:<18} {arrow:>6} is better  {me.obj.description}")
     print("datasets:")
-    for e in data.DATASETS:
-        print(f"  {e.name}")
+    print("  " + ", ".join(data.DATASETS.names()))
     print("backbones:")
     print("  " + ", ".join(backbones.BACKBONES.names()))
     print("presets:")

@@ -96,7 +96,7 @@ class Method(nn.Module):
         self.load_state_dict(state)
 
 
-def upsample(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample(m: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Bilinear resize (align_corners=False) of a ``[B,C,h,w]`` map to ``size``."""
     if tuple(m.shape[-2:]) == tuple(size):
         return m

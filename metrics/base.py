@@ -56,6 +56,8 @@ class PerImageMetric(Metric):
 
     full_state_update = False
     higher_is_better: bool | None = True
+    scores: list[torch.Tensor]
+    classes: list[torch.Tensor]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -43,6 +43,7 @@ class CausalAUC(PerImageMetric):
         self.substrate = substrate or ("blur" if mode == "insertion" else "zero")
         self.step = step
         self.forward_batch = forward_batch
+        self.curves: list[torch.Tensor]
         self.add_state("curves", default=[], dist_reduce_fx="cat")
 
     def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
