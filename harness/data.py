@@ -75,6 +75,10 @@ class BoxedImages(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def with_transform(self, transform: v2.Transform) -> BoxedImages:
+        """The same samples under another transform (e.g. the train split unaugmented)."""
+        return BoxedImages(self.images, self.labels, self.boxes, transform)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         img = tv_tensors.Image(self.images[i])
         names = list(self.boxes)

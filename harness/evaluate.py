@@ -52,9 +52,28 @@ def applicable_metrics(split: Split, cfg: EvalConfig) -> dict[str, PerImageMetri
     return out
 
 
+def misclassified(method: Method, split: Split, device: torch.device,
+                  batch_size: int = 250) -> torch.Tensor:
+    """Bool ``[N]`` over the split's samples: where ``method``'s prediction is wrong."""
+    method.eval()
+    wrong = torch.zeros(len(split.dataset), dtype=torch.bool)  # type: ignore[arg-type]
+    for batch in DataLoader(split.dataset, batch_size=batch_size, shuffle=False):
+        batch = dev.to_device(batch, device)
+        with torch.no_grad():
+            pred = method(batch["image"]).logits.argmax(1)
+        wrong[batch["index"].cpu()] = (pred != batch["label"]).cpu()
+    return wrong
+
+
 def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: torch.device,
-             *, progress: bool = True, seed: int = 0) -> MethodResult:
-    """Score ``method`` on the test ``split`` with every applicable metric."""
+             *, progress: bool = True, seed: int = 0,
+             comb_subset: torch.Tensor | None = None) -> MethodResult:
+    """Score ``method`` on the test ``split`` with every applicable metric.
+
+    Args:
+        comb_subset: bool ``[N]`` over the test samples, the ``comb`` insertion
+            protocol's images (those the reference method misclassifies).
+    """
     method.eval()
     metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg).items()}
     loader = DataLoader(split.dataset, batch_size=cfg.batch_size, shuffle=False,
@@ -75,10 +94,15 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         with torch.no_grad():
             logits = logits_of(x).float()
             sal = method.explain(x, y).float()
+            fixed = (method.fixed_attention_logits(x, batch["bbox"])
+                     if "bbox" in box_names else None)
         n_c = max(0, min(len(y), cfg.causal_n - seen))
         ev = EvalBatch(images=x, labels=y, logits=logits, saliency=sal,
                        boxes={b: batch[b] for b in box_names if b in batch},
-                       model=logits_of, pointing_tolerance=split.info.pointing_tolerance)
+                       model=logits_of, pointing_tolerance=split.info.pointing_tolerance,
+                       fixed_logits=None if fixed is None else fixed.float(),
+                       comb_mask=None if comb_subset is None
+                       else comb_subset.to(device)[batch["index"]])
         if n_c:
             pred = logits[:n_c].argmax(1)
             sal_c = sal[:n_c].clone()
@@ -106,8 +130,8 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         custom = agg is not PerImageMetric.aggregate
         intervals[k] = bootstrap_ci(scores, classes, agg if custom else None,
                                     n_resamples=cfg.bootstrap, seed=seed)
-        if isinstance(m, CausalAUC):
-            curves[m.mode] = m.mean_curve()
+        if isinstance(m, CausalAUC) and m.curves:
+            curves[k] = m.mean_curve()
     timing = time_explanation(method, loader, device, cfg.timing_batches)
     values.update(timing)
     return MethodResult(name, values, intervals, per_image, curves, n_test=seen,

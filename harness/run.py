@@ -26,7 +26,7 @@ from harness import backbones, data, train
 from harness import config as config_mod
 from harness import device as dev
 from harness.errors import UserError
-from harness.evaluate import MethodResult, evaluate
+from harness.evaluate import MethodResult, evaluate, misclassified
 from methods.base import METHODS
 from metrics.base import METRICS
 
@@ -106,13 +106,18 @@ def run(args: argparse.Namespace) -> Path:
     test_split = data.build(cfg.dataset, "test", cache_dir=cache, **cfg.dataset_kwargs)
     memo: dict[str, train.Trained] = {}
     rows: list[MethodResult] = []
+    comb_subset = None
+    if cfg.comb_reference in names:  # the comb insertion protocol's images
+        ref = train.obtain(cfg.comb_reference, cfg, train_split, device, cache,
+                           progress=progress, _memo=memo)
+        comb_subset = misclassified(ref.method, test_split, device)
     method_meta: dict[str, dict[str, Any]] = {}
     for name in names:
         t0 = time.perf_counter()
         trained = train.obtain(name, cfg, train_split, device, cache, progress=progress,
                                _memo=memo)
         res = evaluate(trained.method, name, test_split, trained.cfg.eval, device,
-                       progress=progress, seed=cfg.seed)
+                       progress=progress, seed=cfg.seed, comb_subset=comb_subset)
         rows.append(res)
         meta = METHODS.entry(name).meta
         method_meta[name] = {"paper": meta.get("paper", ""),
@@ -122,6 +127,7 @@ def run(args: argparse.Namespace) -> Path:
                              "reference": bool(meta.get("reference", False)),
                              "key": trained.key, "cached": trained.cached,
                              "train_seconds": round(trained.train_seconds, 2),
+                             "facts": trained.facts,
                              "train": trained.cfg.to_dict()["train"],
                              "history": trained.history}
         say(f"  {name:<10} top1 {res.values.get('top1', float('nan')):.3f}  "
@@ -137,6 +143,8 @@ def run(args: argparse.Namespace) -> Path:
     meta_run = {"dataset": cfg.dataset, "preset": cfg.preset, "backbone": cfg.backbone,
                 "seed": cfg.seed, "device": str(device), "n_test": rows[0].n_test,
                 "n_causal": rows[0].n_causal,
+                "comb_reference": cfg.comb_reference if comb_subset is not None else None,
+                "n_comb": None if comb_subset is None else int(comb_subset.sum()),
                 "protocol": "rise (insertion: blur 11/5 substrate; deletion: zero substrate; "
                             "predicted class; softmax score; one row of pixels per step; "
                             "maps min-max normalised per image for localisation)",

@@ -41,11 +41,23 @@ class Trained:
     cached: bool
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 def method_config(name: str, cfg: RunConfig) -> RunConfig:
-    """``cfg`` with the method's registered trainer overrides applied."""
-    return with_train_overrides(cfg, METHODS.entry(name).meta.get("train", {}))
+    """``cfg`` with the method's schedule: the preset's, then the method's registered
+    defaults, then the preset's per-method overrides."""
+    cfg = with_train_overrides(cfg, METHODS.entry(name).meta.get("train", {}))
+    return with_train_overrides(cfg, _tuples(cfg.methods.get(name, {}).get("train", {})))
+
+
+def method_options(name: str, cfg: RunConfig) -> dict[str, Any]:
+    """Constructor options of ``name`` set by the preset (the rest keep their defaults)."""
+    return dict(cfg.methods.get(name, {}).get("options", {}))
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def build_method(name: str, cfg: RunConfig, split: Split, **options: Any) -> Method:
@@ -68,7 +80,7 @@ def cache_key(name: str, cfg: RunConfig, options: dict[str, Any]) -> str:
                "dataset": mcfg.dataset, "dataset_kwargs": mcfg.dataset_kwargs,
                "backbone": mcfg.backbone, "backbone_kwargs": mcfg.backbone_kwargs,
                "train": dataclasses.asdict(mcfg.train), "seed": mcfg.seed,
-               "parent": cache_key(parent, cfg, {}) if parent else None}
+               "parent": cache_key(parent, cfg, method_options(parent, cfg)) if parent else None}
     return config_hash(payload)
 
 
@@ -82,7 +94,7 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
         cache_dir: where checkpoints live; None disables caching.
         options: method constructor options (part of the cache key).
     """
-    options = dict(options or {})
+    options = method_options(name, cfg) if options is None else dict(options)
     memo = _memo if _memo is not None else {}
     key = cache_key(name, cfg, options)
     if key in memo:
@@ -94,7 +106,8 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
         blob = torch.load(path, map_location="cpu", weights_only=False)
         model.load_state_dict(blob["state_dict"])
         dev.prepare(model, device).eval()
-        result = Trained(model, key, mcfg, True, blob["train_seconds"], blob["history"])
+        result = Trained(model, key, mcfg, True, blob["train_seconds"], blob["history"],
+                         blob.get("facts", {}))
         memo[key] = result
         return result
     parent = METHODS.entry(name).meta.get("init_from")
@@ -103,14 +116,19 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
         model.load_parent({k: v.cpu() for k, v in p.method.state_dict().items()})
     dev.prepare(model, device)
     t0 = time.perf_counter()
+    facts: dict[str, Any] = {}
+    if mcfg.train.epochs > 0:
+        model.eval()
+        facts = model.on_fit_start(train_split, device)
     history = fit(model, mcfg, train_split, device, progress=progress,
                   resume=path.with_suffix(".partial") if path else None)
     seconds = time.perf_counter() - t0
     model.eval()
     if path is not None and mcfg.train.epochs > 0:
         _atomic_save({"state_dict": model.state_dict(), "train_seconds": seconds,
-                      "history": history, "method": name, "config": mcfg.to_dict()}, path)
-    result = Trained(model, key, mcfg, False, seconds, history)
+                      "history": history, "facts": facts, "method": name,
+                      "config": mcfg.to_dict()}, path)
+    result = Trained(model, key, mcfg, False, seconds, history, facts)
     memo[key] = result
     return result
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from harness.backbones import SplitBackbone, stride1_copy
 from harness.data import DatasetInfo
+from harness.geometry import map_box_mask
 from methods.base import Method, Output, register_method, upsample
 
 
@@ -80,7 +81,7 @@ class ABN(Method):
         g = self.backbone.features(x)
         k_maps, att_logits, m = self.attention_branch(g)
         return Output(logits=self.perceive(g, m), att_logits=att_logits, attention=m,
-                      class_maps=k_maps)
+                      class_maps=k_maps, features=g)
 
     def loss(self, out: Output, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """L = CE(attention branch) + CE(perception branch) (Eq. 3)."""
@@ -95,6 +96,13 @@ class ABN(Method):
         """The attention map M (class-agnostic), bilinearly upsampled to the input."""
         _, _, m = self.attention_branch(self.backbone.features(x))
         return upsample(m, tuple(x.shape[-2:]))
+
+    def fixed_attention_logits(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Perception logits on g * (1 + M') with M' = M inside the box, 0 outside
+        (cells of the map whose centres lie in the box; COMB Sec. 3.1)."""
+        g = self.backbone.features(x)
+        _, _, m = self.attention_branch(g)
+        return self.perceive(g, m * map_box_mask(boxes, m, tuple(x.shape[-2:])))
 
     def class_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """The K-channel attention-branch maps (before the 1x1 head) for ``classes``."""

@@ -31,12 +31,15 @@ class Output:
         att_logits: ``[B,K]`` attention-branch logits, for methods that have them.
         attention: ``[B,1,h,w]`` the attention map used by the attention mechanism.
         class_maps: ``[B,K,h,w]`` class-specific response maps, if produced.
+        features: ``[B,C,h,w]`` the feature extractor's output g(x), for methods that
+            re-use it (attention mining).
     """
 
     logits: torch.Tensor
     att_logits: torch.Tensor | None = None
     attention: torch.Tensor | None = None
     class_maps: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
 
 class Method(nn.Module):
@@ -92,8 +95,28 @@ class Method(nn.Module):
         return None
 
     def load_parent(self, state: dict[str, torch.Tensor]) -> None:
-        """Initialise from the ``init_from`` method's trained state (strict by default)."""
-        self.load_state_dict(state)
+        """Initialise from the ``init_from`` method's trained state.
+
+        Every parent tensor must fit; only buffers this method adds may be missing.
+        """
+        own_buffers = {n for n, _ in self.named_buffers()}
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        bad = [k for k in missing if k not in own_buffers or k in state]
+        if unexpected or bad:
+            raise RuntimeError(f"{self.name}: parent checkpoint does not fit "
+                               f"(missing {bad}, unexpected {unexpected})")
+
+    def on_fit_start(self, split: Any, device: torch.device) -> dict[str, Any]:
+        """Called once before training (not when loading a cached checkpoint): a method
+        may analyse the training split here (e.g. select samples). Returns facts worth
+        recording in the run's config."""
+        return {}
+
+    def fixed_attention_logits(self, x: torch.Tensor,
+                               boxes: torch.Tensor) -> torch.Tensor | None:
+        """Prediction with the attention outside ``boxes`` removed (COMB, Table 1), for
+        methods with an attention mechanism; None for the others."""
+        return None
 
 
 def upsample(m: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:

@@ -33,6 +33,10 @@ class EvalBatch:
         causal_images/causal_saliency/causal_classes: the subset scored by the causal
             metrics, with the explanation of the tracked class (None if none here).
         pointing_tolerance: the dataset's pointing-game tolerance in pixels.
+        fixed_logits: the prediction with attention outside the target box removed
+            (methods with an attention mechanism; None otherwise).
+        comb_mask: ``[B]`` bool, the images in the ``comb`` insertion protocol's subset
+            (those the reference method misclassifies); None when not computed.
     """
 
     images: torch.Tensor
@@ -45,6 +49,8 @@ class EvalBatch:
     causal_saliency: torch.Tensor | None = None
     causal_classes: torch.Tensor | None = None
     pointing_tolerance: float = 15.0
+    fixed_logits: torch.Tensor | None = None
+    comb_mask: torch.Tensor | None = None
 
 
 class PerImageMetric(Metric):

@@ -10,26 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from harness.geometry import box_mask, normalize
 
-def normalize(saliency: torch.Tensor) -> torch.Tensor:
-    """Per-image min-max normalisation to [0, 1]; ``[B,H,W]`` float (constant -> 0)."""
-    s = saliency[:, 0] if saliency.dim() == 4 else saliency
-    s = s.float()
-    flat = s.reshape(s.shape[0], -1)
-    lo = flat.min(1).values.view(-1, 1, 1)
-    span = (flat.max(1).values.view(-1, 1, 1) - lo)
-    return torch.where(span > 0, (s - lo) / span.clamp_min(1e-12), torch.zeros_like(s))
-
-
-def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Boolean ``[B,H,W]``: pixels whose centres lie in each box."""
-    boxes = boxes.float()
-    cx = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5
-    cy = torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5
-    x1, y1, x2, y2 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
-    inside_x = (cx.view(1, 1, -1) >= x1) & (cx.view(1, 1, -1) <= x2)
-    inside_y = (cy.view(1, -1, 1) >= y1) & (cy.view(1, -1, 1) <= y2)
-    return inside_x & inside_y
+__all__ = ["bbox_inside_frac", "box_mask", "energy_pointing_game", "normalize",
+           "pointing_game"]
 
 
 def bbox_inside_frac(saliency: torch.Tensor, boxes: torch.Tensor,

@@ -65,6 +65,69 @@ class CausalAUC(PerImageMetric):
         return torch.cat(self.curves).mean(0).cpu().numpy()
 
 
+class MaxWrongProb(PerImageMetric):
+    """Highest incorrect-class softmax probability of each image (COMB, Table 1)."""
+
+    higher_is_better = False
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return max_wrong_prob(batch.logits, batch.labels), batch.labels
+
+
+def max_wrong_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the largest softmax probability among the classes other than ``labels``."""
+    p = torch.softmax(logits.float(), dim=1)
+    return p.scatter(1, labels.view(-1, 1), float("-inf")).max(1).values
+
+
+class AttnFixGain(PerImageMetric):
+    """COMB's Table 1 analysis: per-image change when the attention outside the target
+    box is removed and the perception branch re-run; ``what`` is ``"max_wrong_prob"``
+    (after - before; negative = the attention outside the box fed a wrong class) or
+    ``"top1"`` (after - before, in {-1, 0, 1}). Methods without an attention mechanism
+    have no score (N/A)."""
+
+    def __init__(self, what: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.what = what
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if batch.fixed_logits is None:
+            return None
+        if self.what == "max_wrong_prob":
+            before = max_wrong_prob(batch.logits, batch.labels)
+            after = max_wrong_prob(batch.fixed_logits, batch.labels)
+        else:
+            before = (batch.logits.argmax(1) == batch.labels).float()
+            after = (batch.fixed_logits.argmax(1) == batch.labels).float()
+        return after - before, batch.labels
+
+
+class CombInsertionAUC(CausalAUC):
+    """Insertion under the COMB paper's protocol (Sec. 4.4): ground-truth class, only the
+    test images the reference method misclassifies, the top-p % most salient positions
+    kept and the rest blanked (zeros in normalised space), p in steps of 5 %."""
+
+    higher_is_better = True
+
+    def __init__(self, percent_step: int = 5, **kwargs: Any) -> None:
+        super().__init__("insertion", substrate="zero", **kwargs)
+        self.percent_step = percent_step
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if batch.comb_mask is None or batch.model is None or not bool(batch.comb_mask.any()):
+            return None
+        sel = batch.comb_mask
+        x = batch.images[sel]
+        h, w = x.shape[-2:]
+        step = -(-h * w * self.percent_step // 100)
+        curves = causal.causal_curves(batch.model, x, batch.saliency[sel], batch.labels[sel],
+                                      mode="insertion", step=step, substrate=self.substrate,
+                                      batch_size=self.forward_batch)
+        self.curves.append(curves)
+        return causal.auc(curves), batch.labels[sel]
+
+
 class InsertionAUC(CausalAUC):
     """Insertion AUC (higher is better); RISE default substrate: blur."""
 
@@ -139,5 +202,17 @@ _spec("pointing_game", True, "pointing game, mean per-class hit rate",
       lambda cfg: PointingGame(), ("bbox",), paper="Zhang et al., ECCV 2016")
 _spec("distractor_frac", False, "share of map energy on the distractor object",
       lambda cfg: BoxMetric("energy", box="distractor_bbox"), ("distractor_bbox",))
+_spec("comb_insertion_auc", True, "insertion AUC, COMB protocol: ground-truth class, only "
+      "images the reference method (abn) misclassifies, top-p% kept, rest zero, 5% steps",
+      lambda cfg: CombInsertionAUC(forward_batch=cfg.forward_batch),
+      paper="Iwayoshi et al., VISAPP 2023")
+_spec("max_wrong_prob", False, "highest incorrect-class probability", lambda cfg: MaxWrongProb(),
+      explanation=False, paper="Iwayoshi et al., VISAPP 2023")
+_spec("attn_fix_wrong_prob", False, "change of max_wrong_prob when attention outside the box "
+      "is removed (N/A without an attention mechanism)",
+      lambda cfg: AttnFixGain("max_wrong_prob"), ("bbox",), paper="Iwayoshi et al., VISAPP 2023")
+_spec("attn_fix_top1", True, "change of top-1 when attention outside the box is removed "
+      "(N/A without an attention mechanism)", lambda cfg: AttnFixGain("top1"), ("bbox",),
+      paper="Iwayoshi et al., VISAPP 2023")
 _spec("explain_ms", False, "milliseconds per explanation (batched)", unit="ms")
 _spec("explain_overhead", False, "explanation time / plain forward time on the same batch")

@@ -27,7 +27,13 @@ from matplotlib.patches import Rectangle
 from harness.evaluate import MethodResult
 from metrics.base import METRICS
 
-CURVE_MODES = ("insertion", "deletion")
+#: curve panels of the HTML report: metric id -> (title, x label)
+CURVE_PANELS = {
+    "insertion_auc": ("insertion, RISE (higher is better)", "fraction of pixels inserted"),
+    "deletion_auc": ("deletion, RISE (lower is better)", "fraction of pixels deleted"),
+    "comb_insertion_auc": ("insertion, COMB protocol (higher is better)",
+                           "fraction of most salient pixels kept"),
+}
 
 
 @dataclass
@@ -75,15 +81,16 @@ def to_frame(record: RunRecord) -> pd.DataFrame:
 
 
 def curves_frame(record: RunRecord) -> pd.DataFrame:
-    """Mean insertion/deletion curves: method, mode, step, fraction, score."""
+    """Mean curves: method, metric (the AUC column they belong to), step, fraction, score."""
     out = []
     for r in record.rows:
-        for mode, curve in r.curves.items():
+        for metric, curve in r.curves.items():
             n = len(curve) - 1
             for k, s in enumerate(curve):
-                out.append({"method": r.method, "mode": mode, "step": k,
+                out.append({"method": r.method, "metric": metric, "step": k,
                             "fraction": k / n if n else 0.0, "score": float(s)})
-    return pd.DataFrame.from_records(out, columns=["method", "mode", "step", "fraction", "score"])
+    return pd.DataFrame.from_records(out, columns=["method", "metric", "step", "fraction",
+                                                  "score"])
 
 
 def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
@@ -157,17 +164,20 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
 
 
 def curves_figure(record: RunRecord) -> plt.Figure:
-    """Mean insertion and deletion curves of every row."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    for ax, mode in zip(axes, CURVE_MODES, strict=True):
+    """Mean curves of every row, one panel per causal metric present."""
+    panels = [k for k in CURVE_PANELS if any(k in r.curves for r in record.rows)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 3.6),
+                             constrained_layout=True, squeeze=False)
+    for ax, metric in zip(axes[0], panels, strict=False):
         for r in record.rows:
-            c = r.curves.get(mode)
+            c = r.curves.get(metric)
             if c is None or not len(c):
                 continue
-            auc = r.values.get(f"{mode}_auc", math.nan)
+            auc = r.values.get(metric, math.nan)
             ax.plot(np.linspace(0, 1, len(c)), c, label=f"{r.method} ({auc:.3f})")
-        ax.set_title(f"{mode} ({'higher' if mode == 'insertion' else 'lower'} is better)")
-        ax.set_xlabel(f"fraction of pixels {'inserted' if mode == 'insertion' else 'deleted'}")
+        title, xlabel = CURVE_PANELS[metric]
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("probability of the tracked class")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)

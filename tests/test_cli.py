@@ -54,7 +54,7 @@ def test_outputs_written(smoke_run: Path) -> None:
         arrow = "↑" if METRICS.get(c).higher_is_better else "↓"
         assert f"{c} {arrow}" in html
     curves = pd.read_csv(smoke_run / "curves.csv")
-    assert set(curves["mode"]) == {"insertion", "deletion"}
+    assert {"insertion_auc", "deletion_auc"} <= set(curves["metric"])
     assert curves["score"].between(0, 1).all()
 
 

@@ -18,6 +18,8 @@ def test_method_step_and_explain(name: str, smoke_cfg: config.RunConfig,
     hooks0 = all_hooks(model)
     batch = next(iter(DataLoader(smoke_train.dataset, batch_size=4)))
     x, y = batch["image"], batch["label"]
+    model.eval()  # as the trainer: analyse the training split, then train
+    model.on_fit_start(smoke_train, torch.device("cpu"))
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opts = model.configure_optimizers(smoke_cfg.train)

@@ -1,0 +1,45 @@
+"""Map and box geometry shared by methods (attention editing) and metrics.
+
+Boxes are ``[B,4]`` xyxy in input pixels. A cell (row r, column c) of a map whose cells
+span ``stride`` input pixels is inside a box when its centre ``((c + 0.5) * stride,
+(r + 0.5) * stride)`` lies in the closed box; at input resolution (stride 1) this is
+the pixel-centre rule. A NaN box contains no cell.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def normalize(maps: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max normalisation to [0, 1]; ``[B,H,W]`` float (constant -> 0).
+
+    Accepts ``[B,H,W]`` or ``[B,1,H,W]``.
+    """
+    s = maps[:, 0] if maps.dim() == 4 else maps
+    s = s.float()
+    flat = s.reshape(s.shape[0], -1)
+    lo = flat.min(1).values.view(-1, 1, 1)
+    span = flat.max(1).values.view(-1, 1, 1) - lo
+    return torch.where(span > 0, (s - lo) / span.clamp_min(1e-12), torch.zeros_like(s))
+
+
+def box_mask(boxes: torch.Tensor, height: int, width: int,
+             stride: float = 1.0) -> torch.Tensor:
+    """Boolean ``[B,H,W]``: cells whose centres lie in each box."""
+    boxes = boxes.float()
+    cx = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) * stride
+    cy = (torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5) * stride
+    x1, y1, x2, y2 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
+    inside_x = (cx.view(1, 1, -1) >= x1) & (cx.view(1, 1, -1) <= x2)
+    inside_y = (cy.view(1, -1, 1) >= y1) & (cy.view(1, -1, 1) <= y2)
+    return inside_x & inside_y
+
+
+def map_box_mask(boxes: torch.Tensor, fmap: torch.Tensor,
+                 image_size: tuple[int, ...]) -> torch.Tensor:
+    """Float ``[B,1,h,w]`` box mask at the resolution of ``fmap`` ``[B,C,h,w]`` for an
+    input of ``image_size`` (H, W); the cell stride is H / h."""
+    h, w = fmap.shape[-2:]
+    stride = image_size[0] / h
+    return box_mask(boxes, h, w, stride).unsqueeze(1).to(fmap.dtype)
