@@ -4,9 +4,9 @@
 feature extractor g), ``last_stage`` (the stage the attention branch copies), and a
 GAP + linear ``fc`` head (so CAM applies). Two families are registered:
 
-* CIFAR-style ResNets as in the ABN authors' code (3 stages of 16/32/64 channels;
-  BasicBlock with n = (depth-2)/6 blocks per stage, Bottleneck with n = (depth-2)/9
-  when depth >= 44), split after stage 2. ``stem_stride`` (default 1, the original) may
+* CIFAR-style ResNets as in the ABN authors' code (3 stages of 16/32/64 channels,
+  n = (depth-2)/6 blocks per stage, Bottleneck blocks when depth >= 44), split after
+  stage 2. ``stem_stride`` (default 1, the original) may
   be set to 2 for larger inputs such as the 64 px embedded default.
 * timm ResNet-family models (``pretrained=False``), split after stage 3.
 """
@@ -14,6 +14,7 @@ GAP + linear ``fc`` head (so CAM applies). Two families are registered:
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -57,11 +58,11 @@ BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 def build(name: str, num_classes: int, **kwargs: Any) -> SplitBackbone:
     """Build the registered backbone ``name`` for ``num_classes`` classes."""
+    from harness.data import check_options
+
     factory = BACKBONES.get(name)
-    try:
-        return factory(num_classes=num_classes, **kwargs)
-    except TypeError as err:
-        raise UserError(f"bad options for backbone {name!r}: {err}") from None
+    check_options(factory, f"backbone {name!r}", num_classes=num_classes, **kwargs)
+    return factory(num_classes=num_classes, **kwargs)
 
 
 def stride1_copy(stage: nn.Module) -> nn.Module:
@@ -149,15 +150,10 @@ def _shortcut(inplanes: int, outplanes: int, stride: int) -> nn.Module:
 
 def cifar_resnet(depth: int, num_classes: int, stem_stride: int = 1) -> SplitBackbone:
     """CIFAR ResNet of the given depth, split after stage 2 (as ABN on CIFAR)."""
-    if depth >= 44:
-        if (depth - 2) % 9:
-            raise UserError(f"cifar-resnet depth {depth}: Bottleneck depths are 9n+2")
-        block: type[BasicBlock] | type[Bottleneck] = Bottleneck
-        n = (depth - 2) // 9
-    else:
-        if (depth - 2) % 6:
-            raise UserError(f"cifar-resnet depth {depth}: BasicBlock depths are 6n+2")
-        block, n = BasicBlock, (depth - 2) // 6
+    if (depth - 2) % 6:
+        raise UserError(f"cifar-resnet depth {depth}: depths are 6n+2 (8, 14, 20, 32, ...)")
+    n = (depth - 2) // 6
+    block: type[BasicBlock] | type[Bottleneck] = Bottleneck if depth >= 44 else BasicBlock
     inplanes = 16
 
     def stage(planes: int, stride: int) -> nn.Sequential:
@@ -179,8 +175,7 @@ def cifar_resnet(depth: int, num_classes: int, stem_stride: int = 1) -> SplitBac
 
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):
-    BACKBONES.add(f"cifar-resnet{_depth}",
-                  lambda num_classes, _d=_depth, **kw: cifar_resnet(_d, num_classes, **kw),
+    BACKBONES.add(f"cifar-resnet{_depth}", functools.partial(cifar_resnet, _depth),
                   family="cifar-resnet", split="after stage 2")
 
 
@@ -222,5 +217,5 @@ def _out_channels(stage: nn.Module) -> int:
 
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
               "resnext50_32x4d", "wide_resnet50_2", "seresnet50"):
-    BACKBONES.add(_name, lambda num_classes, _n=_name, **kw: timm_resnet(_n, num_classes, **kw),
+    BACKBONES.add(_name, functools.partial(timm_resnet, _name),
                   family="timm-resnet", split="after stage 3")

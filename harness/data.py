@@ -9,6 +9,7 @@ through every transform via ``torchvision.transforms.v2`` and ``tv_tensors``.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,10 +123,16 @@ def build(name: str, split: str, cache_dir: Path | None = None, **kwargs: Any) -
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     factory = DATASETS.get(name)
+    check_options(factory, f"dataset {name!r}", split=split, cache_dir=cache_dir, **kwargs)
+    return factory(split=split, cache_dir=cache_dir, **kwargs)
+
+
+def check_options(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> None:
+    """Raise a one-line UserError when ``fn`` does not accept these arguments."""
     try:
-        return factory(split=split, cache_dir=cache_dir, **kwargs)
+        inspect.signature(fn).bind(*args, **kwargs)
     except TypeError as err:
-        raise UserError(f"bad options for dataset {name!r}: {err}") from None
+        raise UserError(f"bad options for {what}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -294,7 +301,8 @@ def _cached_digits(n: int, split: str, seed: int,
     return arrays
 
 
-@DATASETS.register("cluttered-digits", embedded=True, needs_download=False)
+@DATASETS.register("cluttered-digits", embedded=True, needs_download=False,
+                   version=GENERATOR_VERSION, test_only=("n_test",))
 def cluttered_digits(split: str, n_train: int = 5000, n_test: int = 1000, data_seed: int = 0,
                      augment: bool = True, cache_dir: Path | None = None) -> Split:
     """The embedded default: cluttered real MNIST digits with target and distractor boxes.

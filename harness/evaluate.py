@@ -136,7 +136,8 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     values.update(timing)
     return MethodResult(name, values, intervals, per_image, curves, n_test=seen,
                         n_causal=min(seen, cfg.causal_n),
-                        gallery={"saliency": torch.cat(gallery["saliency"]).numpy()})
+                        gallery={"saliency": torch.cat(gallery["saliency"]).numpy()
+                                 if gallery["saliency"] else np.zeros((0, 1, 1))})
 
 
 def time_explanation(method: Method, loader: DataLoader, device: torch.device,  # type: ignore[type-arg]

@@ -10,7 +10,10 @@ interrupted training continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import pickle
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from harness import backbones
+from harness import backbones, data
 from harness import device as dev
 from harness.config import RunConfig, config_hash, with_train_overrides
 from harness.data import Split
@@ -28,7 +31,7 @@ from harness.errors import UserError
 from methods.base import METHODS, Method
 
 #: bump when a change invalidates cached checkpoints
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -76,8 +79,12 @@ def cache_key(name: str, cfg: RunConfig, options: dict[str, Any]) -> str:
     entry = METHODS.entry(name)
     parent = entry.meta.get("init_from")
     mcfg = method_config(name, cfg)
+    dmeta = data.DATASETS.entry(mcfg.dataset).meta
+    train_kwargs = {k: v for k, v in mcfg.dataset_kwargs.items()
+                    if k not in dmeta.get("test_only", ())}
     payload = {"method": name, "options": options, "version": CACHE_VERSION,
-               "dataset": mcfg.dataset, "dataset_kwargs": mcfg.dataset_kwargs,
+               "dataset": mcfg.dataset, "dataset_version": dmeta.get("version"),
+               "dataset_kwargs": train_kwargs,
                "backbone": mcfg.backbone, "backbone_kwargs": mcfg.backbone_kwargs,
                "train": dataclasses.asdict(mcfg.train), "seed": mcfg.seed,
                "parent": cache_key(parent, cfg, method_options(parent, cfg)) if parent else None}
@@ -103,13 +110,19 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
     model = build_method(name, mcfg, train_split, **options)
     path = cache_dir / f"{name}-{key}.pt" if cache_dir else None
     if path is not None and path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(blob["state_dict"])
-        dev.prepare(model, device).eval()
-        result = Trained(model, key, mcfg, True, blob["train_seconds"], blob["history"],
-                         blob.get("facts", {}))
-        memo[key] = result
-        return result
+        try:
+            blob = _load(path)
+            model.load_state_dict(blob["state_dict"])
+        except (RuntimeError, KeyError, EOFError, IndexError, ValueError,
+                pickle.UnpicklingError) as err:
+            print(f"warning: unreadable checkpoint {path} ({type(err).__name__}); "
+                  "training again", file=sys.stderr)
+        else:
+            dev.prepare(model, device).eval()
+            result = Trained(model, key, mcfg, True, blob["train_seconds"], blob["history"],
+                             blob.get("facts", {}))
+            memo[key] = result
+            return result
     parent = METHODS.entry(name).meta.get("init_from")
     if parent:
         p = obtain(parent, cfg, train_split, device, cache_dir, progress=progress, _memo=memo)
@@ -128,7 +141,11 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
         _atomic_save({"state_dict": model.state_dict(), "train_seconds": seconds,
                       "history": history, "facts": facts, "method": name,
                       "config": mcfg.to_dict()}, path)
-    result = Trained(model, key, mcfg, False, seconds, history, facts)
+        path.with_suffix(".partial").unlink(missing_ok=True)  # only once the result is safe
+    # a method that trains nothing is exactly as cached as its parent
+    cached = mcfg.train.epochs <= 0 and parent is not None and memo[cache_key(
+        parent, cfg, method_options(parent, cfg))].cached
+    result = Trained(model, key, mcfg, cached, seconds, history, facts)
     memo[key] = result
     return result
 
@@ -144,9 +161,12 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
     if tc.epochs <= 0:
         return []
     optimizers = model.configure_optimizers(tc)
-    milestones = sorted({max(1, round(f * tc.epochs)) for f in tc.milestones})
+    milestones = epoch_milestones(tc.milestones, tc.epochs)
     schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, milestones, tc.gamma)
                   for o in optimizers]
+    # Shuffling has its own generator; augmentation draws from the global RNG, seeded
+    # here so that the result depends only on (config, seed), not on what ran before.
+    torch.manual_seed(cfg.seed + 1)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(split.dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True,
                         generator=gen, num_workers=0, pin_memory=dev.pin_memory(device))
@@ -156,7 +176,7 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume is not None and resume.exists():
-        state = torch.load(resume, map_location="cpu", weights_only=False)
+        state = _load(resume)
         model.load_state_dict(state["model"])
         for o, s in zip(optimizers, state["optimizers"], strict=True):
             o.load_state_dict(s)
@@ -176,8 +196,9 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
             with dev.autocast(device):
                 logs = model.training_step(batch, optimizers)
             for k, v in logs.items():
-                if not torch.isfinite(torch.tensor(v)):
-                    raise FloatingPointError(f"{name}: non-finite {k} at epoch {epoch + 1}")
+                if not math.isfinite(v):
+                    raise UserError(f"{name}: training diverged ({k} = {v} in epoch "
+                                    f"{epoch + 1}); lower the learning rate of the preset")
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v / i:.3f}" for k, v in sums.items()})
         for sch in schedulers:
@@ -190,9 +211,20 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
                           "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                           "history": history,
                           "epoch": epoch + 1}, resume)
-    if resume is not None and resume.exists():
-        resume.unlink()
     return history
+
+
+def epoch_milestones(fractions: tuple[float, ...], epochs: int) -> list[int]:
+    """Epochs after which the LR drops: ``floor(f * epochs)``, at least 1, distinct.
+
+    ABN's 50 % / 75 % of 300 epochs give 150 and 225; of 5 epochs, 2 and 3.
+    """
+    return sorted({max(1, math.floor(f * epochs)) for f in fractions})
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """A checkpoint or resume file written by this module (tensors and plain types)."""
+    return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

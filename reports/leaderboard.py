@@ -158,7 +158,8 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     return env.get_template("leaderboard.html.j2").render(
         meta=record.meta, header=header, body=body,
-        curves_png=_png(curves_figure(record)), gallery_png=_png(gallery_figure(record)),
+        curves_png=_png(curves_figure(record)),
+        gallery_png=_png(gallery_figure(record)) if len(record.gallery_images) else "",
         metrics=[{"id": c, **vars(METRICS.get(c))} for c in cols],
         config_yaml=yaml.safe_dump(record.config, sort_keys=False))
 

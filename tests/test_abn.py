@@ -78,3 +78,36 @@ def test_timm_backbone_split_and_abn() -> None:
     assert out.attention.shape == (1, 1, 4, 4) and out.logits.shape == (1, 5)
     with torch.no_grad():
         assert torch.allclose(bb(x), bb.fc(bb.pool(bb.last_stage(bb.features(x)))))
+
+
+def test_abn_known_answer_wiring() -> None:
+    """Hand-set weights on 2 channels, 2 classes, a 2x2 map; every BN is the identity
+    (eval mode, running mean 0 / var 1), so the expected values follow by hand."""
+    import math
+
+    from harness.backbones import SplitBackbone
+
+    bb = SplitBackbone(nn.Identity(), nn.Identity(), 2, 2, 2)
+    info = DIGITS_INFO.__class__(**{**DIGITS_INFO.__dict__, "num_classes": 2})
+    abn = ABN(bb, info).eval()
+    ab = abn.attention_branch
+    with torch.no_grad():
+        bb.fc.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        bb.fc.bias.zero_()
+        ab.to_classes.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(2, 2, 1, 1))
+        ab.head.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 2.0]]).view(2, 2, 1, 1))
+        ab.to_map.weight.zero_()
+        ab.to_map.weight[0, :, 1, 1] = torch.tensor([1.0, -1.0])  # centre tap: k0 - k1
+    g = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]], [[2.0, 1.0], [-1.0, 0.0]]]])
+    out = abn(g)
+    k = g.clamp_min(0)  # BN (identity) -> ReLU
+    assert torch.allclose(out.class_maps, k, atol=1e-4)
+    # attention logits: GAP of the 1x1 head
+    att = torch.tensor([(k[0, 0] + k[0, 1]).mean(), 2 * k[0, 1].mean()])
+    assert torch.allclose(out.att_logits[0], att, atol=1e-4)
+    m = torch.sigmoid(k[0, 0] - k[0, 1])
+    assert torch.allclose(out.attention[0, 0], m, atol=1e-4)
+    per = (g[0] * (1 + m)).mean((1, 2))  # identity stage and fc: GAP of g * (1 + M)
+    assert torch.allclose(out.logits[0], per, atol=1e-4)
+    corner = float(out.attention[0, 0, 0, 0].detach())
+    assert math.isclose(corner, 1 / (1 + math.exp(1.0)), abs_tol=1e-4)

@@ -67,3 +67,15 @@ def test_bootstrap_interval() -> None:
     classes = rng.integers(0, 3, 400)
     lo2, hi2 = bootstrap_ci(x, classes, PointingGame.aggregate, n_resamples=300)
     assert lo2 < PointingGame.aggregate(x, classes) < hi2
+
+
+def test_images_without_a_box_are_skipped() -> None:
+    from metrics.standard import BoxMetric
+
+    sal = torch.zeros(3, 1, 8, 8)
+    sal[:, 0, 1, 1] = 1.0
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [float("nan")] * 4, [4.0, 4.0, 8.0, 8.0]])
+    m = BoxMetric("pointing")
+    m.update(_batch(torch.zeros(3, 2), torch.tensor([0, 0, 1]), sal, boxes))
+    scores, classes = m.per_image()
+    assert scores.tolist() == [1.0, 0.0] and classes.tolist() == [0, 1]

@@ -85,3 +85,47 @@ def test_method_needing_boxes_errors_without_them(smoke_cfg: config.RunConfig,
             train.build_method("needs-boxes-probe", smoke_cfg, no_boxes)
     finally:
         METHODS._entries.pop("needs-boxes-probe")
+
+
+def test_key_tracks_training_data_not_test_size(smoke_cfg: config.RunConfig,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    k = train.cache_key("abn", smoke_cfg, {})
+    more_test = dataclasses.replace(smoke_cfg, dataset_kwargs={**smoke_cfg.dataset_kwargs,
+                                                               "n_test": 999})
+    assert train.cache_key("abn", more_test, {}) == k
+    more_train = dataclasses.replace(smoke_cfg, dataset_kwargs={**smoke_cfg.dataset_kwargs,
+                                                                "n_train": 65})
+    assert train.cache_key("abn", more_train, {}) != k
+    entry = data.DATASETS.entry("cluttered-digits")
+    monkeypatch.setitem(entry.meta, "version", entry.meta["version"] + 1)
+    assert train.cache_key("abn", smoke_cfg, {}) != k
+
+
+def test_child_weights_do_not_depend_on_how_the_parent_was_obtained(
+        smoke_cfg: config.RunConfig, smoke_train: data.Split, tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    fresh = train.obtain("abn-amb", smoke_cfg, smoke_train, cpu, tmp_path, progress=False)
+    (next(tmp_path.glob("abn-amb-*.pt"))).unlink()  # parent cached, child retrained
+    again = train.obtain("abn-amb", smoke_cfg, smoke_train, cpu, tmp_path, progress=False)
+    assert not again.cached
+    for (k, a), b in zip(fresh.method.state_dict().items(),
+                         again.method.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_unreadable_checkpoint_is_retrained(smoke_cfg: config.RunConfig,
+                                            smoke_train: data.Split, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    cpu = torch.device("cpu")
+    train.obtain("baseline", smoke_cfg, smoke_train, cpu, tmp_path, progress=False)
+    ckpt = next(tmp_path.glob("baseline-*.pt"))
+    ckpt.write_bytes(b"truncated")
+    again = train.obtain("baseline", smoke_cfg, smoke_train, cpu, tmp_path, progress=False)
+    assert not again.cached and "unreadable checkpoint" in capsys.readouterr().err
+    assert torch.load(ckpt, weights_only=True)["state_dict"]
+
+
+def test_epoch_milestones() -> None:
+    assert train.epoch_milestones((0.5, 0.75), 300) == [150, 225]
+    assert train.epoch_milestones((0.5, 0.75), 5) == [2, 3]
+    assert train.epoch_milestones((0.5, 0.75), 1) == [1]
