@@ -48,7 +48,7 @@ class EvalConfig:
         timing_batches: batches timed for ``explain_ms``.
     """
 
-    causal_n: int = 160
+    causal_n: int = 128
     causal_step: int = 0
     forward_batch: int = 256
     batch_size: int = 100
@@ -112,7 +112,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                     for m in ("abn-amb", "abn-cot", "abn-comb", "abn-hk")},
     },
     # The embedded default: about a minute of training per method on a 2-core CPU.
-    # Fine-tuned methods use their registered schedule (2 epochs at lr 0.01).
+    # Fine-tuned methods use their registered schedule (1 epoch at lr 0.01).
     "default": {
         "dataset_kwargs": {"n_train": 5000, "n_test": 1000},
         "backbone": "cifar-resnet14",

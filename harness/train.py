@@ -215,11 +215,12 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
 
 
 def epoch_milestones(fractions: tuple[float, ...], epochs: int) -> list[int]:
-    """Epochs after which the LR drops: ``floor(f * epochs)``, at least 1, distinct.
+    """Epochs after which the LR drops: ``ceil(f * epochs)``, distinct.
 
-    ABN's 50 % / 75 % of 300 epochs give 150 and 225; of 5 epochs, 2 and 3.
+    ABN's 50 % / 75 % of 300 epochs give 150 and 225; of 5 epochs, 3 and 4 (so that a
+    short schedule keeps the full LR for at least half of it).
     """
-    return sorted({max(1, math.floor(f * epochs)) for f in fractions})
+    return sorted({max(1, math.ceil(f * epochs)) for f in fractions})
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from methods.abn import ABN
 from methods.base import Method, Output, register_method, upsample
 
 #: the fine-tuning schedule on the embedded default (the paper presets override it)
-FINETUNE = {"epochs": 2, "lr": 0.01}
+FINETUNE = {"epochs": 1, "lr": 0.01}
 
 
 def complement_entropy_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

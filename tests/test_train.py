@@ -127,5 +127,5 @@ def test_unreadable_checkpoint_is_retrained(smoke_cfg: config.RunConfig,
 
 def test_epoch_milestones() -> None:
     assert train.epoch_milestones((0.5, 0.75), 300) == [150, 225]
-    assert train.epoch_milestones((0.5, 0.75), 5) == [2, 3]
+    assert train.epoch_milestones((0.5, 0.75), 5) == [3, 4]
     assert train.epoch_milestones((0.5, 0.75), 1) == [1]
