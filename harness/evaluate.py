@@ -59,7 +59,7 @@ def misclassified(method: Method, split: Split, device: torch.device,
     wrong = torch.zeros(len(split.dataset), dtype=torch.bool)  # type: ignore[arg-type]
     for batch in DataLoader(split.dataset, batch_size=batch_size, shuffle=False):
         batch = dev.to_device(batch, device)
-        with torch.no_grad():
+        with torch.no_grad(), dev.autocast(device):  # as in evaluate()
             pred = method(batch["image"]).logits.argmax(1)
         wrong[batch["index"].cpu()] = (pred != batch["label"]).cpu()
     return wrong
@@ -94,8 +94,9 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         with torch.no_grad():
             logits = logits_of(x).float()
             sal = method.explain(x, y).float()
-            fixed = (method.fixed_attention_logits(x, batch["bbox"])
-                     if "bbox" in box_names else None)
+            with dev.autocast(device):  # same precision as the logits they are compared to
+                fixed = (method.fixed_attention_logits(dev.channels_last(x), batch["bbox"])
+                         if "bbox" in box_names else None)
         n_c = max(0, min(len(y), cfg.causal_n - seen))
         ev = EvalBatch(images=x, labels=y, logits=logits, saliency=sal,
                        boxes={b: batch[b] for b in box_names if b in batch},

@@ -25,11 +25,13 @@ def normalize(maps: torch.Tensor) -> torch.Tensor:
 
 
 def box_mask(boxes: torch.Tensor, height: int, width: int,
-             stride: float = 1.0) -> torch.Tensor:
-    """Boolean ``[B,H,W]``: cells whose centres lie in each box."""
+             stride: float | tuple[float, float] = 1.0) -> torch.Tensor:
+    """Boolean ``[B,H,W]``: cells whose centres lie in each box; ``stride`` is the cell
+    size in input pixels, one number or (vertical, horizontal)."""
+    sy, sx = stride if isinstance(stride, tuple) else (stride, stride)
     boxes = boxes.float()
-    cx = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) * stride
-    cy = (torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5) * stride
+    cx = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) * sx
+    cy = (torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5) * sy
     x1, y1, x2, y2 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
     inside_x = (cx.view(1, 1, -1) >= x1) & (cx.view(1, 1, -1) <= x2)
     inside_y = (cy.view(1, -1, 1) >= y1) & (cy.view(1, -1, 1) <= y2)
@@ -39,7 +41,7 @@ def box_mask(boxes: torch.Tensor, height: int, width: int,
 def map_box_mask(boxes: torch.Tensor, fmap: torch.Tensor,
                  image_size: tuple[int, ...]) -> torch.Tensor:
     """Float ``[B,1,h,w]`` box mask at the resolution of ``fmap`` ``[B,C,h,w]`` for an
-    input of ``image_size`` (H, W); the cell stride is H / h."""
+    input of ``image_size`` (H, W); the cell strides are H / h and W / w."""
     h, w = fmap.shape[-2:]
-    stride = image_size[0] / h
+    stride = (image_size[0] / h, image_size[1] / w)
     return box_mask(boxes, h, w, stride).unsqueeze(1).to(fmap.dtype)

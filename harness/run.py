@@ -65,6 +65,34 @@ def resolve_methods(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def lineage(names: list[str]) -> set[str]:
+    """The methods in ``names`` and every ``init_from`` ancestor they are trained from."""
+    out: set[str] = set()
+    for n in names:
+        while n and n not in out:
+            out.add(n)
+            n = METHODS.entry(n).meta.get("init_from") or ""
+    return out
+
+
+def drop_unsupported(names: list[str], info: data.DatasetInfo, *, explicit: bool,
+                     say: Any = print) -> list[str]:
+    """Check, before any training, that the dataset has what each method needs: an
+    explicitly requested method that cannot run is an error; ``all`` skips it."""
+    keep = []
+    for n in names:
+        if METHODS.entry(n).meta.get("needs_boxes") and not info.has_boxes:
+            if explicit:
+                raise UserError(f"method {n!r} needs bounding boxes; dataset "
+                                f"{info.name!r} has none")
+            say(f"  skipping {n}: it needs bounding boxes and {info.name} has none")
+            continue
+        keep.append(n)
+    if not keep:
+        raise UserError(f"none of the requested methods can run on {info.name!r}")
+    return keep
+
+
 def print_registries() -> None:
     print("methods:")
     for e in METHODS:
@@ -106,8 +134,10 @@ def run(args: argparse.Namespace) -> Path:
     test_split = data.build(cfg.dataset, "test", cache_dir=cache, **cfg.dataset_kwargs)
     memo: dict[str, train.Trained] = {}
     rows: list[MethodResult] = []
+    names = drop_unsupported(names, test_split.info, explicit=args.methods.strip() != "all",
+                             say=say)
     comb_subset = None
-    if cfg.comb_reference in names:  # the comb insertion protocol's images
+    if cfg.comb_reference in lineage(names):  # the comb insertion protocol's images
         ref = train.obtain(cfg.comb_reference, cfg, train_split, device, cache,
                            progress=progress, _memo=memo)
         comb_subset = misclassified(ref.method, test_split, device)

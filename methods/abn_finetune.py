@@ -136,8 +136,10 @@ class AMB(ABNFineTune):
                 m = self(x).attention
             assert m is not None
             values.append(m.flatten().cpu())
-            inside.append(map_box_mask(boxes, m, tuple(x.shape[-2:])).mean((1, 2, 3)).cpu())
-        rho = float(torch.cat(inside).nanmean()) if split.info.has_boxes else 0.2
+            share = map_box_mask(boxes, m, tuple(x.shape[-2:])).mean((1, 2, 3))
+            inside.append(share[torch.isfinite(boxes).all(1)].cpu())  # images with a box
+        shares = torch.cat(inside)
+        rho = float(shares.mean()) if len(shares) else 0.2
         v = torch.cat(values)
         sample = v[torch.randperm(len(v), generator=torch.Generator().manual_seed(0))[:1_000_000]]
         sigma = float(torch.quantile(sample, 1.0 - rho))
@@ -150,7 +152,8 @@ class COT(ABNFineTune):
 
     Per batch: (1) L_att + L_per with optimiser 1; (2) a fresh forward and the
     complement-entropy loss on both branches' outputs, summed, with optimiser 2
-    (same parameters, its own momentum), as COT alternates two optimisers.
+    (same parameters, its own momentum), as COT alternates two optimisers. Both
+    optimisers apply the weight decay, as in the COT authors' code.
     """
 
     name = "abn-cot"
@@ -169,8 +172,11 @@ class COT(ABNFineTune):
     def training_step(self, batch: dict[str, Any],
                       optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]:
         opt_ce, opt_comp = optimizers
-        logs = _step(opt_ce, lambda: self.loss(self(batch["image"]), batch)[0], "loss")
-        logs.update(_step(opt_comp, lambda: self.complement_loss(batch), "l_comp"))
+        loss, logs = self.loss(self(batch["image"]), batch)  # step 1: the CE objective
+        _step(opt_ce, loss)
+        comp = self.complement_loss(batch)  # step 2: a fresh forward
+        _step(opt_comp, comp)
+        logs["l_comp"] = float(comp.detach())
         return logs
 
 
@@ -266,12 +272,10 @@ class HK(ABNFineTune):
         return logs
 
 
-def _step(opt: torch.optim.Optimizer, closure: Any, name: str) -> dict[str, float]:
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
-    loss = closure()
     loss.backward()
     opt.step()
-    return {name: float(loss.detach())}
 
 
 def _eval_batches(split: Split, device: torch.device, batch_size: int = 250

@@ -112,6 +112,8 @@ class MetricSpec:
     unit: str = ""
     #: scores the explanation (False for accuracy): reference rows are not ranked on it
     explanation: bool = True
+    #: the leaderboard marks a best value (False for diagnostic columns)
+    ranked: bool = True
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")

@@ -184,8 +184,10 @@ class PointingGame(BoxMetric):
 
 
 def _spec(name: str, hib: bool, desc: str, factory: Any = None, needs: tuple[str, ...] = (),
-          paper: str = "", unit: str = "", explanation: bool = True) -> None:
-    register_metric(MetricSpec(name, hib, desc, paper, needs, factory, unit, explanation))
+          paper: str = "", unit: str = "", explanation: bool = True,
+          ranked: bool = True) -> None:
+    register_metric(MetricSpec(name, hib, desc, paper, needs, factory, unit, explanation,
+                               ranked))
 
 
 _spec("top1", True, "top-1 accuracy", lambda cfg: TopK(1), explanation=False)
@@ -213,11 +215,14 @@ _spec("comb_insertion_auc", True, "insertion AUC, COMB protocol: ground-truth cl
       paper="Iwayoshi et al., VISAPP 2023")
 _spec("max_wrong_prob", False, "highest incorrect-class probability", lambda cfg: MaxWrongProb(),
       explanation=False, paper="Iwayoshi et al., VISAPP 2023")
-_spec("attn_fix_wrong_prob", False, "change of max_wrong_prob when attention outside the box "
-      "is removed (N/A without an attention mechanism)",
-      lambda cfg: AttnFixGain("max_wrong_prob"), ("bbox",), paper="Iwayoshi et al., VISAPP 2023")
-_spec("attn_fix_top1", True, "change of top-1 when attention outside the box is removed "
-      "(N/A without an attention mechanism)", lambda cfg: AttnFixGain("top1"), ("bbox",),
-      paper="Iwayoshi et al., VISAPP 2023")
+_spec("attn_fix_gain_wrong_prob", False, "attn_fix_gain: change of max_wrong_prob when the "
+      "attention outside the box is removed (negative: the outside attention fed a wrong "
+      "class; ~0: attention already inside); diagnostic, not ranked; n/a without an "
+      "attention mechanism", lambda cfg: AttnFixGain("max_wrong_prob"), ("bbox",),
+      paper="Iwayoshi et al., VISAPP 2023", ranked=False)
+_spec("attn_fix_gain_top1", True, "attn_fix_gain: change of top-1 when the attention outside "
+      "the box is removed; diagnostic, not ranked; n/a without an attention mechanism",
+      lambda cfg: AttnFixGain("top1"), ("bbox",), paper="Iwayoshi et al., VISAPP 2023",
+      ranked=False)
 _spec("explain_ms", False, "milliseconds per explanation (batched)", unit="ms")
 _spec("explain_overhead", False, "explanation time / plain forward time on the same batch")

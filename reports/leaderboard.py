@@ -114,6 +114,8 @@ def best_values(frame: pd.DataFrame, cols: list[str],
     ``reference`` compete on accuracy columns only."""
     best = {}
     for c in cols:
+        if not METRICS.get(c).ranked:
+            continue
         s = frame[c]
         if reference is not None and METRICS.get(c).explanation:
             s = s[~reference.to_numpy()]
@@ -157,7 +159,7 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     return env.get_template("leaderboard.html.j2").render(
-        meta=record.meta, header=header, body=body,
+        meta=record.meta, header=header, body=body, methods=record.method_meta,
         curves_png=_png(curves_figure(record)),
         gallery_png=_png(gallery_figure(record)) if len(record.gallery_images) else "",
         metrics=[{"id": c, **vars(METRICS.get(c))} for c in cols],

@@ -270,3 +270,60 @@ def test_sigma_auto_follows_the_attention_statistics(smoke_cfg: config.RunConfig
     assert share_above == pytest.approx(rho, abs=0.02)
     fixed = train.build_method("abn-amb", smoke_cfg, smoke_train, sigma=0.78)
     assert fixed.on_fit_start(smoke_train, torch.device("cpu"))["sigma"] == pytest.approx(0.78)
+
+
+def test_cot_step_two_is_complement_entropy_of_both_branches() -> None:
+    torch.manual_seed(0)
+    model = COT(backbones.build("cifar-resnet8", 10, stem_stride=2), DIGITS_INFO).eval()
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([1, 2, 3, 4])
+    ours = model.complement_loss({"image": x, "label": y})
+    out = model(x)
+    ref = complement_entropy_loss(out.att_logits, y) + complement_entropy_loss(out.logits, y)
+    assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_comb_insertion_protocol() -> None:
+    """Ground-truth class, only the masked images, top-p % kept in 5 % steps, rest zero."""
+    from metrics.standard import CombInsertionAUC
+
+    class Frac(nn.Module):  # p(class 0) = share of non-zero pixels
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            p = (z != 0).float().mean((1, 2, 3))
+            return torch.log(torch.stack([p, 1 - p], 1).clamp_min(1e-30))
+
+    imgs = torch.ones(3, 3, 10, 10)
+    sal = torch.rand(3, 1, 10, 10)
+    labels = torch.tensor([0, 1, 0])
+    m = CombInsertionAUC()
+    m.update(EvalBatch(images=imgs, labels=labels, logits=torch.zeros(3, 2), saliency=sal,
+                       model=Frac(), comb_mask=torch.tensor([True, True, False])))
+    scores, classes = m.per_image()
+    assert classes.tolist() == [0, 1]  # only the masked images
+    curve = m.curves[0]
+    assert curve.shape == (2, 21)  # 100 pixels, 5 per step: 20 steps
+    k = torch.arange(21) / 20
+    assert torch.allclose(curve[0], k, atol=1e-6)  # ground-truth class 0: share kept
+    assert torch.allclose(curve[1], 1 - k, atol=1e-6)  # class 1 tracked for image 1
+    assert scores.tolist() == pytest.approx([0.5, 0.5])
+    none = CombInsertionAUC()
+    none.update(EvalBatch(images=imgs, labels=labels, logits=torch.zeros(3, 2), saliency=sal,
+                          model=Frac(), comb_mask=torch.zeros(3, dtype=torch.bool)))
+    assert math.isnan(none.compute().item())
+
+
+def test_misclassified_marks_wrong_predictions(smoke_test: data.Split) -> None:
+    from harness.evaluate import misclassified
+
+    class Always(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.c = c
+
+        def forward(self, z: torch.Tensor) -> Any:
+            from methods.base import Output
+
+            return Output(logits=F.one_hot(torch.full((len(z),), self.c), 10).float())
+
+    wrong = misclassified(Always(3), smoke_test, torch.device("cpu"))  # type: ignore[arg-type]
+    labels = torch.tensor([smoke_test.dataset[i]["label"] for i in range(len(wrong))])
+    assert torch.equal(wrong, labels != 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,11 @@ def test_outputs_written(smoke_run: Path) -> None:
             assert df[c].between(0, 1).all(), c
             assert (df[f"{c}_lo"] <= df[c] + 1e-9).all() and (df[c] <= df[f"{c}_hi"] + 1e-9).all()
     assert (df["explain_ms"] > 0).all()
+    # attention-fix analysis: n/a (not 0) without an attention mechanism
+    has_attention = df["method"].map(lambda m: METHODS.entry(m).meta["attention"])
+    for c in ("attn_fix_gain_wrong_prob", "attn_fix_gain_top1"):
+        assert df.loc[~has_attention, c].isna().all() and df.loc[has_attention, c].notna().all()
+    assert df["comb_insertion_auc"].between(0, 1).all() and df["max_wrong_prob"].between(0, 1).all()
     html = (smoke_run / "leaderboard.html").read_text()
     assert "data:image/png;base64," in html and "★" in html
     for name in METHODS.names():
@@ -96,3 +102,15 @@ def test_unwritable_output_is_a_one_line_error(tmp_path: Path,
                    "--cache-dir", str(blocker / "cache")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and str(blocker) in err[0]
+
+
+def test_lineage_and_boxless_datasets() -> None:
+    from harness.data import DIGITS_INFO
+    from harness.errors import UserError
+
+    assert run.lineage(["abn-amb", "cam"]) == {"abn-amb", "abn", "cam", "baseline"}
+    boxless = dataclasses.replace(DIGITS_INFO, has_boxes=False)
+    assert "abn-hk" not in run.drop_unsupported(METHODS.names(), boxless, explicit=False,
+                                                say=lambda *a: None)
+    with pytest.raises(UserError, match="needs bounding boxes"):
+        run.drop_unsupported(["abn", "abn-hk"], boxless, explicit=True)
