@@ -109,7 +109,7 @@ def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
         raise ValueError(f"saliency shape {tuple(saliency.shape)} does not match images "
                          f"{tuple(images.shape)}: resize it to the input first")
     n = n_steps(h, w, step)
-    rank = rank_positions(saliency).view(b, 1, h, w)
+    rank = rank_positions(saliency.to(images.device)).view(b, 1, h, w)
     base = make_substrate(images, substrate)
     start, finish = (images, base) if mode == "deletion" else (base, images)
     classes = classes.to(images.device).long()
