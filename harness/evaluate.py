@@ -20,7 +20,7 @@ from harness import device as dev
 from harness.config import EvalConfig
 from harness.data import Split
 from harness.stats import bootstrap_ci
-from methods.base import Method
+from methods.base import Method, Output
 from metrics.base import METRICS, EvalBatch, PerImageMetric
 from metrics.localization import normalize
 from metrics.standard import CausalAUC
@@ -81,9 +81,12 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     box_names = [b for b in ("bbox", *split.info.extra_boxes)
                  if split.info.has_boxes or b != "bbox"]
 
-    def logits_of(z: torch.Tensor) -> torch.Tensor:
+    def forward(z: torch.Tensor) -> Output:
         with dev.autocast(device):
-            return method(dev.channels_last(z)).logits
+            return method(dev.channels_last(z))
+
+    def logits_of(z: torch.Tensor) -> torch.Tensor:
+        return forward(z).logits
 
     seen = 0
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
@@ -92,10 +95,11 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         batch = dev.to_device(batch, device)
         x, y = batch["image"], batch["label"]
         with torch.no_grad():
-            logits = logits_of(x).float()
+            out = forward(x)
+            logits = out.logits.float()
             sal = method.explain(x, y).float()
             with dev.autocast(device):  # same precision as the logits they are compared to
-                fixed = (method.fixed_attention_logits(dev.channels_last(x), batch["bbox"])
+                fixed = (method.fixed_attention_logits(out, batch["bbox"], tuple(x.shape[-2:]))
                          if "bbox" in box_names else None)
         n_c = max(0, min(len(y), cfg.causal_n - seen))
         ev = EvalBatch(images=x, labels=y, logits=logits, saliency=sal,

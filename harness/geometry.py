@@ -38,6 +38,20 @@ def box_mask(boxes: torch.Tensor, height: int, width: int,
     return inside_x & inside_y
 
 
+def bbox_inside_frac(maps: torch.Tensor, boxes: torch.Tensor,
+                     threshold: float = 0.2) -> torch.Tensor:
+    """Share of the binarised map (normalised value >= ``threshold``) inside the box.
+
+    MSABN (Sec. 4.4) binarises attention at 0.2. An empty binarised map scores 0.
+    Maps at input resolution, ``[B,H,W]`` or ``[B,1,H,W]``; returns ``[B]``.
+    """
+    s = normalize(maps)
+    on = s >= threshold
+    inside = (on & box_mask(boxes, *s.shape[-2:])).sum((1, 2)).float()
+    total = on.sum((1, 2)).float()
+    return torch.where(total > 0, inside / total.clamp_min(1), torch.zeros_like(total))
+
+
 def map_box_mask(boxes: torch.Tensor, fmap: torch.Tensor,
                  image_size: tuple[int, ...]) -> torch.Tensor:
     """Float ``[B,1,h,w]`` box mask at the resolution of ``fmap`` ``[B,C,h,w]`` for an

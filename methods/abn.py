@@ -97,12 +97,14 @@ class ABN(Method):
         _, _, m = self.attention_branch(self.backbone.features(x))
         return upsample(m, tuple(x.shape[-2:]))
 
-    def fixed_attention_logits(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def fixed_attention_logits(self, out: Output, boxes: torch.Tensor,
+                               image_size: tuple[int, ...]) -> torch.Tensor:
         """Perception logits on g * (1 + M') with M' = M inside the box, 0 outside
-        (cells of the map whose centres lie in the box; COMB Sec. 3.1)."""
-        g = self.backbone.features(x)
-        _, _, m = self.attention_branch(g)
-        return self.perceive(g, m * map_box_mask(boxes, m, tuple(x.shape[-2:])))
+        (cells of the map whose centres lie in the box; COMB Sec. 3.1), re-using the
+        forward pass's g and M."""
+        g, m = out.features, out.attention
+        assert g is not None and m is not None
+        return self.perceive(g, m * map_box_mask(boxes, m, image_size))
 
     def class_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """The K-channel attention-branch maps (before the 1x1 head) for ``classes``."""

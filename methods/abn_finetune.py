@@ -26,7 +26,7 @@ from harness.backbones import SplitBackbone
 from harness.config import TrainConfig
 from harness.data import DatasetInfo, Split, make_transform
 from harness.errors import UserError
-from harness.geometry import box_mask, map_box_mask, normalize
+from harness.geometry import bbox_inside_frac, map_box_mask
 from methods.abn import ABN
 from methods.base import Method, Output, register_method, upsample
 
@@ -232,9 +232,7 @@ class HK(ABNFineTune):
         """Samples to edit: misclassified, or attention mostly outside the box."""
         out = self(x)
         assert out.attention is not None
-        att = normalize(upsample(out.attention, tuple(x.shape[-2:]))) >= 0.2
-        inside = att & box_mask(boxes, *att.shape[-2:])
-        frac_out = 1.0 - inside.sum((1, 2)) / att.sum((1, 2)).clamp_min(1)
+        frac_out = 1.0 - bbox_inside_frac(upsample(out.attention, tuple(x.shape[-2:])), boxes)
         return (out.logits.argmax(1) != y) | (frac_out > self.outside)
 
     def on_fit_start(self, split: Split, device: torch.device) -> dict[str, Any]:

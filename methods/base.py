@@ -112,10 +112,11 @@ class Method(nn.Module):
         recording in the run's config."""
         return {}
 
-    def fixed_attention_logits(self, x: torch.Tensor,
-                               boxes: torch.Tensor) -> torch.Tensor | None:
-        """Prediction with the attention outside ``boxes`` removed (COMB, Table 1), for
-        methods with an attention mechanism; None for the others."""
+    def fixed_attention_logits(self, out: Output, boxes: torch.Tensor,
+                               image_size: tuple[int, ...]) -> torch.Tensor | None:
+        """Prediction with the attention outside ``boxes`` removed (COMB, Table 1), from
+        this method's forward output ``out`` on images of ``image_size``; None for
+        methods without an attention mechanism."""
         return None
 
 

@@ -10,24 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.geometry import box_mask, normalize
+from harness.geometry import bbox_inside_frac, box_mask, normalize
 
 __all__ = ["bbox_inside_frac", "box_mask", "energy_pointing_game", "normalize",
            "pointing_game"]
-
-
-def bbox_inside_frac(saliency: torch.Tensor, boxes: torch.Tensor,
-                     threshold: float = 0.2) -> torch.Tensor:
-    """Share of the binarised map (normalised value >= ``threshold``) inside the box.
-
-    MSABN (Sec. 4.4) binarises attention at 0.2. An empty binarised map scores 0.
-    Returns ``[B]``.
-    """
-    s = normalize(saliency)
-    on = s >= threshold
-    inside = (on & box_mask(boxes, *s.shape[-2:])).sum((1, 2)).float()
-    total = on.sum((1, 2)).float()
-    return torch.where(total > 0, inside / total.clamp_min(1), torch.zeros_like(total))
 
 
 def energy_pointing_game(saliency: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

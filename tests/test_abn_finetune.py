@@ -238,7 +238,7 @@ def test_attn_fix_gain_known_answer() -> None:
     box = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     y = torch.tensor([0])
     logits = abn(x).logits
-    fixed = abn.fixed_attention_logits(x, box)
+    fixed = abn.fixed_attention_logits(abn(x), box, (4, 4))
     assert torch.allclose(logits, torch.tensor([[0.475, 0.7125]]))
     assert torch.allclose(fixed, torch.tensor([[0.475, 0.375]]))
     sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
