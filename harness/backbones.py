@@ -8,7 +8,11 @@ GAP + linear ``fc`` head (so CAM applies). Two families are registered:
   n = (depth-2)/6 blocks per stage, Bottleneck blocks when depth >= 44), split after
   stage 2. ``stem_stride`` (default 1, the original) may
   be set to 2 for larger inputs such as the 64 px embedded default.
-* timm ResNet-family models (``pretrained=False``), split after stage 3.
+* timm ResNet-family and EfficientNet models (``pretrained=False``), split where
+  timm's ``feature_info`` reaches stride 16 (after ``layer3`` / ``blocks.4``).
+
+Every backbone also names its *taps*: the feature-extractor stage outputs (one per
+resolution) that Multi-Scale ABN fuses.
 """
 
 from __future__ import annotations
@@ -31,12 +35,21 @@ class SplitBackbone(nn.Module):
     Attributes:
         feat_channels: channels of ``features``' output (the ABN split point).
         out_channels: channels of ``last_stage``'s output (input of ``fc``).
+        taps: indices into ``features`` whose outputs are the feature pyramid, finest
+            first, the last being ``features``' output (CIFAR ResNets: stages 1-2;
+            ImageNet-style models: the stride 4, 8 and 16 stages).
+        tap_channels: channels of each tap.
     """
 
-    def __init__(self, features: nn.Module, last_stage: nn.Module, out_channels: int,
-                 feat_channels: int, num_classes: int) -> None:
+    def __init__(self, features: nn.Sequential, last_stage: nn.Module, out_channels: int,
+                 feat_channels: int, num_classes: int, taps: tuple[int, ...] = (),
+                 tap_channels: tuple[int, ...] = ()) -> None:
         super().__init__()
+        if len(taps) != len(tap_channels) or (taps and taps[-1] != len(features) - 1):
+            raise ValueError("taps must end at the last feature module, one width each")
         self.features = features
+        self.taps = taps
+        self.tap_channels = tap_channels
         self.last_stage = last_stage
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.fc = nn.Linear(out_channels, num_classes)
@@ -50,6 +63,17 @@ class SplitBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.last_stage(self.features(x)))
+
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The tap outputs, finest first; the last one is ``features(x)``."""
+        if not self.taps:
+            raise ValueError("this backbone names no feature taps")
+        outs = []
+        for i, module in enumerate(self.features):
+            x = module(x)
+            if i in self.taps:
+                outs.append(x)
+        return outs
 
 
 BackboneFactory = Callable[..., SplitBackbone]
@@ -169,7 +193,9 @@ def cifar_resnet(depth: int, num_classes: int, stem_stride: int = 1) -> SplitBac
     features = nn.Sequential(stem, stage(16, 1), stage(32, 2))
     feat_channels = inplanes
     last = stage(64, 2)
-    net = SplitBackbone(features, last, inplanes, feat_channels, num_classes)
+    widths = (16 * block.expansion, feat_channels)
+    net = SplitBackbone(features, last, inplanes, feat_channels, num_classes,
+                        taps=(1, 2), tap_channels=widths)
     reset_parameters(net)
     return net
 
@@ -180,16 +206,22 @@ for _depth in (8, 14, 20, 32, 44, 56, 110):
 
 
 # --------------------------------------------------------------------------------------
-# timm ResNets
+# timm models
 # --------------------------------------------------------------------------------------
 
+#: top-level timm modules that are the classifier head (replaced by SplitBackbone's)
+_HEAD_MODULES = ("global_pool", "fc", "classifier", "head", "head_drop")
 
-def timm_resnet(model_name: str, num_classes: int, pretrained_file: str | None = None,
-                **kwargs: Any) -> SplitBackbone:
-    """A timm ResNet-family model split after stage 3 (``layer3``).
 
-    Weights are never downloaded: ``pretrained_file`` optionally names a local
-    checkpoint (a timm/torchvision state dict) to load before the split.
+def timm_backbone(model_name: str, num_classes: int, pretrained_file: str | None = None,
+                  **kwargs: Any) -> SplitBackbone:
+    """A timm model split where its ``feature_info`` reaches stride 16.
+
+    The modules up to that stage (``layer3`` for ResNets, ``blocks.4`` for
+    EfficientNets) are the feature extractor, the rest up to the classifier the last
+    stage; the stride 4, 8 and 16 stage outputs are the taps. Weights are never
+    downloaded: ``pretrained_file`` optionally names a local state dict to load before
+    the split (its classifier is dropped).
     """
     import timm
 
@@ -199,23 +231,39 @@ def timm_resnet(model_name: str, num_classes: int, pretrained_file: str | None =
             state = torch.load(pretrained_file, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise UserError(f"pretrained_file {pretrained_file!r} does not exist") from None
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        model.load_state_dict(state, strict=False)
-    parts = [model.get_submodule(n) for n in ("conv1", "bn1", "act1", "maxpool",
-                                                 "layer1", "layer2", "layer3")]
-    features = nn.Sequential(*parts)
+        pcfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}) or {})
+        head = str(pcfg.get("classifier", "fc"))
+        model.load_state_dict({k: v for k, v in state.items()
+                               if not k.startswith(head + ".")}, strict=False)
+    modules: list[tuple[str, nn.Module]] = []
+    for name, child in model.named_children():
+        if name in _HEAD_MODULES:
+            continue
+        if name == "blocks":  # EfficientNet: one entry per stage
+            modules += [(f"blocks.{i}", b) for i, b in enumerate(child.children())]
+        else:
+            modules.append((name, child))
+    names = [n for n, _ in modules]
+    feature_info: list[dict[str, Any]] = list(model.feature_info)  # type: ignore[arg-type]
+    info = {f["module"]: f for f in feature_info}
+    by_stride = {int(f["reduction"]): f for f in feature_info}
+    if not all(r in by_stride for r in (4, 8, 16)):
+        raise UserError(f"backbone {model_name!r}: no stride 4/8/16 stages to split at")
+    taps = tuple(names.index(by_stride[r]["module"]) for r in (4, 8, 16))
+    split = taps[-1] + 1
+    features = nn.Sequential(*(m for _, m in modules[:split]))
+    rest = [m for _, m in modules[split:]]
+    last = rest[0] if len(rest) == 1 else nn.Sequential(*rest)
     width: int = model.num_features  # type: ignore[assignment]
-    return SplitBackbone(features, model.get_submodule("layer4"), width,
-                         _out_channels(parts[-1]), num_classes)
-
-
-def _out_channels(stage: nn.Module) -> int:
-    convs = [m for m in stage.modules() if isinstance(m, nn.Conv2d)]
-    bns = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)]
-    return int(bns[-1].num_features) if bns else int(convs[-1].out_channels)
+    return SplitBackbone(features, last, width,
+                         int(info[names[taps[-1]]]["num_chs"]), num_classes, taps=taps,
+                         tap_channels=tuple(int(info[names[t]]["num_chs"]) for t in taps))
 
 
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
               "resnext50_32x4d", "wide_resnet50_2", "seresnet50"):
-    BACKBONES.add(_name, functools.partial(timm_resnet, _name),
-                  family="timm-resnet", split="after stage 3")
+    BACKBONES.add(_name, functools.partial(timm_backbone, _name),
+                  family="timm-resnet", split="after stage 3 (stride 16)")
+for _name in ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"):
+    BACKBONES.add(_name, functools.partial(timm_backbone, _name),
+                  family="timm-efficientnet", split="after blocks.4 (stride 16)")

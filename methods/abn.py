@@ -12,6 +12,7 @@ followed by batch norm and a sigmoid, where Sec. 3.2 describes a 1x1x1 convoluti
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,6 +51,26 @@ class AttentionBranch(nn.Module):
         return k_maps, att_logits, m
 
 
+@dataclass
+class Attended:
+    """What the feature extractor and the attention branch produce for a batch.
+
+    Attributes:
+        features: g(x), the feature extractor's output ``[B,C,h,w]``.
+        class_maps: the attention branch's K-channel maps ``[B,K,h',w']``.
+        att_logits: the attention branch's logits ``[B,K]``.
+        mechanism: the attention map at g's resolution, as the mechanism uses it.
+        map: the attention map at the branch's own resolution (the explanation); the
+            same tensor as ``mechanism`` for ABN.
+    """
+
+    features: torch.Tensor
+    class_maps: torch.Tensor
+    att_logits: torch.Tensor
+    mechanism: torch.Tensor
+    map: torch.Tensor
+
+
 class ABN(Method):
     """Attention Branch Network.
 
@@ -77,11 +98,16 @@ class ABN(Method):
         """Perception-branch logits for features ``g`` and attention map ``m``."""
         return self.backbone.head(self.backbone.last_stage(self.apply_attention(g, m)))
 
-    def forward(self, x: torch.Tensor) -> Output:
+    def attend(self, x: torch.Tensor) -> Attended:
+        """Feature extractor and attention branch (everything but the perception)."""
         g = self.backbone.features(x)
         k_maps, att_logits, m = self.attention_branch(g)
-        return Output(logits=self.perceive(g, m), att_logits=att_logits, attention=m,
-                      class_maps=k_maps, features=g)
+        return Attended(g, k_maps, att_logits, m, m)
+
+    def forward(self, x: torch.Tensor) -> Output:
+        a = self.attend(x)
+        return Output(logits=self.perceive(a.features, a.mechanism), att_logits=a.att_logits,
+                      attention=a.mechanism, class_maps=a.class_maps, features=a.features)
 
     def loss(self, out: Output, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """L = CE(attention branch) + CE(perception branch) (Eq. 3)."""
@@ -94,8 +120,7 @@ class ABN(Method):
 
     def explain(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The attention map M (class-agnostic), bilinearly upsampled to the input."""
-        _, _, m = self.attention_branch(self.backbone.features(x))
-        return upsample(m, tuple(x.shape[-2:]))
+        return upsample(self.attend(x).map, tuple(x.shape[-2:]))
 
     def fixed_attention_logits(self, out: Output, boxes: torch.Tensor,
                                image_size: tuple[int, ...]) -> torch.Tensor:
@@ -108,7 +133,7 @@ class ABN(Method):
 
     def class_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """The K-channel attention-branch maps (before the 1x1 head) for ``classes``."""
-        k_maps, _, _ = self.attention_branch(self.backbone.features(x))
+        k_maps = self.attend(x).class_maps
         idx = classes[:, :, None, None].expand(-1, -1, *k_maps.shape[-2:])
         return k_maps.gather(1, idx)
 

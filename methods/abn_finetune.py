@@ -19,16 +19,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from harness import device as dev
 from harness.backbones import SplitBackbone
 from harness.config import TrainConfig
-from harness.data import DatasetInfo, Split, make_transform
+from harness.data import DatasetInfo, Split
 from harness.errors import UserError
 from harness.geometry import bbox_inside_frac, map_box_mask
 from methods.abn import ABN
-from methods.base import Method, Output, register_method, upsample
+from methods.base import Method, Output, eval_batches, register_method, upsample
 
 #: the fine-tuning schedule on the embedded default (the paper presets override it)
 FINETUNE = {"epochs": 1, "lr": 0.01}
@@ -131,7 +129,7 @@ class AMB(ABNFineTune):
         if self.sigma_option != "auto":
             return {"sigma": float(self.sigma)}
         values, inside = [], []
-        for x, boxes, _, _ in _eval_batches(split, device):
+        for x, boxes, _, _ in eval_batches(split, device):
             with torch.no_grad():
                 m = self(x).attention
             assert m is not None
@@ -237,7 +235,7 @@ class HK(ABNFineTune):
 
     def on_fit_start(self, split: Split, device: torch.device) -> dict[str, Any]:
         selected = torch.zeros(len(split.dataset), dtype=torch.bool)  # type: ignore[arg-type]
-        for x, boxes, y, idx in _eval_batches(split, device):
+        for x, boxes, y, idx in eval_batches(split, device):
             with torch.no_grad():
                 selected[idx.cpu()] = self.select(x, y, boxes).cpu()
         self.selected = selected
@@ -248,12 +246,12 @@ class HK(ABNFineTune):
                        ) -> tuple[Output, torch.Tensor, torch.Tensor]:
         """Forward where selected samples perceive through M'; returns (out, M, M')."""
         x = batch["image"]
-        g = self.backbone.features(x)
-        k_maps, att_logits, m = self.attention_branch(g)
+        a = self.attend(x)
+        m = a.mechanism
         sel = self.selected.to(x.device)[batch["index"]].view(-1, 1, 1, 1)
         m_edit = torch.where(sel, self.edit(m, batch["bbox"], tuple(x.shape[-2:])), m)
-        out = Output(logits=self.perceive(g, m_edit), att_logits=att_logits, attention=m,
-                     class_maps=k_maps, features=g)
+        out = Output(logits=self.perceive(a.features, m_edit), att_logits=a.att_logits,
+                     attention=m, class_maps=a.class_maps, features=a.features)
         return out, m[sel.view(-1)], m_edit[sel.view(-1)]
 
     def training_step(self, batch: dict[str, Any],
@@ -274,16 +272,6 @@ def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-
-
-def _eval_batches(split: Split, device: torch.device, batch_size: int = 250
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The training images without augmentation, in eval mode: (x, boxes, labels, index)."""
-    view = split.dataset.with_transform(make_transform(split.info, train=False))  # type: ignore[attr-defined]
-    loader = DataLoader(view, batch_size=batch_size, shuffle=False)
-    for batch in loader:
-        b = dev.to_device(batch, device)
-        yield b["image"], b["bbox"], b["label"], b["index"]
 
 
 def _register(name: str, cls: type[ABN], description: str, **meta: Any) -> None:

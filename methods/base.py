@@ -8,17 +8,19 @@ owns its backward pass(es); the evaluator calls ``forward``, :meth:`Method.expla
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
+from harness import device as dev
 from harness.backbones import SplitBackbone
 from harness.config import TrainConfig
-from harness.data import DatasetInfo
+from harness.data import DatasetInfo, Split, make_transform
 from harness.registry import Registry
 
 
@@ -125,6 +127,16 @@ def upsample(m: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     if tuple(m.shape[-2:]) == tuple(size):
         return m
     return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+
+def eval_batches(split: Split, device: torch.device, batch_size: int = 250
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The split's images without augmentation, for a method's analysis in
+    :meth:`Method.on_fit_start`: (x, boxes, labels, index) on ``device``."""
+    view = split.dataset.with_transform(make_transform(split.info, train=False))  # type: ignore[attr-defined]
+    for batch in DataLoader(view, batch_size=batch_size, shuffle=False):
+        b = dev.to_device(batch, device)
+        yield b["image"], b["bbox"], b["label"], b["index"]
 
 
 MethodFactory = Callable[..., Method]
