@@ -2,6 +2,7 @@
 
     python -m harness.run --methods all
     python -m harness.run --methods abn,cam --preset smoke --out runs/smoke
+    python -m harness.run --methods msabn-cr --cr-sweep 0,0.2,0.4
     python -m harness.run --list
 """
 
@@ -50,6 +51,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="checkpoint cache (default .attnbench-cache, or $ATTNBENCH_CACHE)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write checkpoints")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--cr-sweep", nargs="?", const="paper", default=None, metavar="LAMBDAS",
+                   help="also fine-tune msabn-cr for each lambda_out (comma-separated, or "
+                        "'paper' = 0,0.1,...,0.7, the default) and plot top-1 against the "
+                        "annotated share")
     return p.parse_args(argv)
 
 
@@ -119,9 +124,11 @@ def git_rev() -> str:
 
 
 def run(args: argparse.Namespace) -> Path:
+    from harness.sweep import parse_lambdas, run_cr_sweep
     from reports.leaderboard import RunRecord, write_all
 
     names = resolve_methods(args.methods)
+    lambdas = parse_lambdas(args.cr_sweep) if args.cr_sweep is not None else None
     cfg = config_mod.resolve(args.preset, seed=args.seed, dataset=args.dataset)
     device = dev.select(args.device)
     progress = not args.no_progress
@@ -136,6 +143,9 @@ def run(args: argparse.Namespace) -> Path:
     rows: list[MethodResult] = []
     names = drop_unsupported(names, test_split.info, explicit=args.methods.strip() != "all",
                              say=say)
+    if lambdas is not None and not test_split.info.has_boxes:
+        raise UserError(f"--cr-sweep needs bounding boxes; dataset {test_split.info.name!r} "
+                        "has none")
     comb_subset = None
     if cfg.comb_reference in lineage(names):  # the comb insertion protocol's images
         ref = train.obtain(cfg.comb_reference, cfg, train_split, device, cache,
@@ -165,6 +175,11 @@ def run(args: argparse.Namespace) -> Path:
             f"del {res.values.get('deletion_auc', float('nan')):.3f}  "
             f"({'cached' if trained.cached else f'trained {trained.train_seconds:.0f}s'}, "
             f"{time.perf_counter() - t0:.0f}s)")
+    sweep = None
+    if lambdas is not None:
+        say(f"copy-replace sweep over lambda_out = {', '.join(f'{v:g}' for v in lambdas)}")
+        sweep = run_cr_sweep(lambdas, cfg, train_split, test_split, device, cache,
+                             progress=progress, memo=memo, say=say)
     n_gal = min(cfg.eval.gallery_n, len(test_split.dataset))  # type: ignore[arg-type]
     samples = [test_split.dataset[i] for i in range(n_gal)]
     images = torch.stack([s["image"] for s in samples])
@@ -187,7 +202,8 @@ def run(args: argparse.Namespace) -> Path:
                        gallery_images=data.denormalize(images, test_split.info)
                        .permute(0, 2, 3, 1).numpy(),
                        gallery_boxes=boxes,
-                       gallery_labels=np.array([s["label"] for s in samples]))
+                       gallery_labels=np.array([s["label"] for s in samples]),
+                       cr_sweep=sweep)
     paths = write_all(record, args.out)
     say(f"wrote {paths['csv']} and {paths['html']} in {time.perf_counter() - t_start:.0f}s")
     return args.out

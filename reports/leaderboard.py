@@ -25,6 +25,7 @@ import yaml
 from matplotlib.patches import Rectangle
 
 from harness.evaluate import MethodResult
+from harness.sweep import CRSweep
 from metrics.base import METRICS
 
 #: curve panels of the HTML report: metric id -> (title, x label)
@@ -47,6 +48,7 @@ class RunRecord:
     gallery_images: np.ndarray  # [N,H,W,3] in [0,1]
     gallery_boxes: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N,4]
     gallery_labels: np.ndarray | None = None
+    cr_sweep: CRSweep | None = None
 
 
 def metric_columns(rows: list[MethodResult]) -> list[str]:
@@ -104,6 +106,10 @@ def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
     with open(paths["config"], "w") as fh:
         yaml.safe_dump({"run": record.meta, "config": record.config,
                         "methods": record.method_meta}, fh, sort_keys=False)
+    if record.cr_sweep is not None:
+        paths["cr_sweep"] = out / "cr_sweep.csv"
+        pd.DataFrame.from_records(record.cr_sweep.rows()).to_csv(
+            paths["cr_sweep"], index=False, float_format="%.6g")
     paths["html"].write_text(render_html(record, frame))
     return paths
 
@@ -162,6 +168,8 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
         meta=record.meta, header=header, body=body, methods=record.method_meta,
         curves_png=_png(curves_figure(record)),
         gallery_png=_png(gallery_figure(record)) if len(record.gallery_images) else "",
+        sweep=record.cr_sweep,
+        sweep_png=_png(sweep_figure(record.cr_sweep)) if record.cr_sweep else "",
         metrics=[{"id": c, **vars(METRICS.get(c))} for c in cols],
         config_yaml=yaml.safe_dump(record.config, sort_keys=False))
 
@@ -186,6 +194,35 @@ def curves_figure(record: RunRecord) -> plt.Figure:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return fig
+
+
+def sweep_figure(sweep: CRSweep) -> plt.Figure:
+    """Top-1 against the annotated share (MSABN Figs. 8-9): one point per lambda_out
+    with its 95 % interval, vanilla fine-tuning as the reference line (band = its
+    interval), the model before fine-tuning dotted."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    pts = sweep.points
+    x = np.array([100 * p.share for p in pts])
+    y = np.array([100 * p.top1 for p in pts])
+    err = np.array([[100 * (p.top1 - p.top1_lo) for p in pts],
+                    [100 * (p.top1_hi - p.top1) for p in pts]])
+    ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, color="tab:blue",
+                label="copy-replace fine-tuning")
+    for p, xi, yi in zip(pts, x, y, strict=True):
+        ax.annotate(f"λ={p.lambda_out:g}", (xi, yi), textcoords="offset points", xytext=(4, 6),
+                    fontsize=7)
+    v = sweep.vanilla
+    ax.axhline(100 * v.top1, color="tab:red", linestyle="--",
+               label=f"vanilla fine-tuning ({100 * v.top1:.1f} %)")
+    ax.axhspan(100 * v.top1_lo, 100 * v.top1_hi, color="tab:red", alpha=0.12)
+    ax.axhline(100 * sweep.parent.top1, color="gray", linestyle=":",
+               label=f"msabn before fine-tuning ({100 * sweep.parent.top1:.1f} %)")
+    ax.set_xlabel("annotated training images (%), i.e. frac_out > λ_out")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_xlim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return fig
 
 

@@ -114,3 +114,29 @@ def test_lineage_and_boxless_datasets() -> None:
                                                 say=lambda *a: None)
     with pytest.raises(UserError, match="needs bounding boxes"):
         run.drop_unsupported(["abn", "abn-hk"], boxless, explicit=True)
+
+
+def test_copy_replace_sweep(smoke_run: Path, cache_dir: Path, tmp_path: Path) -> None:
+    rc = run.main(["--methods", "msabn", "--preset", "smoke", "--out", str(tmp_path),
+                   "--cache-dir", str(cache_dir), "--no-progress", "--device", "cpu",
+                   "--cr-sweep", "1,0"])
+    assert rc == 0
+    sweep = pd.read_csv(tmp_path / "cr_sweep.csv")
+    assert list(sweep["label"]) == ["lambda_out=0", "lambda_out=1", "vanilla", "msabn (before)"]
+    lam0, lam1, vanilla, parent = (sweep.iloc[i] for i in range(4))
+    assert lam1["annotated"] == vanilla["annotated"] == 0 and lam0["annotated"] > 0
+    assert lam0["share"] == pytest.approx(lam0["annotated"] / 64)
+    # nothing annotated is vanilla fine-tuning: the same training, the same accuracy
+    assert lam1["top1"] == vanilla["top1"]
+    assert (sweep["top1_lo"] <= sweep["top1"]).all() and (sweep["top1"] <= sweep["top1_hi"]).all()
+    assert bool(parent["cached"])  # the msabn of the smoke run
+    html = (tmp_path / "leaderboard.html").read_text()
+    assert "Copy-replace: accuracy against annotated share" in html
+    assert html.count("data:image/png;base64,") == 3  # curves, gallery, sweep
+
+
+def test_bad_sweep_values_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--preset", "smoke", "--cr-sweep", "0.2,1.5"]) == 2
+    assert run.main(["--preset", "smoke", "--cr-sweep", "a,b"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("--cr-sweep" in e for e in err)
