@@ -188,8 +188,12 @@ def cifar_resnet(depth: int, num_classes: int, stem_stride: int = 1) -> SplitBac
             inplanes = planes * block.expansion
         return nn.Sequential(*blocks)
 
-    stem = nn.Sequential(nn.Conv2d(3, 16, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(16),
-                         nn.ReLU(inplace=True))
+    if stem_stride not in (1, 2, 4):
+        raise UserError(f"cifar-resnet stem_stride must be 1, 2 or 4, got {stem_stride!r}")
+    stem = nn.Sequential(nn.Conv2d(3, 16, 3, min(stem_stride, 2), 1, bias=False),
+                         nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+    if stem_stride == 4:  # as ImageNet ResNets: a stride-2 conv, then a 3x3 max-pool
+        stem.append(nn.MaxPool2d(3, 2, 1))
     features = nn.Sequential(stem, stage(16, 1), stage(32, 2))
     feat_channels = inplanes
     last = stage(64, 2)

@@ -73,6 +73,8 @@ class RunConfig:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the method whose misclassified test images the ``comb`` insertion protocol uses
     comb_reference: str = "abn"
+    #: arithmetic: "auto" (bfloat16 autocast where the device has it natively), "fp32", "bf16"
+    precision: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML/JSON-serialisable view."""

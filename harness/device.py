@@ -3,8 +3,14 @@ evaluation.
 
 Everywhere: channels_last memory format for models and image batches (measured on the
 2-core CPU default: +15 % training and +40 % inference throughput for the CIFAR ResNets).
-On CUDA only: pinned host memory, non-blocking copies and bfloat16 autocast. On CPU the
-arithmetic stays float32.
+On CUDA only: pinned host memory and non-blocking copies.
+
+Precision (``--precision``): ``auto`` trains and scores under bfloat16 autocast where the
+device computes bfloat16 natively (CUDA GPUs with bf16 support; CPUs with AMX or
+AVX512-BF16, measured 1.4x-2.7x faster training steps on the default), float32
+elsewhere. Autocast keeps reductions, softmax and batch-norm statistics in float32; no
+loss scaling is needed for bfloat16. The resolved precision is part of every checkpoint's
+cache key and of the run record.
 """
 
 from __future__ import annotations
@@ -50,11 +56,34 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-@contextlib.contextmanager
-def autocast(device: torch.device) -> Iterator[None]:
-    """bfloat16 autocast on CUDA (no loss scaling needed); a no-op on CPU."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matrix products natively."""
     if device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        checks = (getattr(torch.cpu, "_is_amx_tile_supported", None),
+                  getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+        return any(bool(f()) for f in checks if f is not None)
+    return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where native, else ``fp32``; explicit values pass through."""
+    if requested not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return requested
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """bfloat16 autocast when ``precision`` resolves to bf16 on ``device``; else a no-op."""
+    if resolve_precision(precision, device) == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             yield
     else:
         yield

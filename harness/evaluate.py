@@ -53,13 +53,13 @@ def applicable_metrics(split: Split, cfg: EvalConfig) -> dict[str, PerImageMetri
 
 
 def misclassified(method: Method, split: Split, device: torch.device,
-                  batch_size: int = 250) -> torch.Tensor:
+                  batch_size: int = 250, precision: str = "fp32") -> torch.Tensor:
     """Bool ``[N]`` over the split's samples: where ``method``'s prediction is wrong."""
     method.eval()
     wrong = torch.zeros(len(split.dataset), dtype=torch.bool)  # type: ignore[arg-type]
     for batch in DataLoader(split.dataset, batch_size=batch_size, shuffle=False):
         batch = dev.to_device(batch, device)
-        with torch.no_grad(), dev.autocast(device):  # as in evaluate()
+        with torch.no_grad(), dev.autocast(device, precision):  # as in evaluate()
             pred = method(batch["image"]).logits.argmax(1)
         wrong[batch["index"].cpu()] = (pred != batch["label"]).cpu()
     return wrong
@@ -67,12 +67,15 @@ def misclassified(method: Method, split: Split, device: torch.device,
 
 def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: torch.device,
              *, progress: bool = True, seed: int = 0,
-             comb_subset: torch.Tensor | None = None) -> MethodResult:
+             comb_subset: torch.Tensor | None = None,
+             precision: str = "fp32") -> MethodResult:
     """Score ``method`` on the test ``split`` with every applicable metric.
 
     Args:
         comb_subset: bool ``[N]`` over the test samples, the ``comb`` insertion
             protocol's images (those the reference method misclassifies).
+        precision: the forward passes' arithmetic (:func:`harness.device.autocast`);
+            explanations are computed in float32.
     """
     method.eval()
     metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg).items()}
@@ -82,7 +85,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                  if split.info.has_boxes or b != "bbox"]
 
     def forward(z: torch.Tensor) -> Output:
-        with dev.autocast(device):
+        with dev.autocast(device, precision):
             return method(dev.channels_last(z))
 
     def logits_of(z: torch.Tensor) -> torch.Tensor:
@@ -98,7 +101,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
             out = forward(x)
             logits = out.logits.float()
             sal = method.explain(x, y).float()
-            with dev.autocast(device):  # same precision as the logits they are compared to
+            with dev.autocast(device, precision):  # as the logits they are compared to
                 fixed = (method.fixed_attention_logits(out, batch["bbox"], tuple(x.shape[-2:]))
                          if "bbox" in box_names else None)
         n_c = max(0, min(len(y), cfg.causal_n - seen))

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -47,6 +48,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/latest"),
                    help="output directory (default runs/latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--precision", default="auto", choices=dev.PRECISIONS,
+                   help="auto (bfloat16 autocast where the device has native bf16, else "
+                        "fp32; the default), fp32 or bf16")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                    help="checkpoint cache (default .attnbench-cache, or $ATTNBENCH_CACHE)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write checkpoints")
@@ -131,12 +135,13 @@ def run(args: argparse.Namespace) -> Path:
     lambdas = parse_lambdas(args.cr_sweep) if args.cr_sweep is not None else None
     cfg = config_mod.resolve(args.preset, seed=args.seed, dataset=args.dataset)
     device = dev.select(args.device)
+    cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(args.precision, device))
     progress = not args.no_progress
     cache = None if args.no_cache else args.cache_dir
     t_start = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     say(f"attnbench: {len(names)} methods on {cfg.dataset} ({cfg.preset}), "
-        f"backbone {cfg.backbone}, device {device}")
+        f"backbone {cfg.backbone}, device {device}, {cfg.precision}")
     train_split = data.build(cfg.dataset, "train", cache_dir=cache, **cfg.dataset_kwargs)
     test_split = data.build(cfg.dataset, "test", cache_dir=cache, **cfg.dataset_kwargs)
     memo: dict[str, train.Trained] = {}
@@ -150,14 +155,15 @@ def run(args: argparse.Namespace) -> Path:
     if cfg.comb_reference in lineage(names):  # the comb insertion protocol's images
         ref = train.obtain(cfg.comb_reference, cfg, train_split, device, cache,
                            progress=progress, _memo=memo)
-        comb_subset = misclassified(ref.method, test_split, device)
+        comb_subset = misclassified(ref.method, test_split, device, precision=cfg.precision)
     method_meta: dict[str, dict[str, Any]] = {}
     for name in names:
         t0 = time.perf_counter()
         trained = train.obtain(name, cfg, train_split, device, cache, progress=progress,
                                _memo=memo)
         res = evaluate(trained.method, name, test_split, trained.cfg.eval, device,
-                       progress=progress, seed=cfg.seed, comb_subset=comb_subset)
+                       progress=progress, seed=cfg.seed, comb_subset=comb_subset,
+                       precision=cfg.precision)
         rows.append(res)
         meta = METHODS.entry(name).meta
         method_meta[name] = {"paper": meta.get("paper", ""),
@@ -186,13 +192,15 @@ def run(args: argparse.Namespace) -> Path:
     boxes = {b: np.stack([s[b].numpy() for s in samples])
              for b in ("bbox", *test_split.info.extra_boxes) if b in samples[0]}
     meta_run = {"dataset": cfg.dataset, "preset": cfg.preset, "backbone": cfg.backbone,
-                "seed": cfg.seed, "device": str(device), "n_test": rows[0].n_test,
+                "seed": cfg.seed, "device": str(device), "precision": cfg.precision,
+                "n_test": rows[0].n_test,
                 "n_causal": rows[0].n_causal,
                 "comb_reference": cfg.comb_reference if comb_subset is not None else None,
                 "n_comb": None if comb_subset is None else int(comb_subset.sum()),
                 "protocol": "rise (insertion: blur 11/5 substrate; deletion: zero substrate; "
                             "predicted class; softmax score; one row of pixels per step; "
-                            "maps min-max normalised per image for localisation)",
+                            "maps min-max normalised per image for localisation; "
+                            f"forward passes in {cfg.precision}, explanations in fp32)",
                 "created": _dt.datetime.now().isoformat(timespec="seconds"),
                 "git_rev": git_rev(), "torch": str(torch.__version__),
                 "python": platform.python_version(),

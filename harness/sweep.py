@@ -74,10 +74,11 @@ def parse_lambdas(spec: str) -> list[float]:
 
 
 def top1_with_ci(method: torch.nn.Module, split: Split, device: torch.device,
-                 n_resamples: int, seed: int) -> tuple[float, float, float]:
+                 cfg: RunConfig) -> tuple[float, float, float]:
     """Top-1 accuracy on ``split`` and its bootstrap 95 % interval over images."""
-    correct = (~misclassified(method, split, device)).double().numpy()  # type: ignore[arg-type]
-    lo, hi = bootstrap_ci(correct, correct, n_resamples=n_resamples, seed=seed)
+    wrong = misclassified(method, split, device, precision=cfg.precision)  # type: ignore[arg-type]
+    correct = (~wrong).double().numpy()
+    lo, hi = bootstrap_ci(correct, correct, n_resamples=cfg.eval.bootstrap, seed=cfg.seed)
     return float(correct.mean()), lo, hi
 
 
@@ -96,7 +97,7 @@ def run_cr_sweep(lambdas: Sequence[float], cfg: RunConfig, train_split: Split,
     def point(label: str, lam: float | None) -> SweepPoint:
         trained = train.obtain(METHOD, cfg, train_split, device, cache, progress=progress,
                                options={**base, "lambda_out": lam}, _memo=memo)
-        acc = top1_with_ci(trained.method, test_split, device, cfg.eval.bootstrap, cfg.seed)
+        acc = top1_with_ci(trained.method, test_split, device, cfg)
         annotated = int(trained.facts.get("annotated", 0))
         p = SweepPoint(label, lam, annotated, annotated / n_train, *acc, trained.cached,
                        round(trained.train_seconds, 1))
@@ -108,7 +109,7 @@ def run_cr_sweep(lambdas: Sequence[float], cfg: RunConfig, train_split: Split,
     vanilla = point("vanilla", None)
     parent_model = train.obtain("msabn", cfg, train_split, device, cache, progress=progress,
                                 _memo=memo)
-    acc = top1_with_ci(parent_model.method, test_split, device, cfg.eval.bootstrap, cfg.seed)
+    acc = top1_with_ci(parent_model.method, test_split, device, cfg)
     parent = SweepPoint("msabn (before)", None, 0, float("nan"), *acc, parent_model.cached,
                         round(parent_model.train_seconds, 1))
     return CRSweep(points, vanilla, parent)

@@ -87,6 +87,7 @@ def cache_key(name: str, cfg: RunConfig, options: dict[str, Any]) -> str:
                "dataset_kwargs": train_kwargs,
                "backbone": mcfg.backbone, "backbone_kwargs": mcfg.backbone_kwargs,
                "train": dataclasses.asdict(mcfg.train), "seed": mcfg.seed,
+               "precision": mcfg.precision,
                "parent": cache_key(parent, cfg, method_options(parent, cfg)) if parent else None}
     return config_hash(payload)
 
@@ -102,6 +103,7 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
         options: method constructor options (part of the cache key).
     """
     options = method_options(name, cfg) if options is None else dict(options)
+    cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(cfg.precision, device))
     memo = _memo if _memo is not None else {}
     key = cache_key(name, cfg, options)
     if key in memo:
@@ -193,7 +195,7 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
                    disable=not progress, dynamic_ncols=True)
         for i, batch in enumerate(bar, 1):
             batch = dev.to_device(batch, device)
-            with dev.autocast(device):
+            with dev.autocast(device, cfg.precision):
                 logs = model.training_step(batch, optimizers)
             for k, v in logs.items():
                 if not math.isfinite(v):

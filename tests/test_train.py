@@ -17,6 +17,9 @@ def test_cache_key_depends_on_what_matters(smoke_cfg: config.RunConfig) -> None:
     assert k != train.cache_key("abn", dataclasses.replace(smoke_cfg, seed=1), {})
     assert k != train.cache_key("abn", smoke_cfg, {"mechanism": "multiply"})
     assert k != train.cache_key("baseline", smoke_cfg, {})
+    fp32 = dataclasses.replace(smoke_cfg, precision="fp32")
+    assert train.cache_key("abn", fp32, {}) != train.cache_key(
+        "abn", dataclasses.replace(smoke_cfg, precision="bf16"), {})
     other_eval = dataclasses.replace(smoke_cfg, eval=config.EvalConfig(causal_n=3))
     assert k == train.cache_key("abn", other_eval, {})  # evaluation does not retrain
     # a child's key follows its parent's
@@ -129,3 +132,20 @@ def test_epoch_milestones() -> None:
     assert train.epoch_milestones((0.5, 0.75), 300) == [150, 225]
     assert train.epoch_milestones((0.5, 0.75), 5) == [3, 4]
     assert train.epoch_milestones((0.5, 0.75), 1) == [1]
+
+
+def test_precision_resolution_and_autocast() -> None:
+    from harness import device as dev
+    from harness.errors import UserError
+
+    cpu = torch.device("cpu")
+    assert dev.resolve_precision("auto", cpu) == ("bf16" if dev.native_bf16(cpu) else "fp32")
+    assert dev.resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(UserError, match="--precision"):
+        dev.resolve_precision("fp16x", cpu)
+    lin = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with dev.autocast(cpu, "fp32"):
+        assert lin(x).dtype == torch.float32
+    with dev.autocast(cpu, "bf16"):
+        assert lin(x).dtype == torch.bfloat16
