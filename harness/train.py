@@ -31,7 +31,7 @@ from harness.errors import UserError
 from methods.base import METHODS, Method
 
 #: bump when a change invalidates cached checkpoints
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 @dataclass

@@ -112,8 +112,8 @@ class ABN(Method):
     def loss(self, out: Output, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """L = CE(attention branch) + CE(perception branch) (Eq. 3)."""
         assert out.att_logits is not None
-        l_att = F.cross_entropy(out.att_logits, batch["label"])
-        l_per = F.cross_entropy(out.logits, batch["label"])
+        l_att = F.cross_entropy(out.att_logits.float(), batch["label"])
+        l_per = F.cross_entropy(out.logits.float(), batch["label"])
         loss = l_att + l_per
         return loss, {"loss": float(loss.detach()), "l_att": float(l_att.detach()),
                       "l_per": float(l_per.detach())}

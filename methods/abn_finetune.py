@@ -41,7 +41,7 @@ def complement_entropy_loss(logits: torch.Tensor, target: torch.Tensor) -> torch
     1e-10 inside the log, and the result is divided by K, the number of classes.
     """
     n, k = logits.shape
-    probs = F.softmax(logits, dim=1)
+    probs = F.softmax(logits.float(), dim=1)  # float32 also under bf16 autocast
     yg = probs.gather(1, target.view(-1, 1))
     px = probs / (1.0 - yg + 1e-7)
     not_g = torch.ones_like(probs).scatter_(1, target.view(-1, 1), 0.0)
@@ -120,7 +120,7 @@ class AMB(ABNFineTune):
         base, logs = super().loss(out, batch)
         assert out.features is not None and out.attention is not None
         mined = self.mine(out.features, out.attention)
-        s = F.softmax(mined, dim=1).gather(1, batch["label"].view(-1, 1)).sum()
+        s = F.softmax(mined.float(), dim=1).gather(1, batch["label"].view(-1, 1)).sum()
         loss = base + self.alpha * s
         logs.update({"loss": float(loss.detach()), "l_am": float(s.detach())})
         return loss, logs
@@ -259,7 +259,7 @@ class HK(ABNFineTune):
         (opt,) = optimizers
         out, m_sel, m_edit = self.forward_edited(batch)
         base, logs = self.loss(out, batch)
-        l_map = F.mse_loss(m_sel, m_edit) if len(m_sel) else base.new_zeros(())
+        l_map = F.mse_loss(m_sel.float(), m_edit.float()) if len(m_sel) else base.new_zeros(())
         loss = base + self.gamma * l_map
         opt.zero_grad(set_to_none=True)
         loss.backward()

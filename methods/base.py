@@ -68,8 +68,10 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def loss(self, out: Output, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training objective for one forward pass; returns (loss, named parts)."""
-        loss = F.cross_entropy(out.logits, batch["label"])
+        """The training objective for one forward pass; returns (loss, named parts).
+
+        Losses are computed in float32 from the (possibly bf16-autocast) outputs."""
+        loss = F.cross_entropy(out.logits.float(), batch["label"])
         return loss, {"loss": float(loss.detach())}
 
     def configure_optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer]:

@@ -135,7 +135,7 @@ def reconstruction_loss(full: torch.Tensor, tiled: torch.Tensor, target: torch.T
     The merged map is resized bilinearly to ``full``'s size when the two differ (tile
     maps whose size is not exactly 1/n of the full map's, from padding at odd sizes).
     """
-    merged = upsample(merge(tiled, n), tuple(full.shape[-2:]))
+    full, merged = full.float(), upsample(merge(tiled, n).float(), tuple(full.shape[-2:]))
     idx = target.view(-1, 1, 1, 1).expand(-1, 1, *full.shape[-2:])
     return (full.gather(1, idx) - merged.gather(1, idx)).abs().mean()
 

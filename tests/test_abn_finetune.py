@@ -59,6 +59,17 @@ def test_complement_entropy_when_true_class_is_certain() -> None:
                                         abs=1e-6)
 
 
+def test_complement_entropy_of_bf16_logits_is_computed_in_float32() -> None:
+    # bf16 outputs (autocast) with a confident true class: in bf16 arithmetic
+    # 1 - y_g + 1e-7 rounds to 0 and the loss explodes; the loss upcasts first
+    logits = torch.tensor([[12.0, 0.0, -3.0, 1.0], [0.0, 0.5, 0.1, 9.0]]).bfloat16()
+    y = torch.tensor([0, 3])
+    loss = complement_entropy_loss(logits, y)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(np_complement_loss(logits.float().numpy(), y.numpy()),
+                                        rel=1e-5)
+
+
 @pytest.fixture
 def amb() -> AMB:
     torch.manual_seed(0)

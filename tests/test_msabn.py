@@ -261,3 +261,38 @@ def test_copy_replace_rejects_bad_lambda() -> None:
     bb = backbones.build("cifar-resnet8", 5, stem_stride=2)
     with pytest.raises(UserError, match="lambda_out"):
         MSABNCopyReplace(bb, INFO, lambda_out=1.5)
+
+
+@pytest.mark.parametrize(("stride", "stage1"), [(1, 64), (2, 32), (4, 16)])
+def test_cifar_resnet_stem_strides_and_taps(stride: int, stage1: int) -> None:
+    bb = backbones.build("cifar-resnet8", 5, stem_stride=stride)
+    taps = bb.pyramid(torch.randn(1, 3, 64, 64))
+    assert [t.shape[-1] for t in taps] == [stage1, stage1 // 2]
+    assert [t.shape[1] for t in taps] == list(bb.tap_channels) == [16, 32]
+    with pytest.raises(UserError, match="stem_stride"):
+        backbones.build("cifar-resnet8", 5, stem_stride=3)
+
+
+def test_timm_split_matches_the_unsplit_model() -> None:
+    import timm
+
+    torch.manual_seed(0)
+    bb = backbones.build("efficientnet_b0", 5).eval()
+    torch.manual_seed(0)
+    ref = timm.create_model("efficientnet_b0", pretrained=False, num_classes=5).eval()
+    ref.load_state_dict({k.replace("fc.", "classifier."): v for k, v in _timm_names(bb).items()})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(bb(x), ref(x), atol=1e-5)
+
+
+def _timm_names(bb: SplitBackbone) -> dict[str, torch.Tensor]:
+    """The split backbone's state under timm's EfficientNet names (blocks re-numbered)."""
+    names = ["conv_stem", "bn1", *(f"blocks.{i}" for i in range(7)), "conv_head", "bn2"]
+    modules = [*bb.features, *bb.last_stage]  # type: ignore[misc]
+    out = {}
+    for name, module in zip(names, modules, strict=True):
+        for k, v in module.state_dict().items():
+            out[f"{name}.{k}"] = v
+    out.update({f"fc.{k}": v for k, v in bb.fc.state_dict().items()})
+    return out
