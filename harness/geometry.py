@@ -38,14 +38,19 @@ def box_mask(boxes: torch.Tensor, height: int, width: int,
     return inside_x & inside_y
 
 
-def bbox_inside_frac(maps: torch.Tensor, boxes: torch.Tensor,
-                     threshold: float = 0.2) -> torch.Tensor:
-    """Share of the binarised map (normalised value >= ``threshold``) inside the box.
+def bbox_inside_frac(maps: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.2,
+                     normalized: bool = True) -> torch.Tensor:
+    """Share of the binarised map (value >= ``threshold``) inside the box.
 
-    MSABN (Sec. 4.4) binarises attention at 0.2. An empty binarised map scores 0.
+    MSABN (Sec. 4.3) binarises attention at 0.2. An empty binarised map scores 0.
     Maps at input resolution, ``[B,H,W]`` or ``[B,1,H,W]``; returns ``[B]``.
+
+    Args:
+        normalized: binarise the per-image min-max normalised map (the metric, which
+            must treat every method's maps alike); False binarises the raw values (for
+            maps in [0, 1] such as a sigmoid attention map, as the paper does).
     """
-    s = normalize(maps)
+    s = normalize(maps) if normalized else (maps[:, 0] if maps.dim() == 4 else maps).float()
     on = s >= threshold
     inside = (on & box_mask(boxes, *s.shape[-2:])).sum((1, 2)).float()
     total = on.sum((1, 2)).float()

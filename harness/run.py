@@ -55,10 +55,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="checkpoint cache (default .attnbench-cache, or $ATTNBENCH_CACHE)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write checkpoints")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--cr-sweep", nargs="?", const="paper", default=None, metavar="LAMBDAS",
-                   help="also fine-tune msabn-cr for each lambda_out (comma-separated, or "
-                        "'paper' = 0,0.1,...,0.7, the default) and plot top-1 against the "
-                        "annotated share")
+    p.add_argument("--cr-sweep", nargs="?", const="auto", default=None, metavar="LAMBDAS",
+                   help="also fine-tune msabn-cr for each lambda_out and plot top-1 against "
+                        "the annotated share: comma-separated values, 'paper' "
+                        "(0,0.1,...,0.7) or 'auto' (the default: the values annotating "
+                        "5-100 %% of the training images)")
     return p.parse_args(argv)
 
 
@@ -132,7 +133,8 @@ def run(args: argparse.Namespace) -> Path:
     from reports.leaderboard import RunRecord, write_all
 
     names = resolve_methods(args.methods)
-    lambdas = parse_lambdas(args.cr_sweep) if args.cr_sweep is not None else None
+    sweep_on = args.cr_sweep is not None
+    lambdas = parse_lambdas(args.cr_sweep) if sweep_on else None
     cfg = config_mod.resolve(args.preset, seed=args.seed, dataset=args.dataset)
     device = dev.select(args.device)
     cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(args.precision, device))
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> Path:
     rows: list[MethodResult] = []
     names = drop_unsupported(names, test_split.info, explicit=args.methods.strip() != "all",
                              say=say)
-    if lambdas is not None and not test_split.info.has_boxes:
+    if sweep_on and not test_split.info.has_boxes:
         raise UserError(f"--cr-sweep needs bounding boxes; dataset {test_split.info.name!r} "
                         "has none")
     comb_subset = None
@@ -182,8 +184,9 @@ def run(args: argparse.Namespace) -> Path:
             f"({'cached' if trained.cached else f'trained {trained.train_seconds:.0f}s'}, "
             f"{time.perf_counter() - t0:.0f}s)")
     sweep = None
-    if lambdas is not None:
-        say(f"copy-replace sweep over lambda_out = {', '.join(f'{v:g}' for v in lambdas)}")
+    if sweep_on:
+        say("copy-replace sweep over lambda_out = "
+            + (", ".join(f"{v:g}" for v in lambdas) if lambdas else "auto"))
         sweep = run_cr_sweep(lambdas, cfg, train_split, test_split, device, cache,
                              progress=progress, memo=memo, say=say)
     n_gal = min(cfg.eval.gallery_n, len(test_split.dataset))  # type: ignore[arg-type]

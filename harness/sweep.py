@@ -22,9 +22,12 @@ from harness.data import Split
 from harness.errors import UserError
 from harness.evaluate import misclassified
 from harness.stats import bootstrap_ci
+from methods.msabn import frac_out, lambda_for_share
 
 #: the paper's grid on CUB-200-2011 (Sec. 4.3)
 PAPER_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+#: ``auto``: the lambda_out values that annotate these shares of the training images
+AUTO_SHARES = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 METHOD = "msabn-cr"
 
 
@@ -59,15 +62,19 @@ class CRSweep:
         return [asdict(p) for p in (*self.points, self.vanilla, self.parent)]
 
 
-def parse_lambdas(spec: str) -> list[float]:
-    """``--cr-sweep`` values: comma-separated numbers in [0, 1], or ``paper``."""
+def parse_lambdas(spec: str) -> list[float] | None:
+    """``--cr-sweep`` values: comma-separated numbers in [0, 1], ``paper`` (the paper's
+    grid) or ``auto`` (None: chosen from the attention statistics, see
+    :func:`run_cr_sweep`)."""
+    if spec.strip() == "auto":
+        return None
     if spec.strip() == "paper":
         return list(PAPER_GRID)
     try:
         values = sorted({float(s) for s in spec.split(",") if s.strip()})
     except ValueError:
-        raise UserError(f"--cr-sweep expects comma-separated numbers in [0, 1] or 'paper', "
-                        f"got {spec!r}") from None
+        raise UserError(f"--cr-sweep expects comma-separated numbers in [0, 1], 'auto' or "
+                        f"'paper', got {spec!r}") from None
     if not values or not all(0.0 <= v <= 1.0 for v in values):
         raise UserError(f"--cr-sweep values must lie in [0, 1], got {spec!r}")
     return values
@@ -82,11 +89,17 @@ def top1_with_ci(method: torch.nn.Module, split: Split, device: torch.device,
     return float(correct.mean()), lo, hi
 
 
-def run_cr_sweep(lambdas: Sequence[float], cfg: RunConfig, train_split: Split,
+def run_cr_sweep(lambdas: Sequence[float] | None, cfg: RunConfig, train_split: Split,
                  test_split: Split, device: torch.device, cache: Path | None, *,
                  progress: bool = True, memo: dict[str, train.Trained] | None = None,
                  say: Callable[..., None] = print) -> CRSweep:
-    """Fine-tune ``msabn-cr`` once per lambda_out and once without annotations."""
+    """Fine-tune ``msabn-cr`` once per lambda_out and once without annotations.
+
+    ``lambdas=None`` chooses them from the trained ``msabn``'s attention on the training
+    images: the values that annotate :data:`AUTO_SHARES` of them, so that the points
+    spread over the x axis whatever the maps look like (the paper's fixed grid bunches
+    up where attention is diffuse or sharp).
+    """
     if not train_split.info.has_boxes:
         raise UserError(f"--cr-sweep needs bounding boxes; dataset {train_split.info.name!r} "
                         "has none")
@@ -105,10 +118,15 @@ def run_cr_sweep(lambdas: Sequence[float], cfg: RunConfig, train_split: Split,
             f"[{p.top1_lo:.3f}, {p.top1_hi:.3f}]")
         return p
 
-    points = [point(f"lambda_out={lam:g}", lam) for lam in lambdas]
-    vanilla = point("vanilla", None)
     parent_model = train.obtain("msabn", cfg, train_split, device, cache, progress=progress,
                                 _memo=memo)
+    if lambdas is None:
+        frac = frac_out(parent_model.method, train_split, device)  # type: ignore[arg-type]
+        lambdas = sorted({lambda_for_share(frac, s) for s in AUTO_SHARES})
+        say(f"  lambda_out for annotated shares {', '.join(f'{s:.0%}' for s in AUTO_SHARES)}: "
+            f"{', '.join(f'{v:g}' for v in lambdas)}")
+    points = [point(f"lambda_out={lam:g}", lam) for lam in lambdas]
+    vanilla = point("vanilla", None)
     acc = top1_with_ci(parent_model.method, test_split, device, cfg)
     parent = SweepPoint("msabn (before)", None, 0, float("nan"), *acc, parent_model.cached,
                         round(parent_model.train_seconds, 1))

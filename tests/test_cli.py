@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from harness import run
 from methods import METHODS
@@ -133,6 +134,23 @@ def test_copy_replace_sweep(smoke_run: Path, cache_dir: Path, tmp_path: Path) ->
     html = (tmp_path / "leaderboard.html").read_text()
     assert "Copy-replace: accuracy against annotated share" in html
     assert html.count("data:image/png;base64,") == 3  # curves, gallery, sweep
+
+
+def test_auto_sweep_spreads_the_annotated_share(smoke_run: Path, cache_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import config, data, sweep
+
+    monkeypatch.setattr(sweep, "AUTO_SHARES", (0.5, 1.0))
+    cfg = config.resolve("smoke")
+    tr = data.build(cfg.dataset, "train", cache_dir=cache_dir, **cfg.dataset_kwargs)
+    te = data.build(cfg.dataset, "test", cache_dir=cache_dir, **cfg.dataset_kwargs)
+    result = sweep.run_cr_sweep(None, cfg, tr, te, torch.device("cpu"), cache_dir,
+                                progress=False, say=lambda *a: None)
+    shares = [p.share for p in result.points]  # ascending lambda_out: descending share
+    assert len(shares) == 2 and shares[0] > 0.9 and shares[1] == pytest.approx(0.5, abs=0.1)
+    assert result.vanilla.annotated == 0 and result.parent.cached
+    assert sweep.parse_lambdas("auto") is None
+    assert sweep.parse_lambdas("paper") == list(sweep.PAPER_GRID)
 
 
 def test_bad_sweep_values_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,6 +23,8 @@ from methods.msabn import (
     MSABNPuzzle,
     box_pixels,
     copy_replace,
+    frac_out,
+    lambda_for_share,
     merge,
     reconstruction_loss,
     tile,
@@ -238,29 +240,42 @@ def test_copy_replace_pool_selection(smoke_cfg: config.RunConfig,
     b = torch.stack([view[i]["bbox"] for i in range(len(view))])
     with torch.no_grad():
         a = F.interpolate(model.attend(x).map, size=(64, 64), mode="bilinear",
-                          align_corners=False)
-    # independent frac_out: binarise the min-max normalised map at 0.2
-    flat = a.flatten(1)
-    s = ((flat - flat.min(1, keepdim=True).values)
-         / (flat.max(1, keepdim=True).values - flat.min(1, keepdim=True).values))
-    on = (s >= 0.2).view(-1, 64, 64)
+                          align_corners=False)[:, 0]
+    # independent frac_out: binarise the raw attention (a sigmoid output) at 0.2
+    on = a >= 0.2
     yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
     inbox = ((xx >= b[:, 0, None, None]) & (xx <= b[:, 2, None, None])
              & (yy >= b[:, 1, None, None]) & (yy <= b[:, 3, None, None]))
-    frac_out = 1 - (on & inbox).sum((1, 2)) / on.sum((1, 2))
-    assert model.pool.tolist() == torch.nonzero(frac_out > 0.0).flatten().tolist()
-    assert facts["annotated"] == len(model.pool)
+    expected = 1 - (on & inbox).sum((1, 2)) / on.sum((1, 2)).clamp_min(1)
+    frac = frac_out(model, smoke_train, torch.device("cpu"))
+    assert torch.allclose(frac, expected.float(), atol=1e-6)
+    assert model.pool.tolist() == torch.nonzero(expected > 0.0).flatten().tolist()
+    assert facts["annotated"] == len(model.pool) and facts["lambda_out"] == 0.0
     assert all_hooks(model) == hooks
+    # auto: the threshold that annotates 20 % of the training images
+    model.lambda_out = "auto"
+    facts = model.on_fit_start(smoke_train, torch.device("cpu"))
+    assert facts["lambda_out"] == lambda_for_share(frac, 0.2)
+    assert facts["annotated_share"] == pytest.approx(0.2, abs=0.05)
     model.lambda_out = None
     assert model.on_fit_start(smoke_train, torch.device("cpu"))["annotated"] == 0
     batch = {"image": x[:4], "bbox": b[:4], "label": torch.arange(4), "index": torch.arange(4)}
     assert model.replace_batch(batch) is batch
 
 
+def test_lambda_for_share_known_answer() -> None:
+    frac = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, float("nan")])
+    lam = lambda_for_share(frac, 0.2)  # the 0.8 quantile of the 10 finite values
+    assert lam == pytest.approx(0.82)
+    assert int((frac > lam).sum()) == 2  # 20 % of the images with a box
+    assert lambda_for_share(frac, 1.0) == 0.0
+
+
 def test_copy_replace_rejects_bad_lambda() -> None:
     bb = backbones.build("cifar-resnet8", 5, stem_stride=2)
-    with pytest.raises(UserError, match="lambda_out"):
-        MSABNCopyReplace(bb, INFO, lambda_out=1.5)
+    for bad in (1.5, -0.1, "half"):
+        with pytest.raises(UserError, match="lambda_out"):
+            MSABNCopyReplace(bb, INFO, lambda_out=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("stride", "stage1"), [(1, 64), (2, 32), (4, 16)])
