@@ -6,8 +6,9 @@ GAP + linear ``fc`` head (so CAM applies). Two families are registered:
 
 * CIFAR-style ResNets as in the ABN authors' code (3 stages of 16/32/64 channels,
   n = (depth-2)/6 blocks per stage, Bottleneck blocks when depth >= 44), split after
-  stage 2. ``stem_stride`` (default 1, the original) may
-  be set to 2 for larger inputs such as the 64 px embedded default.
+  stage 2. ``stem_stride`` (default 1, the original) may be set to 2, or to 4 (a
+  stride-2 conv and a max-pool, as ImageNet ResNets), for larger inputs such as the
+  64 px embedded default.
 * timm ResNet-family and EfficientNet models (``pretrained=False``), split where
   timm's ``feature_info`` reaches stride 16 (after ``layer3`` / ``blocks.4``).
 
@@ -237,8 +238,14 @@ def timm_backbone(model_name: str, num_classes: int, pretrained_file: str | None
             raise UserError(f"pretrained_file {pretrained_file!r} does not exist") from None
         pcfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}) or {})
         head = str(pcfg.get("classifier", "fc"))
-        model.load_state_dict({k: v for k, v in state.items()
-                               if not k.startswith(head + ".")}, strict=False)
+        missing, unexpected = model.load_state_dict(
+            {k: v for k, v in state.items() if not k.startswith(head + ".")}, strict=False)
+        missing = [k for k in missing if not k.startswith(head + ".")]
+        if missing or unexpected:
+            raise UserError(f"pretrained_file {pretrained_file!r} does not fit timm's "
+                            f"{model_name}: {len(missing)} missing keys (e.g. "
+                            f"{(missing or ['-'])[0]}), {len(unexpected)} unexpected (e.g. "
+                            f"{(unexpected or ['-'])[0]})")
     modules: list[tuple[str, nn.Module]] = []
     for name, child in model.named_children():
         if name in _HEAD_MODULES:

@@ -8,8 +8,9 @@ On CUDA only: pinned host memory and non-blocking copies.
 Precision (``--precision``): ``auto`` trains and scores under bfloat16 autocast where the
 device computes bfloat16 natively (CUDA GPUs with bf16 support; CPUs with AMX or
 AVX512-BF16, measured 1.4x-2.7x faster training steps on the default), float32
-elsewhere. Autocast keeps reductions, softmax and batch-norm statistics in float32; no
-loss scaling is needed for bfloat16. The resolved precision is part of every checkpoint's
+elsewhere. Under CPU autocast activations (attention maps included) are bfloat16; every
+loss and every thresholded quantity upcasts what it reads to float32, and no loss
+scaling is needed for bfloat16. The resolved precision is part of every checkpoint's
 cache key and of the run record.
 """
 

@@ -22,11 +22,10 @@ from harness.data import Split
 from harness.errors import UserError
 from harness.evaluate import misclassified
 from harness.stats import bootstrap_ci
-from methods.msabn import frac_out, lambda_for_share
 
 #: the paper's grid on CUB-200-2011 (Sec. 4.3)
 PAPER_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-#: ``auto``: the lambda_out values that annotate these shares of the training images
+#: ``auto``: annotate these shares of the training images, worst-localised first
 AUTO_SHARES = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 METHOD = "msabn-cr"
 
@@ -95,10 +94,10 @@ def run_cr_sweep(lambdas: Sequence[float] | None, cfg: RunConfig, train_split: S
                  say: Callable[..., None] = print) -> CRSweep:
     """Fine-tune ``msabn-cr`` once per lambda_out and once without annotations.
 
-    ``lambdas=None`` chooses them from the trained ``msabn``'s attention on the training
-    images: the values that annotate :data:`AUTO_SHARES` of them, so that the points
-    spread over the x axis whatever the maps look like (the paper's fixed grid bunches
-    up where attention is diffuse or sharp).
+    ``lambdas=None`` (``auto``) annotates :data:`AUTO_SHARES` of the training images
+    instead, the worst-localised first (``msabn-cr``'s ``lambda_out="auto"``), so that
+    the points spread over the x axis whatever the maps look like (the paper's fixed
+    grid bunches up where attention is diffuse or sharp).
     """
     if not train_split.info.has_boxes:
         raise UserError(f"--cr-sweep needs bounding boxes; dataset {train_split.info.name!r} "
@@ -107,13 +106,13 @@ def run_cr_sweep(lambdas: Sequence[float] | None, cfg: RunConfig, train_split: S
     base = train.method_options(METHOD, cfg)
     n_train = len(train_split.dataset)  # type: ignore[arg-type]
 
-    def point(label: str, lam: float | None) -> SweepPoint:
+    def point(label: str, options: dict[str, Any]) -> SweepPoint:
         trained = train.obtain(METHOD, cfg, train_split, device, cache, progress=progress,
-                               options={**base, "lambda_out": lam}, _memo=memo)
+                               options={**base, **options}, _memo=memo)
         acc = top1_with_ci(trained.method, test_split, device, cfg)
         annotated = int(trained.facts.get("annotated", 0))
-        p = SweepPoint(label, lam, annotated, annotated / n_train, *acc, trained.cached,
-                       round(trained.train_seconds, 1))
+        p = SweepPoint(label, trained.facts.get("lambda_out"), annotated, annotated / n_train,
+                       *acc, trained.cached, round(trained.train_seconds, 1))
         say(f"  {METHOD} {label:<14} annotated {p.share:6.1%}  top1 {p.top1:.3f} "
             f"[{p.top1_lo:.3f}, {p.top1_hi:.3f}]")
         return p
@@ -121,12 +120,11 @@ def run_cr_sweep(lambdas: Sequence[float] | None, cfg: RunConfig, train_split: S
     parent_model = train.obtain("msabn", cfg, train_split, device, cache, progress=progress,
                                 _memo=memo)
     if lambdas is None:
-        frac = frac_out(parent_model.method, train_split, device)  # type: ignore[arg-type]
-        lambdas = sorted({lambda_for_share(frac, s) for s in AUTO_SHARES})
-        say(f"  lambda_out for annotated shares {', '.join(f'{s:.0%}' for s in AUTO_SHARES)}: "
-            f"{', '.join(f'{v:g}' for v in lambdas)}")
-    points = [point(f"lambda_out={lam:g}", lam) for lam in lambdas]
-    vanilla = point("vanilla", None)
+        points = [point(f"worst {s:.0%}", {"lambda_out": "auto", "auto_share": s})
+                  for s in AUTO_SHARES]
+    else:
+        points = [point(f"lambda_out={lam:g}", {"lambda_out": lam}) for lam in lambdas]
+    vanilla = point("vanilla", {"lambda_out": None})
     acc = top1_with_ci(parent_model.method, test_split, device, cfg)
     parent = SweepPoint("msabn (before)", None, 0, float("nan"), *acc, parent_model.cached,
                         round(parent_model.train_seconds, 1))

@@ -10,6 +10,7 @@ interrupted training continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import pickle
@@ -31,7 +32,7 @@ from harness.errors import UserError
 from methods.base import METHODS, Method
 
 #: bump when a change invalidates cached checkpoints
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 
 @dataclass
@@ -59,6 +60,17 @@ def method_options(name: str, cfg: RunConfig) -> dict[str, Any]:
     return dict(cfg.methods.get(name, {}).get("options", {}))
 
 
+def resolved_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` completed with the method factory's defaults, so that changing a
+    default changes the cache key (``**options`` factories show none)."""
+    out: dict[str, Any] = {}
+    for p in inspect.signature(METHODS.get(name)).parameters.values():
+        if p.default is not inspect.Parameter.empty and p.kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            out[p.name] = p.default
+    return {**out, **options}
+
+
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
@@ -82,7 +94,8 @@ def cache_key(name: str, cfg: RunConfig, options: dict[str, Any]) -> str:
     dmeta = data.DATASETS.entry(mcfg.dataset).meta
     train_kwargs = {k: v for k, v in mcfg.dataset_kwargs.items()
                     if k not in dmeta.get("test_only", ())}
-    payload = {"method": name, "options": options, "version": CACHE_VERSION,
+    payload = {"method": name, "options": resolved_options(name, options),
+               "version": CACHE_VERSION,
                "dataset": mcfg.dataset, "dataset_version": dmeta.get("version"),
                "dataset_kwargs": train_kwargs,
                "backbone": mcfg.backbone, "backbone_kwargs": mcfg.backbone_kwargs,

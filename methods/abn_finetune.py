@@ -26,7 +26,7 @@ from harness.data import DatasetInfo, Split
 from harness.errors import UserError
 from harness.geometry import bbox_inside_frac, map_box_mask
 from methods.abn import ABN
-from methods.base import Method, Output, eval_batches, register_method, upsample
+from methods.base import Output, eval_batches, register_method, upsample
 
 #: the fine-tuning schedule on the embedded default (the paper presets override it)
 FINETUNE = {"epochs": 1, "lr": 0.01}
@@ -107,7 +107,7 @@ class AMB(ABNFineTune):
         """T(A) = sigmoid(100 (A - sigma)) (Eq. 1)."""
         if torch.isnan(self.sigma):
             raise RuntimeError(f"{self.name}: sigma='auto' is resolved in on_fit_start")
-        return torch.sigmoid(100.0 * (m - self.sigma))
+        return torch.sigmoid(100.0 * (m.float() - self.sigma))  # float32 under autocast
 
     def mine(self, g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """Mining-branch logits on F* = F - T(A) * F, batch norm statistics frozen."""
@@ -275,11 +275,9 @@ def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 
 def _register(name: str, cls: type[ABN], description: str, **meta: Any) -> None:
-    def factory(backbone: SplitBackbone, info: DatasetInfo, **options: Any) -> Method:
-        return cls(backbone, info, **options)
-
+    # the class itself is the factory, so its defaults are visible to the cache key
     register_method(name, init_from="abn", attention=True, train=dict(FINETUNE),
-                    description=description, **meta)(factory)
+                    description=description, **meta)(cls)
 
 
 _register("abn-amb", AMB, "ABN fine-tuned with the attention mining branch",

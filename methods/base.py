@@ -131,7 +131,7 @@ def upsample(m: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 
 
-def eval_batches(split: Split, device: torch.device, batch_size: int = 250
+def eval_batches(split: Split, device: torch.device, batch_size: int = 64
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The split's images without augmentation, for a method's analysis in
     :meth:`Method.on_fit_start`: (x, boxes, labels, index) on ``device``."""

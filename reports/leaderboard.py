@@ -12,7 +12,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import matplotlib
@@ -25,8 +25,10 @@ import yaml
 from matplotlib.patches import Rectangle
 
 from harness.evaluate import MethodResult
-from harness.sweep import CRSweep
 from metrics.base import METRICS
+
+if TYPE_CHECKING:  # the report reads the record only
+    from harness.sweep import CRSweep
 
 #: curve panels of the HTML report: metric id -> (title, x label)
 CURVE_PANELS = {
@@ -202,7 +204,7 @@ def sweep_figure(sweep: CRSweep) -> plt.Figure:
     with its 95 % interval, vanilla fine-tuning as the reference line (band = its
     interval), the model before fine-tuning dotted."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
-    pts = sweep.points
+    pts = sorted(sweep.points, key=lambda p: p.share)
     x = np.array([100 * p.share for p in pts])
     y = np.array([100 * p.top1 for p in pts])
     err = np.array([[100 * (p.top1 - p.top1_lo) for p in pts],
@@ -210,7 +212,8 @@ def sweep_figure(sweep: CRSweep) -> plt.Figure:
     ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, color="tab:blue",
                 label="copy-replace fine-tuning")
     for p, xi, yi in zip(pts, x, y, strict=True):
-        ax.annotate(f"λ={p.lambda_out:g}", (xi, yi), textcoords="offset points", xytext=(4, 6),
+        lam = "—" if p.lambda_out is None else f"{p.lambda_out:.3g}"
+        ax.annotate(f"λ={lam}", (xi, yi), textcoords="offset points", xytext=(4, 6),
                     fontsize=7)
     v = sweep.vanilla
     ax.axhline(100 * v.top1, color="tab:red", linestyle="--",

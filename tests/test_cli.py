@@ -146,8 +146,8 @@ def test_auto_sweep_spreads_the_annotated_share(smoke_run: Path, cache_dir: Path
     te = data.build(cfg.dataset, "test", cache_dir=cache_dir, **cfg.dataset_kwargs)
     result = sweep.run_cr_sweep(None, cfg, tr, te, torch.device("cpu"), cache_dir,
                                 progress=False, say=lambda *a: None)
-    shares = [p.share for p in result.points]  # ascending lambda_out: descending share
-    assert len(shares) == 2 and shares[0] > 0.9 and shares[1] == pytest.approx(0.5, abs=0.1)
+    assert [p.share for p in result.points] == [0.5, 1.0]  # exactly, worst-localised first
+    assert [p.label for p in result.points] == ["worst 50%", "worst 100%"]
     assert result.vanilla.annotated == 0 and result.parent.cached
     assert sweep.parse_lambdas("auto") is None
     assert sweep.parse_lambdas("paper") == list(sweep.PAPER_GRID)

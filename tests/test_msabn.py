@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,13 +22,13 @@ from methods.msabn import (
     MSABN,
     MSABNCopyReplace,
     MSABNPuzzle,
+    attention_outside,
     box_pixels,
     copy_replace,
-    frac_out,
-    lambda_for_share,
     merge,
     reconstruction_loss,
     tile,
+    worst_localised,
 )
 from tests.conftest import all_hooks
 
@@ -203,28 +204,38 @@ class _Donors(torch.utils.data.Dataset[dict[str, Any]]):
 
 
 def test_copy_replace_batch_pool_labels_and_untouched_images() -> None:
+    torch.manual_seed(0)
     bb = backbones.build("cifar-resnet8", 5, stem_stride=2)
     model = MSABNCopyReplace(bb, INFO, lambda_out=0.5)
-    # four training images, each a constant value; boxes differ in place and size
-    images = torch.stack([torch.full((3, 64, 64), float(v)) for v in (1, 2, 3, 4)])
+    # six training images: value 10 * label + 1 inside the box, -label outside it
     boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [8.0, 8.0, 40.0, 24.0],
-                          [32.0, 32.0, 64.0, 64.0], [4.0, 4.0, 12.0, 60.0]])
-    labels = [0, 1, 2, 3]
+                          [32.0, 32.0, 64.0, 64.0], [4.0, 4.0, 12.0, 60.0],
+                          [20.0, 10.0, 50.0, 30.0], [2.0, 40.0, 30.0, 62.0]])
+    labels = [0, 1, 2, 3, 4, 4]
+    images = torch.empty(6, 3, 64, 64)
+    for i, box in enumerate(boxes):
+        r0, r1, c0, c1 = box_pixels(box, 64, 64)
+        images[i] = -float(i)
+        images[i, :, r0:r1, c0:c1] = 10.0 * i + 1
     model.donors = _Donors(images, boxes, labels)
-    model.pool = torch.tensor([1, 3])  # two pooled images: each must receive the other
-    batch = {"image": images.clone(), "bbox": boxes.clone(), "label": torch.tensor(labels),
-             "index": torch.tensor([0, 1, 2, 3])}
-    new = model.replace_batch(batch)
-    assert torch.equal(new["image"][[0, 2]], images[[0, 2]])  # not pooled: untouched
-    assert new["label"].tolist() == [0, 3, 2, 1]  # the pasted object's label
-    for i, donor_value in ((1, 4.0), (3, 2.0)):
-        r0, r1, c0, c1 = box_pixels(boxes[i], 64, 64)
-        inside = new["image"][i, :, r0:r1, c0:c1]
-        assert torch.allclose(inside, torch.full_like(inside, donor_value))
-        rest = new["image"][i].clone()
-        rest[:, r0:r1, c0:c1] = images[i, 0, 0, 0]
-        assert torch.equal(rest, images[i])
-    assert torch.equal(batch["image"], images)  # the input batch is not modified
+    model.pool = torch.tensor([1, 3, 4, 5])
+    for _ in range(20):  # donors are random: every draw must be consistent
+        batch = {"image": images.clone(), "bbox": boxes.clone(),
+                 "label": torch.tensor(labels), "index": torch.arange(6)}
+        new = model.replace_batch(batch)
+        assert torch.equal(new["image"][[0, 2]], images[[0, 2]])  # not pooled: untouched
+        assert new["label"][[0, 2]].tolist() == [0, 2]
+        for i in (1, 3, 4, 5):
+            r0, r1, c0, c1 = box_pixels(boxes[i], 64, 64)
+            inside = new["image"][i, :, r0:r1, c0:c1]
+            donor = round((float(inside.mean()) - 1) / 10)  # only the donor box content
+            assert donor in (1, 3, 4, 5) and donor != i
+            assert torch.allclose(inside, torch.full_like(inside, 10.0 * donor + 1))
+            assert int(new["label"][i]) == labels[donor]  # the pasted object's label
+            rest = new["image"][i].clone()
+            rest[:, r0:r1, c0:c1] = -float(i)
+            assert torch.equal(rest, torch.full_like(rest, -float(i)))  # outside unchanged
+        assert torch.equal(batch["image"], images)  # the input batch is not modified
 
 
 def test_copy_replace_pool_selection(smoke_cfg: config.RunConfig,
@@ -247,28 +258,33 @@ def test_copy_replace_pool_selection(smoke_cfg: config.RunConfig,
     inbox = ((xx >= b[:, 0, None, None]) & (xx <= b[:, 2, None, None])
              & (yy >= b[:, 1, None, None]) & (yy <= b[:, 3, None, None]))
     expected = 1 - (on & inbox).sum((1, 2)) / on.sum((1, 2)).clamp_min(1)
-    frac = frac_out(model, smoke_train, torch.device("cpu"))
+    frac, cover = attention_outside(model, smoke_train, torch.device("cpu"))
     assert torch.allclose(frac, expected.float(), atol=1e-6)
+    assert torch.allclose(cover, on.float().mean((1, 2)))
     assert model.pool.tolist() == torch.nonzero(expected > 0.0).flatten().tolist()
     assert facts["annotated"] == len(model.pool) and facts["lambda_out"] == 0.0
     assert all_hooks(model) == hooks
-    # auto: the threshold that annotates 20 % of the training images
+    # auto: the 20 % of the training images with the highest frac_out
     model.lambda_out = "auto"
     facts = model.on_fit_start(smoke_train, torch.device("cpu"))
-    assert facts["lambda_out"] == lambda_for_share(frac, 0.2)
-    assert facts["annotated_share"] == pytest.approx(0.2, abs=0.05)
+    assert facts["annotated"] == round(0.2 * 64)
+    assert (frac[model.pool].min() >= frac[torch.isin(torch.arange(64), model.pool, invert=True)]
+            .max())
+    assert facts["lambda_out"] == pytest.approx(float(frac[model.pool].min()))
+    assert 0.0 <= facts["covering_share"] <= 1.0
     model.lambda_out = None
     assert model.on_fit_start(smoke_train, torch.device("cpu"))["annotated"] == 0
     batch = {"image": x[:4], "bbox": b[:4], "label": torch.arange(4), "index": torch.arange(4)}
     assert model.replace_batch(batch) is batch
 
 
-def test_lambda_for_share_known_answer() -> None:
-    frac = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, float("nan")])
-    lam = lambda_for_share(frac, 0.2)  # the 0.8 quantile of the 10 finite values
-    assert lam == pytest.approx(0.82)
-    assert int((frac > lam).sum()) == 2  # 20 % of the images with a box
-    assert lambda_for_share(frac, 1.0) == 0.0
+def test_worst_localised_exact_share_with_ties() -> None:
+    # ties (1.0: attention entirely outside) and a missing box (NaN)
+    frac = torch.tensor([1.0, 0.2, 1.0, 0.9, 1.0, 0.1, float("nan"), 1.0, 0.5, 0.3, 0.4])
+    assert worst_localised(frac, 0.2).tolist() == [0, 2]  # 2 of 10 boxed, ties by index
+    assert worst_localised(frac, 0.5).tolist() == [0, 2, 3, 4, 7]
+    assert worst_localised(frac, 1.0).tolist() == [0, 1, 2, 3, 4, 5, 7, 8, 9, 10]
+    assert worst_localised(frac, 0.0).tolist() == []
 
 
 def test_copy_replace_rejects_bad_lambda() -> None:
@@ -311,3 +327,40 @@ def _timm_names(bb: SplitBackbone) -> dict[str, torch.Tensor]:
             out[f"{name}.{k}"] = v
     out.update({f"fc.{k}": v for k, v in bb.fc.state_dict().items()})
     return out
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d"])
+def test_resnet_taps_are_timms_stride_4_8_16_features(name: str) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    bb = backbones.build(name, 5).eval()
+    ref = timm.create_model(name, pretrained=False, features_only=True,
+                            out_indices=(1, 2, 3)).eval()
+    own = {k: v for k, v in bb.features.state_dict().items()}
+    names = ["conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3"]
+    ref.load_state_dict({f"{names[int(k.split('.')[0])]}.{k.split('.', 1)[1]}": v
+                         for k, v in own.items()})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for ours, theirs in zip(bb.pyramid(x), ref(x), strict=True):
+            assert torch.allclose(ours, theirs, atol=1e-5)
+    assert bb.tap_channels == tuple(ref.feature_info.channels())
+
+
+def test_pretrained_file_loads_or_is_an_error(tmp_path: Path) -> None:
+    import timm
+
+    src = timm.create_model("resnet18", pretrained=False, num_classes=1000)
+    fine = tmp_path / "timm.pt"
+    torch.save(src.state_dict(), fine)
+    bb = backbones.build("resnet18", 5, pretrained_file=str(fine))
+    assert torch.equal(bb.features[0].weight, src.conv1.weight)  # loaded, head dropped
+    bad = tmp_path / "weights.pt"
+    torch.save({"features.0.weight": torch.zeros(3)}, bad)
+    with pytest.raises(UserError, match="does not fit"):
+        backbones.build("resnet18", 5, pretrained_file=str(bad))
+    good = tmp_path / "good.pt"
+    torch.save(backbones.build("resnet18", 5).state_dict(), good)  # wrong names as well
+    with pytest.raises(UserError, match="does not fit"):
+        backbones.build("resnet18", 5, pretrained_file=str(good))

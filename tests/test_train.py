@@ -20,6 +20,10 @@ def test_cache_key_depends_on_what_matters(smoke_cfg: config.RunConfig) -> None:
     fp32 = dataclasses.replace(smoke_cfg, precision="fp32")
     assert train.cache_key("abn", fp32, {}) != train.cache_key(
         "abn", dataclasses.replace(smoke_cfg, precision="bf16"), {})
+    # the method's defaults are part of the key: changing one retrains
+    assert train.cache_key("abn", smoke_cfg, {"mechanism": "residual"}) == k
+    assert train.resolved_options("msabn-cr", {}) == {
+        "lambda_out": "auto", "auto_share": 0.2, "mechanism": "residual"}
     other_eval = dataclasses.replace(smoke_cfg, eval=config.EvalConfig(causal_n=3))
     assert k == train.cache_key("abn", other_eval, {})  # evaluation does not retrain
     # a child's key follows its parent's
