@@ -157,7 +157,8 @@ def run(args: argparse.Namespace) -> Path:
     if cfg.comb_reference in lineage(names):  # the comb insertion protocol's images
         ref = train.obtain(cfg.comb_reference, cfg, train_split, device, cache,
                            progress=progress, _memo=memo)
-        comb_subset = misclassified(ref.method, test_split, device, precision=cfg.precision)
+        comb_subset = misclassified(ref.method, test_split, device,
+                                    batch_size=cfg.eval.batch_size, precision=cfg.precision)
     method_meta: dict[str, dict[str, Any]] = {}
     for name in names:
         t0 = time.perf_counter()

@@ -14,7 +14,11 @@ from metrics.base import EvalBatch, MetricSpec, PerImageMetric, register_metric
 
 
 class TopK(PerImageMetric):
-    """Top-k accuracy of the prediction (1 if the true class is among the k best)."""
+    """Top-k accuracy of the prediction (1 if the true class is among the k best).
+
+    Tied logits (frequent with bfloat16 outputs) rank by class index, lowest first, as
+    ``argmax`` does, so top-1 agrees with the prediction used everywhere else.
+    """
 
     def __init__(self, k: int = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -22,7 +26,7 @@ class TopK(PerImageMetric):
 
     def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
         k = min(self.k, batch.logits.shape[1])
-        top = batch.logits.topk(k, dim=1).indices
+        top = torch.sort(batch.logits, dim=1, descending=True, stable=True).indices[:, :k]
         return (top == batch.labels.view(-1, 1)).any(1).float(), batch.labels
 
 

@@ -37,6 +37,20 @@ def test_topk_matches_sklearn_and_accumulates(k: int) -> None:
     assert m.per_image()[0].size == 0
 
 
+def test_top1_breaks_ties_as_argmax() -> None:
+    # bf16 logits tie often; top-1 must agree with argmax, the prediction used elsewhere
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0]] * 2 + [[2.0, 2.0, 2.0, 2.0]] * 2
+                          ).bfloat16().float()
+    labels = torch.tensor([1, 2, 0, 3])
+    m = TopK(1)
+    m.update(_batch(logits, labels))
+    assert m.per_image()[0].tolist() == (logits.argmax(1) == labels).float().tolist()
+    assert m.per_image()[0].tolist() == [1.0, 0.0, 1.0, 0.0]
+    m2 = TopK(2)
+    m2.update(_batch(logits, labels))
+    assert m2.per_image()[0].tolist() == [1.0, 1.0, 1.0, 0.0]
+
+
 def test_pointing_game_is_mean_of_per_class_rates() -> None:
     torch.manual_seed(0)
     sal = torch.rand(40, 1, 8, 8)
