@@ -112,6 +112,10 @@ def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
         paths["cr_sweep"] = out / "cr_sweep.csv"
         pd.DataFrame.from_records(record.cr_sweep.rows()).to_csv(
             paths["cr_sweep"], index=False, float_format="%.6g")
+        paths["cr_sweep_png"] = out / "cr_sweep.png"
+        fig = sweep_figure(record.cr_sweep)
+        fig.savefig(paths["cr_sweep_png"], dpi=130)
+        plt.close(fig)
     paths["html"].write_text(render_html(record, frame))
     return paths
 
@@ -221,7 +225,7 @@ def sweep_figure(sweep: CRSweep) -> plt.Figure:
     ax.axhspan(100 * v.top1_lo, 100 * v.top1_hi, color="tab:red", alpha=0.12)
     ax.axhline(100 * sweep.parent.top1, color="gray", linestyle=":",
                label=f"msabn before fine-tuning ({100 * sweep.parent.top1:.1f} %)")
-    ax.set_xlabel("annotated training images (%), i.e. frac_out > λ_out")
+    ax.set_xlabel("annotated training images (%): frac_out > λ_out, worst-localised first")
     ax.set_ylabel("test top-1 (%)")
     ax.set_xlim(-2, 102)
     ax.grid(alpha=0.3)

@@ -134,6 +134,7 @@ def test_copy_replace_sweep(smoke_run: Path, cache_dir: Path, tmp_path: Path) ->
     html = (tmp_path / "leaderboard.html").read_text()
     assert "Copy-replace: accuracy against annotated share" in html
     assert html.count("data:image/png;base64,") == 3  # curves, gallery, sweep
+    assert (tmp_path / "cr_sweep.png").stat().st_size > 0
 
 
 def test_auto_sweep_spreads_the_annotated_share(smoke_run: Path, cache_dir: Path,
