@@ -17,7 +17,6 @@ the original stem.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ from harness import device as dev
 from harness.backbones import SplitBackbone, reset_parameters
 from harness.data import DatasetInfo, Split, make_transform
 from harness.errors import UserError
-from harness.geometry import bbox_inside_frac
+from harness.geometry import bbox_inside_frac, box_mask
 from methods.abn import ABN, Attended
 from methods.abn_finetune import FINETUNE
 from methods.base import Output, eval_batches, register_method, upsample
@@ -175,12 +174,14 @@ class MSABNPuzzle(MSABN):
 
 def box_pixels(box: torch.Tensor, height: int, width: int) -> tuple[int, int, int, int]:
     """Pixel rows ``[r0, r1)`` and columns ``[c0, c1)`` whose centres lie in the
-    closed xyxy ``box`` (the rule of :func:`harness.geometry.box_mask`), clipped to
-    the image; an empty range when the box misses every pixel centre."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    c0, c1 = max(0, math.ceil(x1 - 0.5)), min(width, math.floor(x2 - 0.5) + 1)
-    r0, r1 = max(0, math.ceil(y1 - 0.5)), min(height, math.floor(y2 - 0.5) + 1)
-    return r0, max(r0, r1), c0, max(c0, c1)
+    closed xyxy ``box``: the bounding range of :func:`harness.geometry.box_mask` (the
+    metrics' rule), clipped to the image; empty (all 0) when no pixel centre is inside."""
+    inside = box_mask(box.view(1, 4).float().cpu(), height, width)[0]
+    rows = torch.nonzero(inside.any(1)).flatten()
+    cols = torch.nonzero(inside.any(0)).flatten()
+    if not len(rows):
+        return 0, 0, 0, 0
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def copy_replace(images: torch.Tensor, boxes: torch.Tensor, donor_images: torch.Tensor,
