@@ -1,0 +1,122 @@
+"""Discriminative attention with soft-IoU separability and cross-layer consistency
+(Wang et al., 2019; ``discriminative-attention-2019-siou.txt``).
+
+* ``discattn-ch``      — channel-wise attention A_ch (Eqs. 3-4).
+* ``discattn-px``      — pixel-wise attention A_px (Eq. 5).
+* ``discattn-gradcam`` — the Table 1 ablation: the same objective with Grad-CAM maps.
+
+Inner layer = the feature extractor's output (the penultimate stage), last layer = the
+last stage's output. Per batch: the most confusing class (highest non-target logit),
+both classes' maps at both layers, Mask = sigmoid(100 (A_last - 0.55 max A_last)) from
+the target's last-layer map (no gradient), L = CE + sIoU_i + sIoU_l + L_ac (Eq. 9),
+alpha = 0.8, the mask resized bilinearly to the inner resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.backbones import SplitBackbone
+from harness.data import DatasetInfo
+from methods.base import Method, Output, register_method, upsample
+from methods.discattn_core import (
+    attention_consistency,
+    class_attention,
+    most_confusing,
+    object_mask,
+    resize_mask,
+    soft_iou,
+)
+
+
+class DiscriminativeAttention(Method):
+    """The plain backbone trained with Eq. 9; its explanation is its own attention.
+
+    Args:
+        kind: ``"ch"``, ``"px"`` or ``"gradcam"``.
+        alpha: L_ac's margin (0.8).
+        create_graph: keep the gradient weights in the graph (second-order terms);
+            detached by default.
+    """
+
+    name = "discattn"
+
+    def __init__(self, backbone: SplitBackbone, info: DatasetInfo, kind: str = "px",
+                 alpha: float = 0.8, create_graph: bool = False) -> None:
+        super().__init__(backbone, info)
+        if kind not in ("ch", "px", "gradcam"):
+            raise ValueError(f"discattn kind must be ch, px or gradcam, got {kind!r}")
+        self.kind, self.alpha, self.create_graph = kind, alpha, create_graph
+
+    def layers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inner features, last features, logits)."""
+        inner = self.backbone.features(x)
+        last = self.backbone.last_stage(inner)
+        return inner, last, self.backbone.head(last)
+
+    def forward(self, x: torch.Tensor) -> Output:
+        inner, _, logits = self.layers(x)
+        return Output(logits=logits, features=inner)
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+        """L = CE + sIoU_i + sIoU_l + L_ac (Eq. 9) for one batch."""
+        inner, last, logits = self.layers(x)
+        conf = most_confusing(logits, y)
+        t_in, t_last = class_attention(logits, [inner, last], y, self.kind,
+                                       create_graph=self.create_graph)
+        c_in, c_last = class_attention(logits, [inner, last], conf, self.kind,
+                                       create_graph=self.create_graph)
+        t_in, t_last, c_in, c_last = (a.float() for a in (t_in, t_last, c_in, c_last))
+        mask = object_mask(t_last)
+        mask_in = resize_mask(mask, t_in.shape[-2:])
+        s_l = soft_iou(t_last, c_last, mask).mean()
+        s_i = soft_iou(t_in, c_in, mask_in).mean()
+        l_ac = attention_consistency(t_in, mask_in, self.alpha).mean()
+        ce = F.cross_entropy(logits.float(), y)
+        loss = ce + s_i + s_l + l_ac
+        return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()),
+                      "siou_i": float(s_i.detach()), "siou_l": float(s_l.detach()),
+                      "l_ac": float(l_ac.detach())}
+
+    def training_step(self, batch: dict[str, Any],
+                      optimizers: Any) -> dict[str, float]:
+        (opt,) = optimizers
+        loss, logs = self.objective(batch["image"], batch["label"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return logs
+
+    def last_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Last-layer attention of ``classes`` ``[B,C]``: ``[B,C,h,w]`` (no graph kept)."""
+        with torch.enable_grad():
+            x = x.detach()
+            _, last, logits = self.layers(x)
+            maps = [class_attention(logits, [last], classes[:, j], self.kind)[0].detach()
+                    for j in range(classes.shape[1])]
+        return torch.stack(maps, 1)
+
+    def explain(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The method's own last-layer attention for ``target``, at input size."""
+        return upsample(self.last_maps(x, target.view(-1, 1)).float(), tuple(x.shape[-2:]))
+
+    def class_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return self.last_maps(x, classes)
+
+
+for _kind, _what in (("ch", "channel-wise attention A_ch"),
+                     ("px", "pixel-wise attention A_px"),
+                     ("gradcam", "Grad-CAM attention (Table 1 ablation)")):
+    def _make(backbone: SplitBackbone, info: DatasetInfo, kind: str = _kind,
+              alpha: float = 0.8, create_graph: bool = False) -> Method:
+        return DiscriminativeAttention(backbone, info, kind=kind, alpha=alpha,
+                                       create_graph=create_graph)
+
+    register_method(f"discattn-{_kind}", paper="Wang et al., 2019",
+                    explainer="own attention",
+                    description=f"soft-IoU separability + cross-layer consistency, {_what}"
+                    )(_make)

@@ -1,0 +1,99 @@
+"""Functional core of discriminative attention (Wang et al., 2019;
+``discriminative-attention-2019-siou.txt``): the attention maps of Eqs. 1-5, the soft
+IoU of Eq. 6, the mask of Eq. 7 and the cross-layer consistency of Eq. 8.
+
+Maps are ``[B,h,w]``; every reduction is per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+#: guards divisions by an all-zero map (the ratio is then 0)
+EPS = 1e-12
+
+
+def soft_iou(a_t: torch.Tensor, a_conf: torch.Tensor,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+    """sIoU (Eq. 6): 2 sum(min(A^T, A^Conf) * Mask) / sum(A^T + A^Conf), ``[B]``.
+
+    Without ``mask`` (the confusion metric) it is 1 for identical maps and 0 for
+    disjoint ones; two all-zero maps give 0.
+    """
+    inter = torch.minimum(a_t, a_conf)
+    if mask is not None:
+        inter = inter * mask
+    den = (a_t + a_conf).flatten(1).sum(1)
+    return 2.0 * inter.flatten(1).sum(1) / den.clamp_min(EPS)
+
+
+def object_mask(a_last: torch.Tensor, omega: float = 100.0,
+                sigma_frac: float = 0.55) -> torch.Tensor:
+    """Mask (Eq. 7): sigmoid(omega (A^last - sigma)), sigma = 0.55 max(A^last) per
+    image; computed without gradient (a target, not a path)."""
+    a = a_last.detach()
+    sigma = sigma_frac * a.flatten(1).max(1).values.view(-1, *([1] * (a.dim() - 1)))
+    return torch.sigmoid(omega * (a - sigma))
+
+
+def attention_consistency(a_in: torch.Tensor, mask: torch.Tensor,
+                          alpha: float = 0.8) -> torch.Tensor:
+    """L_ac (Eq. 8): alpha - sum(A^in * Mask) / sum(A^in), ``[B]``; ``mask`` at A^in's
+    resolution."""
+    num = (a_in * mask).flatten(1).sum(1)
+    return alpha - num / a_in.flatten(1).sum(1).clamp_min(EPS)
+
+
+def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The last layer's mask resized bilinearly to the inner map's ``size``."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask[:, None], size=tuple(size), mode="bilinear",
+                         align_corners=False)[:, 0]
+
+
+def channel_attention(grad: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+    """A_ch (Eqs. 3-4): ReLU(sum_k alpha_k F^k), alpha_k = mean_ij ReLU(dY/dF^k_ij)."""
+    alpha = F.relu(grad).mean((2, 3), keepdim=True)
+    return F.relu((alpha * feat).sum(1))
+
+
+def pixel_attention(grad: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+    """A_px (Eq. 5): ReLU((1/K) sum_k dY/dF^k * F^k) (element-wise product)."""
+    return F.relu((grad * feat).mean(1))
+
+
+def gradcam_attention(grad: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Eqs. 1-2): ReLU(sum_k alpha_k F^k), alpha_k = mean_ij dY/dF^k_ij."""
+    alpha = grad.mean((2, 3), keepdim=True)
+    return F.relu((alpha * feat).sum(1))
+
+
+ATTENTION = {"ch": channel_attention, "px": pixel_attention, "gradcam": gradcam_attention}
+
+
+def class_attention(logits: torch.Tensor, feats: Sequence[torch.Tensor],
+                    classes: torch.Tensor, kind: str, *,
+                    create_graph: bool = False) -> list[torch.Tensor]:
+    """Attention maps of ``classes`` ``[B]`` at each of ``feats`` (tensors the
+    ``logits`` were computed from), via one ``torch.autograd.grad`` of the selected
+    logits. Sample b's gradient is that of Y_b^{c_b} alone whenever samples do not
+    interact between ``feats`` and ``logits`` (no batch-statistics normalisation on
+    the way, e.g. batch norm in eval mode). The gradient weights are detached unless
+    ``create_graph``; the feature maps keep their graph either way, so the maps are
+    differentiable in F. No hooks are used and the graph is retained for the caller.
+    """
+    fn = ATTENTION[kind]
+    selected = logits.gather(1, classes.view(-1, 1)).sum()
+    grads = torch.autograd.grad(selected, list(feats), retain_graph=True,
+                                create_graph=create_graph)
+    return [fn(g if create_graph else g.detach(), f) for g, f in zip(grads, feats, strict=True)]
+
+
+def most_confusing(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The highest-scoring class other than ``target``, per sample."""
+    masked = logits.detach().scatter(1, target.view(-1, 1), float("-inf"))
+    return masked.argmax(1)
