@@ -70,11 +70,17 @@ class GradCAM(Baseline):
     name = "gradcam"
     init_from = "baseline"
 
-    def explain(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def class_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Grad-CAM maps of ``classes`` ``[B,C]`` at the last stage's resolution."""
         gc = LayerGradCam(self.backbone, self.backbone.last_stage)
         with torch.enable_grad():
-            attr = gc.attribute(x.detach(), target=target.tolist(), relu_attributions=True)
-        return upsample(attr.detach(), tuple(x.shape[-2:]))
+            maps = [gc.attribute(x.detach(), target=classes[:, j].tolist(),
+                                 relu_attributions=True).detach()
+                    for j in range(classes.shape[1])]
+        return torch.cat(maps, 1)
+
+    def explain(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return upsample(self.class_maps(x, target.view(-1, 1)), tuple(x.shape[-2:]))
 
 
 @register_method("baseline", explainer="centre prior", reference=True,

@@ -92,6 +92,20 @@ def test_gradcam_matches_autograd_on_nonlinear_head() -> None:
     assert torch.allclose(ours, up, atol=1e-6)
 
 
+def test_gradcam_class_maps_are_per_class_layer_maps() -> None:
+    torch.manual_seed(2)
+    bb = nonlinear_backbone()
+    gc = GradCAM(bb, DIGITS_INFO).eval()
+    x = torch.randn(3, 3, 16, 16)
+    classes = torch.tensor([[0, 1], [3, 2], [4, 0]])
+    maps = gc.class_maps(x, classes)
+    assert maps.shape == (3, 2, 8, 8)
+    for j in range(2):
+        assert torch.allclose(maps[:, j:j + 1], direct_gradcam(bb, x, classes[:, j]),
+                              atol=1e-6)
+    assert not torch.allclose(maps[:, 0], maps[:, 1])
+
+
 def test_gradcam_matches_pytorch_grad_cam() -> None:
     from pytorch_grad_cam import GradCAM as PGC
     from pytorch_grad_cam.utils.image import scale_cam_image
