@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -91,6 +92,13 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     def logits_of(z: torch.Tensor) -> torch.Tensor:
         return forward(z).logits
 
+    has_class_maps = type(method).class_maps is not Method.class_maps
+
+    def class_maps(z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
+        with torch.no_grad():  # in float32, as the explanations
+            maps = method.class_maps(z, classes)
+        return None if maps is None else maps.float()
+
     seen = 0
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
     for batch in tqdm(loader, desc=f"{name} eval", leave=False, disable=not progress,
@@ -110,7 +118,8 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                        model=logits_of, pointing_tolerance=split.info.pointing_tolerance,
                        fixed_logits=None if fixed is None else fixed.float(),
                        comb_mask=None if comb_subset is None
-                       else comb_subset.to(device)[batch["index"]])
+                       else comb_subset.to(device)[batch["index"]],
+                       class_maps=partial(class_maps, x) if has_class_maps else None)
         if n_c:
             pred = logits[:n_c].argmax(1)
             sal_c = sal[:n_c].clone()

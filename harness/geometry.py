@@ -1,4 +1,4 @@
-"""Map and box geometry shared by methods (attention editing) and metrics.
+"""Map and box geometry shared by methods (attention editing, losses) and metrics.
 
 Boxes are ``[B,4]`` xyxy in input pixels. A cell (row r, column c) of a map whose cells
 span ``stride`` input pixels is inside a box when its centre ``((c + 0.5) * stride,
@@ -64,3 +64,19 @@ def map_box_mask(boxes: torch.Tensor, fmap: torch.Tensor,
     h, w = fmap.shape[-2:]
     stride = (image_size[0] / h, image_size[1] / w)
     return box_mask(boxes, h, w, stride).unsqueeze(1).to(fmap.dtype)
+
+
+def soft_iou(a_t: torch.Tensor, a_conf: torch.Tensor,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft IoU of two non-negative maps ``[B,h,w]`` (Wang et al. 2019, Eq. 6):
+    2 sum(min(A^T, A^Conf) * Mask) / sum(A^T + A^Conf), ``[B]``.
+
+    The training loss of discriminative attention (with its object mask) and the
+    ``siou_confusion`` metric (without). Without ``mask`` it is 1 for identical maps and
+    0 for disjoint ones; two all-zero maps give 0.
+    """
+    inter = torch.minimum(a_t, a_conf)
+    if mask is not None:
+        inter = inter * mask
+    den = (a_t + a_conf).flatten(1).sum(1)
+    return 2.0 * inter.flatten(1).sum(1) / den.clamp_min(1e-12)

@@ -1,5 +1,6 @@
-"""Metrics: functional cores (``metrics.causal``, ``metrics.localization``) and the
-accumulating classes the evaluator uses (``metrics.standard``)."""
+"""Metrics: functional cores (``metrics.causal``, ``metrics.localization``,
+``metrics.confusion``) and the accumulating classes the evaluator uses
+(``metrics.standard``)."""
 
 from metrics import standard  # noqa: F401  (registration side effects)
 from metrics.base import METRICS, EvalBatch, MetricSpec, PerImageMetric

@@ -37,6 +37,8 @@ class EvalBatch:
             (methods with an attention mechanism; None otherwise).
         comb_mask: ``[B]`` bool, the images in the ``comb`` insertion protocol's subset
             (those the reference method misclassifies); None when not computed.
+        class_maps: classes ``[B,C]`` -> the method's class-specific maps ``[B,C,h,w]``
+            of these images (None: the method has no class maps).
     """
 
     images: torch.Tensor
@@ -51,6 +53,7 @@ class EvalBatch:
     pointing_tolerance: float = 15.0
     fixed_logits: torch.Tensor | None = None
     comb_mask: torch.Tensor | None = None
+    class_maps: Callable[[torch.Tensor], torch.Tensor | None] | None = None
 
 
 class PerImageMetric(Metric):

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metrics import causal, localization
+from metrics import causal, confusion, localization
 from metrics.base import EvalBatch, MetricSpec, PerImageMetric, register_metric
 
 
@@ -151,6 +151,23 @@ class DeletionAUC(CausalAUC):
         super().__init__("deletion", **kwargs)
 
 
+class SiouConfusion(PerImageMetric):
+    """Soft IoU between the predicted class's and the most confusing class's maps
+    (:func:`metrics.confusion.siou_confusion`); lower is more discriminative. Skipped for
+    methods without class maps."""
+
+    higher_is_better = False
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if batch.class_maps is None:
+            return None
+        classes = torch.stack([batch.logits.argmax(1), confusion.runner_up(batch.logits)], 1)
+        maps = batch.class_maps(classes)
+        if maps is None:
+            return None
+        return confusion.siou_confusion(maps), batch.labels
+
+
 class BoxMetric(PerImageMetric):
     """A localisation metric of the ground-truth-class saliency against a named box."""
 
@@ -228,5 +245,8 @@ _spec("attn_fix_gain_top1", True, "attn_fix_gain: change of top-1 when the atten
       "the box is removed; diagnostic, not ranked; n/a without an attention mechanism",
       lambda cfg: AttnFixGain("top1"), ("bbox",), paper="Iwayoshi et al., VISAPP 2023",
       ranked=False)
+_spec("siou_confusion", False, "soft IoU (Eq. 6, no mask) between the predicted and the "
+      "most confusing class's maps, negatives clipped; n/a without class maps",
+      lambda cfg: SiouConfusion(), paper="Wang et al., 2019 (discriminative attention)")
 _spec("explain_ms", False, "milliseconds per explanation (batched)", unit="ms")
 _spec("explain_overhead", False, "explanation time / plain forward time on the same batch")
