@@ -14,7 +14,7 @@ alpha = 0.8, the mask resized bilinearly to the inner resolution.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from harness.backbones import SplitBackbone
 from harness.data import DatasetInfo
 from methods.base import Method, Output, register_method, upsample
 from methods.discattn_core import (
+    ATTENTION,
     attention_consistency,
     class_attention,
     most_confusing,
@@ -35,21 +36,23 @@ from methods.discattn_core import (
 class DiscriminativeAttention(Method):
     """The plain backbone trained with Eq. 9; its explanation is its own attention.
 
+    Subclasses fix ``kind``.
+
     Args:
-        kind: ``"ch"``, ``"px"`` or ``"gradcam"``.
         alpha: L_ac's margin (0.8).
         create_graph: keep the gradient weights in the graph (second-order terms);
             detached by default.
     """
 
-    name = "discattn"
+    #: which attention (a key of :data:`methods.discattn_core.ATTENTION`)
+    kind: ClassVar[str] = ""
 
-    def __init__(self, backbone: SplitBackbone, info: DatasetInfo, kind: str = "px",
-                 alpha: float = 0.8, create_graph: bool = False) -> None:
+    def __init__(self, backbone: SplitBackbone, info: DatasetInfo, alpha: float = 0.8,
+                 create_graph: bool = False) -> None:
         super().__init__(backbone, info)
-        if kind not in ("ch", "px", "gradcam"):
-            raise ValueError(f"discattn kind must be ch, px or gradcam, got {kind!r}")
-        self.kind, self.alpha, self.create_graph = kind, alpha, create_graph
+        if self.kind not in ATTENTION:
+            raise TypeError(f"{type(self).__name__}: kind must be one of {sorted(ATTENTION)}")
+        self.alpha, self.create_graph = alpha, create_graph
 
     def layers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inner features, last features, logits)."""
@@ -108,15 +111,33 @@ class DiscriminativeAttention(Method):
         return self.last_maps(x, classes)
 
 
-for _kind, _what in (("ch", "channel-wise attention A_ch"),
-                     ("px", "pixel-wise attention A_px"),
-                     ("gradcam", "Grad-CAM attention (Table 1 ablation)")):
-    def _make(backbone: SplitBackbone, info: DatasetInfo, kind: str = _kind,
-              alpha: float = 0.8, create_graph: bool = False) -> Method:
-        return DiscriminativeAttention(backbone, info, kind=kind, alpha=alpha,
-                                       create_graph=create_graph)
+class DiscAttnCh(DiscriminativeAttention):
+    """``discattn-ch``: channel-wise attention A_ch (Eqs. 3-4)."""
 
-    register_method(f"discattn-{_kind}", paper="Wang et al., 2019",
-                    explainer="own attention",
-                    description=f"soft-IoU separability + cross-layer consistency, {_what}"
-                    )(_make)
+    name = "discattn-ch"
+    kind = "ch"
+
+
+class DiscAttnPx(DiscriminativeAttention):
+    """``discattn-px``: pixel-wise attention A_px (Eq. 5)."""
+
+    name = "discattn-px"
+    kind = "px"
+
+
+class DiscAttnGradCAM(DiscriminativeAttention):
+    """``discattn-gradcam``: Grad-CAM attention (Eqs. 1-2), the Table 1 ablation."""
+
+    name = "discattn-gradcam"
+    kind = "gradcam"
+
+
+_PAPER = "Wang et al., 2019 (discriminative attention)"
+_WHAT = "soft-IoU separability + cross-layer consistency (Eq. 9)"
+register_method("discattn-ch", paper=_PAPER, explainer="own attention",
+                description=f"{_WHAT}, channel-wise attention A_ch")(DiscAttnCh)
+register_method("discattn-px", paper=_PAPER, explainer="own attention",
+                description=f"{_WHAT}, pixel-wise attention A_px")(DiscAttnPx)
+register_method("discattn-gradcam", paper=_PAPER, explainer="own attention",
+                description=f"{_WHAT}, Grad-CAM attention (Table 1 ablation)"
+                )(DiscAttnGradCAM)

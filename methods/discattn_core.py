@@ -12,22 +12,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from harness.geometry import soft_iou
+
+__all__ = ["ATTENTION", "attention_consistency", "channel_attention", "class_attention",
+           "gradcam_attention", "most_confusing", "object_mask", "pixel_attention",
+           "resize_mask", "soft_iou"]
+
 #: guards divisions by an all-zero map (the ratio is then 0)
 EPS = 1e-12
-
-
-def soft_iou(a_t: torch.Tensor, a_conf: torch.Tensor,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
-    """sIoU (Eq. 6): 2 sum(min(A^T, A^Conf) * Mask) / sum(A^T + A^Conf), ``[B]``.
-
-    Without ``mask`` (the confusion metric) it is 1 for identical maps and 0 for
-    disjoint ones; two all-zero maps give 0.
-    """
-    inter = torch.minimum(a_t, a_conf)
-    if mask is not None:
-        inter = inter * mask
-    den = (a_t + a_conf).flatten(1).sum(1)
-    return 2.0 * inter.flatten(1).sum(1) / den.clamp_min(EPS)
 
 
 def object_mask(a_last: torch.Tensor, omega: float = 100.0,
