@@ -10,6 +10,21 @@ last stage's output. Per batch: the most confusing class (highest non-target log
 both classes' maps at both layers, Mask = sigmoid(100 (A_last - 0.55 max A_last)) from
 the target's last-layer map (no gradient), L = CE + sIoU_i + sIoU_l + L_ac (Eq. 9),
 alpha = 0.8, the mask resized bilinearly to the inner resolution.
+
+Choices where the paper is silent or differs in detail:
+
+* "The last convolutional layer in the penultimate block" is read as the penultimate
+  stage's output (after its residual sum and ReLU): the feature extractor's output of
+  the split backbone (ResNet ``layer3``, stage 2 of the CIFAR ResNets).
+* The three terms of Eq. 9 have unit weights, as printed; sIoU and L_ac are averaged
+  over the batch, like the cross-entropy.
+* Gradients are those of the selected logits summed over the batch, one
+  ``torch.autograd.grad`` per class set. Each sample's gradient is its own logit's
+  whenever the samples do not interact between the layer and the logits: always for the
+  last layer (global average pooling + linear head), and for the inner layer when batch
+  norm uses running statistics. In training mode the last stage's batch norm couples
+  the samples through the batch statistics (terms of order 1/B), as in any
+  autograd-based attention computed on a training batch.
 """
 
 from __future__ import annotations

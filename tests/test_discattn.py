@@ -179,3 +179,27 @@ def test_explain_is_the_upsampled_last_layer_map(name: str, smoke_cfg: config.Ru
     assert maps.shape[:2] == (len(y), 2) and (maps >= 0).all()
     assert torch.allclose(sal, upsample(maps[:, :1], tuple(x.shape[-2:])), atol=1e-6)
     assert not torch.allclose(maps[:, 0], maps[:, 1])  # class-specific
+
+
+def test_last_stage_maps_of_a_gap_linear_head_are_clipped_cam(
+        smoke_cfg: config.RunConfig, smoke_train: data.Split) -> None:
+    """dY^c/dF^k_ij = w_ck / hw for global average pooling + linear, so at the last stage
+    A_px = ReLU(CAM) / (K hw), Grad-CAM = ReLU(CAM) / hw and A_ch keeps the channels of
+    positive weight: ReLU(sum_k ReLU(w_ck) F^k) / hw."""
+    cam = train.build_method("cam", smoke_cfg, smoke_train).eval()
+    x = _batch(smoke_train)["image"]
+    classes = torch.tensor([[0, 3], [1, 4], [2, 5], [3, 6], [4, 7], [5, 8]])
+    with torch.no_grad():
+        raw = cam.class_maps(x, classes)
+        fmap = cam.backbone.last_stage(cam.backbone.features(x))
+    k, hw = fmap.shape[1], fmap.shape[2] * fmap.shape[3]
+    w_pos = cam.backbone.fc.weight.clamp_min(0)[classes]
+    want = {"discattn-px": raw.clamp_min(0) / (k * hw),
+            "discattn-gradcam": raw.clamp_min(0) / hw,
+            "discattn-ch": torch.einsum("bck,bkhw->bchw", w_pos, fmap).clamp_min(0) / hw}
+    for name, ref in want.items():
+        model = train.build_method(name, smoke_cfg, smoke_train).eval()
+        model.load_state_dict(cam.state_dict())
+        with torch.no_grad():
+            got = model.class_maps(x, classes)
+        assert torch.allclose(got, ref, rtol=1e-4, atol=1e-7), name
