@@ -9,11 +9,13 @@ time is measured separately, side by side with a plain forward pass on the same 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -23,6 +25,7 @@ from harness.data import Split
 from harness.stats import bootstrap_ci
 from methods.base import Method, Output
 from metrics.base import METRICS, EvalBatch, PerImageMetric
+from metrics.confusion import runner_up, siou_confusion
 from metrics.localization import normalize
 from metrics.standard import CausalAUC
 
@@ -133,6 +136,9 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         need = cfg.gallery_n - sum(len(s) for s in gallery["saliency"])
         if need > 0:
             gallery["saliency"].append(normalize(sal[:need]).cpu())
+            if has_class_maps:
+                for k, v in confusion_gallery(class_maps, x[:need], logits[:need]).items():
+                    gallery.setdefault(k, []).append(v)
         seen += len(y)
 
     values: dict[str, float] = {}
@@ -153,8 +159,27 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     values.update(timing)
     return MethodResult(name, values, intervals, per_image, curves, n_test=seen,
                         n_causal=min(seen, cfg.causal_n),
-                        gallery={"saliency": torch.cat(gallery["saliency"]).numpy()
-                                 if gallery["saliency"] else np.zeros((0, 1, 1))})
+                        gallery={k: torch.cat(v).numpy() if v else np.zeros((0, 1, 1))
+                                 for k, v in gallery.items()})
+
+
+def confusion_gallery(class_maps: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None],
+                      x: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the report shows of ``siou_confusion`` for images ``x``: the predicted and
+    runner-up classes (``confusion_classes`` ``[n,2]``), their maps negatives clipped,
+    scaled by the pair's common maximum (relative strength kept, as the metric sees it)
+    and resized to the input (``confusion_maps`` ``[n,2,H,W]``), and the per-image score
+    (``confusion_siou`` ``[n]``). Empty if the method returns no maps."""
+    classes = torch.stack([logits.argmax(1), runner_up(logits)], 1)
+    maps = class_maps(x, classes)
+    if maps is None:
+        return {}
+    score = siou_confusion(maps)
+    m = maps.clamp_min(0)
+    m = m / m.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    m = F.interpolate(m, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+    return {"confusion_maps": m.cpu(), "confusion_classes": classes.cpu(),
+            "confusion_siou": score.cpu()}
 
 
 def time_explanation(method: Method, loader: DataLoader, device: torch.device,  # type: ignore[type-arg]

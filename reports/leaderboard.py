@@ -174,6 +174,7 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
         meta=record.meta, header=header, body=body, methods=record.method_meta,
         curves_png=_png(curves_figure(record)),
         gallery_png=_png(gallery_figure(record)) if len(record.gallery_images) else "",
+        confusion_png=_png(fig) if (fig := confusion_figure(record)) is not None else "",
         sweep=record.cr_sweep,
         sweep_png=_png(sweep_figure(record.cr_sweep)) if record.cr_sweep else "",
         metrics=[{"id": c, **vars(METRICS.get(c))} for c in cols],
@@ -259,6 +260,40 @@ def gallery_figure(record: RunRecord) -> plt.Figure:
             if j == 0 and record.gallery_labels is not None:
                 ax.text(1, 7, str(int(record.gallery_labels[i])), color="white", fontsize=7,
                         bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
+    return fig
+
+
+#: test images per method in the class-confusion figure
+CONFUSION_IMAGES = 4
+
+
+def confusion_figure(record: RunRecord) -> plt.Figure | None:
+    """For each row with class maps and the first test images: the predicted class's
+    and the runner-up class's maps (one colour scale per pair, negatives clipped) with
+    the image's ``siou_confusion``. None if no row has class maps."""
+    rows = [r for r in record.rows if len(r.gallery.get("confusion_maps", ()))]
+    if not rows:
+        return None
+    imgs = record.gallery_images
+    n = min(CONFUSION_IMAGES, len(imgs), *(len(r.gallery["confusion_maps"]) for r in rows))
+    fig, axes = plt.subplots(len(rows), 2 * n, figsize=(1.5 * 2 * n, 1.6 * len(rows)),
+                             squeeze=False, constrained_layout=True)
+    for i, r in enumerate(rows):
+        maps, classes = r.gallery["confusion_maps"], r.gallery["confusion_classes"]
+        for j in range(n):
+            for k, what in enumerate(("pred", "2nd")):
+                ax = axes[i, 2 * j + k]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                ax.imshow(imgs[j].mean(-1), cmap="gray")
+                ax.imshow(maps[j, k], cmap="jet", alpha=0.55, vmin=0, vmax=1)
+                title = f"{what} {int(classes[j, k])}"
+                if k:
+                    title += f" · sIoU {float(r.gallery['confusion_siou'][j]):.2f}"
+                ax.set_title(title, fontsize=7)
+        axes[i, 0].set_ylabel(r.method, fontsize=8)
     return fig
 
 

@@ -133,7 +133,8 @@ def test_copy_replace_sweep(smoke_run: Path, cache_dir: Path, tmp_path: Path) ->
     assert bool(parent["cached"])  # the msabn of the smoke run
     html = (tmp_path / "leaderboard.html").read_text()
     assert "Copy-replace: accuracy against annotated share" in html
-    assert html.count("data:image/png;base64,") == 3  # curves, gallery, sweep
+    assert html.count("data:image/png;base64,") == 4  # curves, gallery, confusion, sweep
+    assert "Class confusion" in html  # msabn has class maps
     assert (tmp_path / "cr_sweep.png").stat().st_size > 0
 
 

@@ -1,10 +1,14 @@
-"""Leaderboard ranking rules."""
+"""Leaderboard ranking rules and the class-confusion figure."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import pytest
+import torch
 
-from reports.leaderboard import best_values
+from harness.evaluate import MethodResult, confusion_gallery
+from reports.leaderboard import CONFUSION_IMAGES, RunRecord, best_values, confusion_figure
 
 
 def test_reference_rows_rank_on_accuracy_only() -> None:
@@ -16,3 +20,32 @@ def test_reference_rows_rank_on_accuracy_only() -> None:
     best = best_values(frame, ["top1", "deletion_auc", "explain_ms"], ref)
     assert best == {"top1": 0.95, "deletion_auc": 0.15, "explain_ms": 0.5}
     assert best_values(frame, ["deletion_auc"]) == {"deletion_auc": 0.10}
+
+
+def test_confusion_gallery_and_figure() -> None:
+    """The evaluator's gallery entries: classes = (prediction, runner-up), maps on the
+    pair's common scale; the figure has one row per method with class maps."""
+    bank = torch.zeros(3, 2, 2)
+    bank[0, 0, 0], bank[1, 1, 1], bank[2, 0, 0] = 2.0, -1.0, 1.0
+    logits = torch.tensor([[3.0, 0.0, 1.0], [0.0, 2.0, 1.0]])
+    got = confusion_gallery(lambda x, c: bank[c], torch.zeros(2, 3, 4, 4), logits)
+    assert got["confusion_classes"].tolist() == [[0, 2], [1, 2]]
+    assert got["confusion_maps"].shape == (2, 2, 4, 4)
+    assert got["confusion_maps"][0, 1].max() == 0.5  # half the pair's maximum
+    assert got["confusion_siou"][0].item() == pytest.approx(2 * 1 / 3)
+    assert got["confusion_siou"][1].item() == 0.0  # negative map clipped: nothing shared
+    assert confusion_gallery(lambda x, c: None, torch.zeros(2, 3, 4, 4), logits) == {}
+
+    def row(name: str, gallery: dict[str, np.ndarray]) -> MethodResult:
+        return MethodResult(name, {}, {}, {}, {}, 6, 0, gallery={"saliency": np.zeros((6, 4, 4)),
+                                                                 **gallery})
+
+    g = {"confusion_maps": np.random.rand(6, 2, 4, 4),
+         "confusion_classes": np.zeros((6, 2), int), "confusion_siou": np.random.rand(6)}
+    rec = RunRecord(rows=[row("baseline", {}), row("cam", g), row("abn", g)], meta={},
+                    method_meta={}, config={}, gallery_images=np.random.rand(6, 4, 4, 3))
+    fig = confusion_figure(rec)
+    assert fig is not None and len(fig.axes) == 2 * 2 * CONFUSION_IMAGES
+    assert [fig.axes[0].get_ylabel(), fig.axes[2 * CONFUSION_IMAGES].get_ylabel()] == ["cam", "abn"]
+    assert confusion_figure(RunRecord(rows=[row("baseline", {})], meta={}, method_meta={},
+                                      config={}, gallery_images=np.zeros((6, 4, 4, 3)))) is None
