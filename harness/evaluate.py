@@ -25,7 +25,7 @@ from harness.data import Split
 from harness.stats import bootstrap_ci
 from methods.base import Method, Output
 from metrics.base import METRICS, EvalBatch, PerImageMetric
-from metrics.confusion import runner_up, siou_confusion
+from metrics.confusion import confusing_pair, siou_confusion
 from metrics.localization import normalize
 from metrics.standard import CausalAUC
 
@@ -170,7 +170,7 @@ def confusion_gallery(class_maps: Callable[[torch.Tensor, torch.Tensor], torch.T
     scaled by the pair's common maximum (relative strength kept, as the metric sees it)
     and resized to the input (``confusion_maps`` ``[n,2,H,W]``), and the per-image score
     (``confusion_siou`` ``[n]``). Empty if the method returns no maps."""
-    classes = torch.stack([logits.argmax(1), runner_up(logits)], 1)
+    classes = confusing_pair(logits)
     maps = class_maps(x, classes)
     if maps is None:
         return {}

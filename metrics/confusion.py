@@ -12,13 +12,19 @@ import torch
 
 from harness.geometry import soft_iou
 
-__all__ = ["runner_up", "siou_confusion"]
+__all__ = ["confusing_pair", "runner_up", "siou_confusion"]
 
 
 def runner_up(logits: torch.Tensor) -> torch.Tensor:
     """``[B]``: the highest-scoring class other than the prediction ``argmax``."""
     pred = logits.argmax(1, keepdim=True)
     return logits.detach().scatter(1, pred, float("-inf")).argmax(1)
+
+
+def confusing_pair(logits: torch.Tensor) -> torch.Tensor:
+    """``[B,2]``: the predicted class and the runner-up, the classes whose maps
+    :func:`siou_confusion` compares."""
+    return torch.stack([logits.argmax(1), runner_up(logits)], 1)
 
 
 def siou_confusion(maps: torch.Tensor) -> torch.Tensor:

@@ -161,8 +161,7 @@ class SiouConfusion(PerImageMetric):
     def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
         if batch.class_maps is None:
             return None
-        classes = torch.stack([batch.logits.argmax(1), confusion.runner_up(batch.logits)], 1)
-        maps = batch.class_maps(classes)
+        maps = batch.class_maps(confusion.confusing_pair(batch.logits))
         if maps is None:
             return None
         return confusion.siou_confusion(maps), batch.labels
