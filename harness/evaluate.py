@@ -25,7 +25,7 @@ from harness.data import Split
 from harness.stats import bootstrap_ci
 from methods.base import Method, Output
 from metrics.base import METRICS, EvalBatch, PerImageMetric
-from metrics.confusion import confusing_pair, siou_confusion
+from metrics.confusion import confusing_pair
 from metrics.localization import normalize
 from metrics.standard import CausalAUC
 
@@ -166,20 +166,18 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
 def confusion_gallery(class_maps: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None],
                       x: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """What the report shows of ``siou_confusion`` for images ``x``: the predicted and
-    runner-up classes (``confusion_classes`` ``[n,2]``), their maps negatives clipped,
-    scaled by the pair's common maximum (relative strength kept, as the metric sees it)
-    and resized to the input (``confusion_maps`` ``[n,2,H,W]``), and the per-image score
-    (``confusion_siou`` ``[n]``). Empty if the method returns no maps."""
+    runner-up classes (``confusion_classes`` ``[n,2]``) and their maps, negatives
+    clipped, scaled by the pair's common maximum (relative strength kept, as the metric
+    sees it) and resized to the input (``confusion_maps`` ``[n,2,H,W]``). The scores
+    are the metric's per-image values. Empty if the method returns no maps."""
     classes = confusing_pair(logits)
     maps = class_maps(x, classes)
     if maps is None:
         return {}
-    score = siou_confusion(maps)
     m = maps.clamp_min(0)
     m = m / m.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
     m = F.interpolate(m, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
-    return {"confusion_maps": m.cpu(), "confusion_classes": classes.cpu(),
-            "confusion_siou": score.cpu()}
+    return {"confusion_maps": m.cpu(), "confusion_classes": classes.cpu()}
 
 
 def time_explanation(method: Method, loader: DataLoader, device: torch.device,  # type: ignore[type-arg]

@@ -270,7 +270,8 @@ CONFUSION_IMAGES = 4
 def confusion_figure(record: RunRecord) -> plt.Figure | None:
     """For each row with class maps and the first test images: the predicted class's
     and the runner-up class's maps (one colour scale per pair, negatives clipped) with
-    the image's ``siou_confusion``. None if no row has class maps."""
+    the image's ``siou_confusion`` (the metric's per-image score: test images are scored
+    in order). None if no row has class maps."""
     rows = [r for r in record.rows if len(r.gallery.get("confusion_maps", ()))]
     if not rows:
         return None
@@ -291,7 +292,7 @@ def confusion_figure(record: RunRecord) -> plt.Figure | None:
                 ax.imshow(maps[j, k], cmap="jet", alpha=0.55, vmin=0, vmax=1)
                 title = f"{what} {int(classes[j, k])}"
                 if k:
-                    title += f" · sIoU {float(r.gallery['confusion_siou'][j]):.2f}"
+                    title += f" · sIoU {float(r.per_image['siou_confusion'][j]):.2f}"
                 ax.set_title(title, fontsize=7)
         axes[i, 0].set_ylabel(r.method, fontsize=8)
     return fig

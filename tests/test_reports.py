@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from harness.evaluate import MethodResult, confusion_gallery
@@ -32,20 +31,22 @@ def test_confusion_gallery_and_figure() -> None:
     assert got["confusion_classes"].tolist() == [[0, 2], [1, 2]]
     assert got["confusion_maps"].shape == (2, 2, 4, 4)
     assert got["confusion_maps"][0, 1].max() == 0.5  # half the pair's maximum
-    assert got["confusion_siou"][0].item() == pytest.approx(2 * 1 / 3)
-    assert got["confusion_siou"][1].item() == 0.0  # negative map clipped: nothing shared
+    assert got["confusion_maps"][1, 0].max() == 0.0  # class 1: negative map, clipped
+    assert set(got) == {"confusion_maps", "confusion_classes"}
     assert confusion_gallery(lambda x, c: None, torch.zeros(2, 3, 4, 4), logits) == {}
 
     def row(name: str, gallery: dict[str, np.ndarray]) -> MethodResult:
-        return MethodResult(name, {}, {}, {}, {}, 6, 0, gallery={"saliency": np.zeros((6, 4, 4)),
-                                                                 **gallery})
+        scores = {"siou_confusion": np.linspace(0.1, 0.6, 6)} if gallery else {}
+        return MethodResult(name, {}, {}, scores, {}, 6, 0,
+                            gallery={"saliency": np.zeros((6, 4, 4)), **gallery})
 
     g = {"confusion_maps": np.random.rand(6, 2, 4, 4),
-         "confusion_classes": np.zeros((6, 2), int), "confusion_siou": np.random.rand(6)}
+         "confusion_classes": np.zeros((6, 2), int)}
     rec = RunRecord(rows=[row("baseline", {}), row("cam", g), row("abn", g)], meta={},
                     method_meta={}, config={}, gallery_images=np.random.rand(6, 4, 4, 3))
     fig = confusion_figure(rec)
     assert fig is not None and len(fig.axes) == 2 * 2 * CONFUSION_IMAGES
     assert [fig.axes[0].get_ylabel(), fig.axes[2 * CONFUSION_IMAGES].get_ylabel()] == ["cam", "abn"]
+    assert fig.axes[3].get_title() == "2nd 0 · sIoU 0.20"  # image 2's per-image score
     assert confusion_figure(RunRecord(rows=[row("baseline", {})], meta={}, method_meta={},
                                       config={}, gallery_images=np.zeros((6, 4, 4, 3)))) is None
