@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.backbones import SplitBackbone, stride1_copy
+from harness.backbones import SplitBackbone, reset_parameters, stride1_copy
 from harness.data import DatasetInfo
 from harness.geometry import map_box_mask
 from methods.base import Method, Output, register_method, upsample
@@ -31,6 +31,12 @@ class AttentionBranch(nn.Module):
     stride-1 copy of the last stage -> BN -> 1x1 conv to K (no bias) -> BN -> ReLU,
     then (a) 1x1 conv K->K (no bias) -> global average pool -> attention logits, and
     (b) 3x3 conv K->1 (no bias) -> BN -> sigmoid -> attention map M.
+
+    The class maps are the output of (a) before pooling: channel c is a CAM whose
+    spatial mean is the class-c attention logit. (The K-channel map *before* the K->K
+    head is tied to no class: the head mixes all of its channels into every logit.)
+    Every convolution is He-initialised (normal, fan-out) and every BN starts as the
+    identity, as the authors' code initialises the whole network.
     """
 
     def __init__(self, last_stage: nn.Module, out_channels: int, num_classes: int) -> None:
@@ -42,13 +48,16 @@ class AttentionBranch(nn.Module):
         self.head = nn.Conv2d(num_classes, num_classes, 1, bias=False)
         self.to_map = nn.Conv2d(num_classes, 1, 3, padding=1, bias=False)
         self.bn_map = nn.BatchNorm2d(1)
+        reset_parameters(self)
 
     def forward(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (class maps ``[B,K,h,w]``, attention logits ``[B,K]``, M ``[B,1,h,w]``)."""
+        """Returns (class maps ``[B,K,h,w]``, attention logits ``[B,K]``, M ``[B,1,h,w]``).
+
+        ``att_logits`` is the spatial mean of the class maps."""
         k_maps = F.relu(self.bn_classes(self.to_classes(self.bn(self.stage(g)))))
-        att_logits = self.head(k_maps).mean(dim=(2, 3))
+        cams = self.head(k_maps)
         m = torch.sigmoid(self.bn_map(self.to_map(k_maps)))
-        return k_maps, att_logits, m
+        return cams, cams.mean(dim=(2, 3)), m
 
 
 @dataclass
@@ -57,7 +66,8 @@ class Attended:
 
     Attributes:
         features: g(x), the feature extractor's output ``[B,C,h,w]``.
-        class_maps: the attention branch's K-channel maps ``[B,K,h',w']``.
+        class_maps: the attention branch's class maps ``[B,K,h',w']`` (the K->K
+            head's output before pooling; their spatial means are ``att_logits``).
         att_logits: the attention branch's logits ``[B,K]``.
         mechanism: the attention map at g's resolution, as the mechanism uses it.
         map: the attention map at the branch's own resolution (the explanation); the
@@ -101,8 +111,8 @@ class ABN(Method):
     def attend(self, x: torch.Tensor) -> Attended:
         """Feature extractor and attention branch (everything but the perception)."""
         g = self.backbone.features(x)
-        k_maps, att_logits, m = self.attention_branch(g)
-        return Attended(g, k_maps, att_logits, m, m)
+        cams, att_logits, m = self.attention_branch(g)
+        return Attended(g, cams, att_logits, m, m)
 
     def forward(self, x: torch.Tensor) -> Output:
         a = self.attend(x)
@@ -132,10 +142,11 @@ class ABN(Method):
         return self.perceive(g, m * map_box_mask(boxes, m, image_size))
 
     def class_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """The K-channel attention-branch maps (before the 1x1 head) for ``classes``."""
-        k_maps = self.attend(x).class_maps
-        idx = classes[:, :, None, None].expand(-1, -1, *k_maps.shape[-2:])
-        return k_maps.gather(1, idx)
+        """The attention branch's class maps of ``classes`` ``[B,C]``: the K->K head's
+        output channels, whose spatial means are the attention logits."""
+        cams = self.attend(x).class_maps
+        idx = classes[:, :, None, None].expand(-1, -1, *cams.shape[-2:])
+        return cams.gather(1, idx)
 
 
 @register_method("abn", paper="Fukui et al., CVPR 2019", attention=True,

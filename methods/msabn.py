@@ -67,7 +67,7 @@ class MSABN(ABN):
     """Multi-Scale Attention Branch Network (Sec. 3.1).
 
     The attention branch (ABN's, authors' code) takes the fused stage outputs instead
-    of g(x) alone, so its K-channel maps and its attention map A are at the finest
+    of g(x) alone, so its class maps and its attention map A are at the finest
     tap's resolution. For the attention mechanism A is average-pooled to g's
     resolution; ``explain`` returns A at full resolution. L = L_att + L_cls (Eq. 1).
     ``fixed_attention_logits`` (COMB's analysis) masks the pooled map, the one the
@@ -92,9 +92,9 @@ class MSABN(ABN):
     def attend(self, x: torch.Tensor) -> Attended:
         taps = self.backbone.pyramid(x)
         g = taps[-1]
-        k_maps, att_logits, a = self.attention_branch(self.fusion(taps))
+        cams, att_logits, a = self.attention_branch(self.fusion(taps))
         pooled = F.adaptive_avg_pool2d(a, (g.shape[-2], g.shape[-1]))
-        return Attended(g, k_maps, att_logits, pooled, a)
+        return Attended(g, cams, att_logits, pooled, a)
 
 
 # --------------------------------------------------------------------------------------
@@ -147,12 +147,13 @@ class MSABNPuzzle(MSABN):
     """MSABN with the puzzle module on the attention branch (Sec. 3.2, Fig. 3).
 
     The image is tiled 2x2; the tiles go through the feature extractor and the
-    attention branch (shared weights, one batch of 4B tiles); their K-channel maps are
-    merged back into one map. L = L_att + L_cls + L_re (Eq. 2), L_re = L1 between the
-    full image's and the merged map on the ground-truth class channel (MSABN's text;
-    Puzzle-CAM's tile classification loss is not part of Eq. 2 and is not used). As in
-    Puzzle-CAM, the tile pass runs in training mode, so batch norm statistics also see
-    the tiles. Inference is MSABN's.
+    attention branch (shared weights, one batch of 4B tiles); their class maps (the
+    attention branch's CAMs, :class:`methods.abn.AttentionBranch`) are merged back into
+    one map. L = L_att + L_cls + L_re (Eq. 2), L_re = L1 between the full image's and
+    the merged map on the ground-truth class channel ("the CAM of the target class",
+    Sec. 3.2; Puzzle-CAM's tile classification loss is not part of Eq. 2 and is not
+    used). As in Puzzle-CAM, the tile pass runs in training mode, so batch norm
+    statistics also see the tiles. Inference is MSABN's.
     """
 
     name = "msabn-puzzle"

@@ -27,7 +27,6 @@ def test_head_shapes_and_range(abn: ABN) -> None:
     assert out.attention.shape == (3, 1, 16, 16)  # stride-1 branch: the split resolution
     assert out.class_maps.shape == (3, 10, 16, 16)
     assert ((out.attention > 0) & (out.attention < 1)).all()
-    assert (out.class_maps >= 0).all()  # after ReLU
     e = abn.explain(x, torch.zeros(3, dtype=torch.long))
     assert e.shape == (3, 1, 64, 64)
     ref = F.interpolate(out.attention, size=(64, 64), mode="bilinear", align_corners=False)
@@ -101,13 +100,48 @@ def test_abn_known_answer_wiring() -> None:
     g = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]], [[2.0, 1.0], [-1.0, 0.0]]]])
     out = abn(g)
     k = g.clamp_min(0)  # BN (identity) -> ReLU
-    assert torch.allclose(out.class_maps, k, atol=1e-4)
-    # attention logits: GAP of the 1x1 head
+    # class maps: the K->K head's output channels (class 0: k0 + k1, class 1: 2 k1) ...
+    cams = torch.stack([k[0, 0] + k[0, 1], 2 * k[0, 1]])
+    assert torch.allclose(out.class_maps[0], cams, atol=1e-4)
+    # ... whose spatial means are the attention logits
     att = torch.tensor([(k[0, 0] + k[0, 1]).mean(), 2 * k[0, 1].mean()])
     assert torch.allclose(out.att_logits[0], att, atol=1e-4)
+    assert torch.allclose(abn.class_maps(g, torch.tensor([[1]]))[0, 0], 2 * k[0, 1], atol=1e-4)
     m = torch.sigmoid(k[0, 0] - k[0, 1])
     assert torch.allclose(out.attention[0, 0], m, atol=1e-4)
     per = (g[0] * (1 + m)).mean((1, 2))  # identity stage and fc: GAP of g * (1 + M)
     assert torch.allclose(out.logits[0], per, atol=1e-4)
     corner = float(out.attention[0, 0, 0, 0].detach())
     assert math.isclose(corner, 1 / (1 + math.exp(1.0)), abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["abn", "msabn"])
+def test_class_map_means_are_the_attention_logits(method: str) -> None:
+    """Channel c of the class maps is a CAM of class c: its spatial mean is exactly the
+    class-c attention logit, on a real backbone and a trained-shaped branch."""
+    from methods import METHODS
+
+    torch.manual_seed(1)
+    model = METHODS.get(method)(backbones.build("cifar-resnet8", 10, stem_stride=2),
+                                DIGITS_INFO).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+        classes = torch.tensor([[3, 7], [0, 9], [5, 5]])
+        maps = model.class_maps(x, classes)
+    assert torch.allclose(out.class_maps.mean((2, 3)), out.att_logits, atol=1e-5)
+    assert torch.allclose(maps.mean((2, 3)), out.att_logits.gather(1, classes), atol=1e-5)
+
+
+def test_attention_branch_is_he_initialised() -> None:
+    """Every conv of the branch ~ N(0, 2 / fan_out) (authors' code), every BN identity."""
+    torch.manual_seed(0)
+    info = DIGITS_INFO.__class__(**{**DIGITS_INFO.__dict__, "num_classes": 200})
+    ab = ABN(backbones.build("cifar-resnet8", 200), info).attention_branch
+    for conv in (ab.to_classes, ab.head, ab.to_map):
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        std = float(conv.weight.detach().std())
+        assert std == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.15), conv
+    for bn in (ab.bn, ab.bn_classes, ab.bn_map):
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight))
+        assert torch.equal(bn.bias, torch.zeros_like(bn.bias))
