@@ -1,4 +1,5 @@
-"""Map and box geometry shared by methods (attention editing, losses) and metrics.
+"""Map and box geometry shared by methods (attention editing, losses) and metrics, and
+the one definition of a sample's most confusing class.
 
 Boxes are ``[B,4]`` xyxy in input pixels. A cell (row r, column c) of a map whose cells
 span ``stride`` input pixels is inside a box when its centre ``((c + 0.5) * stride,
@@ -80,3 +81,9 @@ def soft_iou(a_t: torch.Tensor, a_conf: torch.Tensor,
         inter = inter * mask
     den = (a_t + a_conf).flatten(1).sum(1)
     return 2.0 * inter.flatten(1).sum(1) / den.clamp_min(1e-12)
+
+
+def most_confusing(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the highest-scoring class other than ``target`` (the discriminative
+    attention paper's "most confusing class"; ties go to the lowest index)."""
+    return logits.detach().scatter(1, target.view(-1, 1), float("-inf")).argmax(1)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from harness.geometry import soft_iou
+from harness.geometry import most_confusing, soft_iou
 
 __all__ = ["ATTENTION", "attention_consistency", "channel_attention", "class_attention",
            "gradcam_attention", "most_confusing", "object_mask", "pixel_attention",
@@ -24,11 +24,21 @@ EPS = 1e-12
 
 def object_mask(a_last: torch.Tensor, omega: float = 100.0,
                 sigma_frac: float = 0.55) -> torch.Tensor:
-    """Mask (Eq. 7): sigmoid(omega (A^last - sigma)), sigma = 0.55 max(A^last) per
-    image; computed without gradient (a target, not a path)."""
+    """Mask (Eq. 7): sigmoid(omega (A - sigma)) with sigma = 0.55 max(A), applied to
+    the map divided by its per-image maximum, A = A^last / max(A^last), so that
+    sigma = 0.55 and omega acts on a map in [0, 1] whatever the map's scale.
+
+    Deviation: Eq. 7 is printed on the raw map. Its threshold is relative already
+    (0.55 of the maximum), but omega = 100 is not: A_px carries 1/K (Eq. 5) and
+    gradient maps of a GAP head carry 1/(h w), so raw values of 1e-4..1e-2 give
+    sigmoid(100 (A - 0.55 max A)) ~ 0.5 everywhere, a mask that selects nothing, and
+    an L_ac without gradient. Dividing by the maximum is the reading under which the
+    mask separates for every attention kind. Computed without gradient (a target, not
+    a path); an all-zero map gives a mask of ~0.
+    """
     a = a_last.detach()
-    sigma = sigma_frac * a.flatten(1).max(1).values.view(-1, *([1] * (a.dim() - 1)))
-    return torch.sigmoid(omega * (a - sigma))
+    peak = a.flatten(1).max(1).values.view(-1, *([1] * (a.dim() - 1)))
+    return torch.sigmoid(omega * (a / peak.clamp_min(EPS) - sigma_frac))
 
 
 def attention_consistency(a_in: torch.Tensor, mask: torch.Tensor,
@@ -83,9 +93,3 @@ def class_attention(logits: torch.Tensor, feats: Sequence[torch.Tensor],
     grads = torch.autograd.grad(selected, list(feats), retain_graph=True,
                                 create_graph=create_graph)
     return [fn(g if create_graph else g.detach(), f) for g, f in zip(grads, feats, strict=True)]
-
-
-def most_confusing(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The highest-scoring class other than ``target``, per sample."""
-    masked = logits.detach().scatter(1, target.view(-1, 1), float("-inf"))
-    return masked.argmax(1)

@@ -71,7 +71,7 @@ def test_objective_equals_eq9_computed_per_sample(name: str, smoke_cfg: config.R
             maps[c] = [_np_map(model.kind, g[b].numpy(), f[b].detach().numpy())
                        for g, f in ((g_in, inner), (g_last, last))]
         (t_in, t_last), (c_in, c_last) = maps[int(y[b])], maps[conf]
-        mask = 1 / (1 + np.exp(-100 * (t_last - 0.55 * t_last.max())))
+        mask = 1 / (1 + np.exp(-100 * (t_last / t_last.max() - 0.55)))  # Eq. 7 on A / max A
         mask_in = torch.nn.functional.interpolate(
             torch.from_numpy(mask)[None, None].float(), size=t_in.shape, mode="bilinear",
             align_corners=False)[0, 0].numpy()

@@ -41,12 +41,41 @@ def test_attention_consistency_known_answer_on_3x3() -> None:
 
 def test_object_mask_threshold_and_no_gradient() -> None:
     a = torch.tensor([[[0.0, 0.5], [0.56, 1.0]]], requires_grad=True)
-    m = object_mask(a)  # sigma = 0.55
+    m = object_mask(a)  # max 1: sigma = 0.55
     assert not m.requires_grad
     expected = torch.sigmoid(100 * (a.detach() - 0.55))
     assert torch.allclose(m, expected)
     assert m[0, 0, 1] < 0.01 and m[0, 1, 1] > 0.99
     assert resize_mask(m, (4, 4)).shape == (1, 4, 4)
+    # Eq. 7 on the map over its maximum: the scale of the map does not matter
+    assert torch.allclose(object_mask(a.detach() * 1e-4), expected)
+    assert torch.allclose(object_mask(torch.zeros(1, 2, 2)), torch.sigmoid(torch.tensor(-55.0)))
+
+
+@pytest.mark.parametrize("kind", ["ch", "px", "gradcam"])
+@pytest.mark.parametrize("channels", [16, 256, 1000])
+def test_object_mask_separates_at_realistic_scales(kind: str, channels: int) -> None:
+    """Real attention maps of a GAP + linear head over K channels (raw values of A_px
+    about 1e-4): the mask is near 0 or near 1 almost everywhere, with both present."""
+    torch.manual_seed(0)
+    b, h, w, n_cls = 4, 14, 14, 10
+    obj = torch.zeros(1, 1, h, w)
+    obj[..., 4:10, 3:9] = 1.0  # the object's cells
+    feat = (torch.rand(b, channels, h, w) * (0.2 + 2.0 * obj)).requires_grad_(True)
+    fc = torch.nn.Linear(channels, n_cls)
+    torch.nn.init.normal_(fc.weight, 0.0, channels**-0.5)
+    with torch.no_grad():  # the target class reads the object's channels positively
+        fc.weight[0] = fc.weight[0].abs()
+    logits = fc(feat.mean((2, 3)))
+    (a,) = class_attention(logits, [feat], torch.zeros(b, dtype=torch.long), kind)
+    if kind == "px":
+        assert float(a.detach().max()) < 1e-2  # the scale at which the raw Eq. 7 gives ~0.5
+    m = object_mask(a)
+    decided = ((m < 0.05) | (m > 0.95)).float().mean()
+    assert float(decided) > 0.9
+    assert bool((m > 0.95).any()) and bool((m < 0.05).any())
+    inside = m[:, 4:10, 3:9].mean()
+    assert float(inside) > 0.5 > float(m.mean())  # the high part lies on the object
 
 
 def _chain(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
