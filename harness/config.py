@@ -46,6 +46,10 @@ class EvalConfig:
         bootstrap: resamples for the 95 % intervals.
         gallery_n: test images shown in the HTML attention gallery.
         timing_batches: batches timed for ``explain_ms``.
+        precision: arithmetic of the evaluation's forward passes (predictions and the
+            causal metrics' perturbed images): ``fp32`` by default, whatever the
+            training precision, because the AUCs decide rankings; ``auto``/``bf16``
+            allowed (recorded in the row's protocol).
     """
 
     causal_n: int = 128
@@ -55,6 +59,7 @@ class EvalConfig:
     bootstrap: int = 1000
     gallery_n: int = 8
     timing_batches: int = 3
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)

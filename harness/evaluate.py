@@ -22,22 +22,33 @@ from tqdm.auto import tqdm
 from harness import device as dev
 from harness.config import EvalConfig
 from harness.data import Split
-from harness.stats import bootstrap_ci
+from harness.stats import SeedScores
 from methods.base import Method, Output
 from metrics.base import METRICS, EvalBatch, PerImageMetric
-from metrics.confusion import confusing_pair
+from metrics.confusion import target_pair
 from metrics.localization import normalize
 from metrics.standard import CausalAUC
 
 
 @dataclass
 class MethodResult:
-    """Everything the reports need about one evaluated (method, explainer) row."""
+    """One evaluated (method, explainer) row under one training seed.
+
+    Attributes:
+        values: each metric's value on this seed (per-image aggregate) and the timing
+            columns.
+        per_image: each metric's per-image scores with classes and test-split ids (what
+            intervals, seed aggregation and paired tests are computed from).
+        per_class: metrics aggregated as the mean of per-class means.
+        curves: mean insertion/deletion curve of each causal metric.
+        gallery: maps of the first test images for the report.
+    """
 
     method: str
+    seed: int
     values: dict[str, float]
-    intervals: dict[str, tuple[float, float]]
-    per_image: dict[str, np.ndarray]
+    per_image: dict[str, SeedScores]
+    per_class: set[str]
     curves: dict[str, np.ndarray]
     n_test: int
     n_causal: int
@@ -122,7 +133,8 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                        fixed_logits=None if fixed is None else fixed.float(),
                        comb_mask=None if comb_subset is None
                        else comb_subset.to(device)[batch["index"]],
-                       class_maps=partial(class_maps, x) if has_class_maps else None)
+                       class_maps=partial(class_maps, x) if has_class_maps else None,
+                       indices=batch["index"], original_sizes=batch.get("orig_size"))
         if n_c:
             pred = logits[:n_c].argmax(1)
             sal_c = sal[:n_c].clone()
@@ -137,40 +149,38 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         if need > 0:
             gallery["saliency"].append(normalize(sal[:need]).cpu())
             if has_class_maps:
-                for k, v in confusion_gallery(class_maps, x[:need], logits[:need]).items():
+                for k, v in confusion_gallery(class_maps, x[:need], logits[:need],
+                                              y[:need]).items():
                     gallery.setdefault(k, []).append(v)
         seen += len(y)
 
     values: dict[str, float] = {}
-    intervals: dict[str, tuple[float, float]] = {}
-    per_image: dict[str, np.ndarray] = {}
+    per_image: dict[str, SeedScores] = {}
     curves: dict[str, np.ndarray] = {}
     for k, m in metrics.items():
         scores, classes = m.per_image()
-        per_image[k] = scores
-        agg = type(m).aggregate
-        values[k] = agg(scores, classes)
-        custom = agg is not PerImageMetric.aggregate
-        intervals[k] = bootstrap_ci(scores, classes, agg if custom else None,
-                                    n_resamples=cfg.bootstrap, seed=seed)
+        per_image[k] = SeedScores(scores, classes, m.image_ids())
+        values[k] = m.aggregate(scores, classes)
         if isinstance(m, CausalAUC) and m.curves:
             curves[k] = m.mean_curve()
     timing = time_explanation(method, loader, device, cfg.timing_batches)
     values.update(timing)
-    return MethodResult(name, values, intervals, per_image, curves, n_test=seen,
+    return MethodResult(name, seed, values, per_image,
+                        {k for k, m in metrics.items() if m.per_class}, curves, n_test=seen,
                         n_causal=min(seen, cfg.causal_n),
                         gallery={k: torch.cat(v).numpy() if v else np.zeros((0, 1, 1))
                                  for k, v in gallery.items()})
 
 
 def confusion_gallery(class_maps: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None],
-                      x: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What the report shows of ``siou_confusion`` for images ``x``: the predicted and
-    runner-up classes (``confusion_classes`` ``[n,2]``) and their maps, negatives
+                      x: torch.Tensor, logits: torch.Tensor,
+                      labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the report shows of ``siou_confusion`` for images ``x``: the target and
+    most confusing classes (``confusion_classes`` ``[n,2]``) and their maps, negatives
     clipped, scaled by the pair's common maximum (relative strength kept, as the metric
     sees it) and resized to the input (``confusion_maps`` ``[n,2,H,W]``). The scores
     are the metric's per-image values. Empty if the method returns no maps."""
-    classes = confusing_pair(logits)
+    classes = target_pair(logits, labels)
     maps = class_maps(x, classes)
     if maps is None:
         return {}

@@ -1,6 +1,7 @@
 """Command line: train (or load) every requested method, evaluate, write leaderboards.
 
     python -m harness.run --methods all
+    python -m harness.run --methods all --seeds 3
     python -m harness.run --methods abn,cam --preset smoke --out runs/smoke
     python -m harness.run --methods msabn-cr --cr-sweep 0,0.2,0.4
     python -m harness.run --list
@@ -44,7 +45,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", default=None, help="dataset id (default: the preset's)")
     p.add_argument("--preset", default="default",
                    help=f"one of {', '.join(config_mod.PRESETS)} (default: default)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    p.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="train and evaluate every method once per seed: comma-separated "
+                        "seeds (0,1,2) or a count N (seeds 0..N-1); the data stay fixed")
+    p.add_argument("--reference", default=None, metavar="METHOD",
+                   help="the method every row is compared with, paired on images and seeds "
+                        "(default: baseline on accuracy columns, gradcam on explanation "
+                        "columns)")
     p.add_argument("--out", type=Path, default=Path("runs/latest"),
                    help="output directory (default runs/latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
@@ -61,6 +69,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "(0,0.1,...,0.7) or 'auto' (the default: the values annotating "
                         "5-100 %% of the training images)")
     return p.parse_args(argv)
+
+
+#: seeds are numpy/torch generator seeds
+MAX_SEED = 2**32
+
+
+def resolve_seeds(seed: int | None, seeds: str | None) -> list[int]:
+    """The training seeds from ``--seed`` / ``--seeds`` (default: seed 0 alone)."""
+    if seed is not None and seeds is not None:
+        raise UserError("give --seed or --seeds, not both")
+    if seeds is None:
+        out = [0 if seed is None else seed]
+    else:
+        parts = [p.strip() for p in seeds.split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise UserError(f"--seeds expects comma-separated integers or a count, got "
+                            f"{seeds!r}") from None
+        if not values:
+            raise UserError("--seeds is empty: give seeds (0,1,2) or a count (3)")
+        if len(values) == 1 and "," not in seeds:
+            if values[0] < 1:
+                raise UserError(f"--seeds {seeds}: a count of seeds must be at least 1")
+            values = list(range(values[0]))
+        out = list(dict.fromkeys(values))
+    bad = [v for v in out if not 0 <= v < MAX_SEED]
+    if bad:
+        raise UserError(f"seed {bad[0]} is out of range: seeds are integers in [0, 2**32)")
+    return out
 
 
 def resolve_methods(spec: str) -> list[str]:
@@ -129,88 +167,121 @@ def git_rev() -> str:
 
 
 def run(args: argparse.Namespace) -> Path:
+    from harness.analysis import analyse, default_references
     from harness.sweep import parse_lambdas, run_cr_sweep
     from reports.leaderboard import RunRecord, write_all
 
     names = resolve_methods(args.methods)
+    seeds = resolve_seeds(args.seed, args.seeds)
+    if args.reference is not None:
+        METHODS.entry(args.reference)  # raises with close matches
+        if args.reference not in names:
+            raise UserError(f"--reference {args.reference!r} is not among the methods of "
+                            "this run")
     sweep_on = args.cr_sweep is not None
     lambdas = parse_lambdas(args.cr_sweep) if sweep_on else None
-    cfg = config_mod.resolve(args.preset, seed=args.seed, dataset=args.dataset)
+    cfg = config_mod.resolve(args.preset, seed=seeds[0], dataset=args.dataset)
     device = dev.select(args.device)
     cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(args.precision, device))
+    eval_precision = dev.resolve_precision(cfg.eval.precision, device)
     progress = not args.no_progress
     cache = None if args.no_cache else args.cache_dir
     t_start = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
+    seeds_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
     say(f"attnbench: {len(names)} methods on {cfg.dataset} ({cfg.preset}), "
-        f"backbone {cfg.backbone}, device {device}, {cfg.precision}")
+        f"backbone {cfg.backbone}, device {device}, training in {cfg.precision}, "
+        f"evaluation in {eval_precision}, {seeds_txt}")
     train_split = data.build(cfg.dataset, "train", cache_dir=cache, **cfg.dataset_kwargs)
     test_split = data.build(cfg.dataset, "test", cache_dir=cache, **cfg.dataset_kwargs)
     memo: dict[str, train.Trained] = {}
-    rows: list[MethodResult] = []
+    results: list[MethodResult] = []
     names = drop_unsupported(names, test_split.info, explicit=args.methods.strip() != "all",
                              say=say)
     if sweep_on and not test_split.info.has_boxes:
         raise UserError(f"--cr-sweep needs bounding boxes; dataset {test_split.info.name!r} "
                         "has none")
-    comb_subset = None
-    if cfg.comb_reference in lineage(names):  # the comb insertion protocol's images
-        ref = train.obtain(cfg.comb_reference, cfg, train_split, device, cache,
-                           progress=progress, _memo=memo)
-        comb_subset = misclassified(ref.method, test_split, device,
-                                    batch_size=cfg.eval.batch_size, precision=cfg.precision)
     method_meta: dict[str, dict[str, Any]] = {}
-    for name in names:
-        t0 = time.perf_counter()
-        trained = train.obtain(name, cfg, train_split, device, cache, progress=progress,
-                               _memo=memo)
-        res = evaluate(trained.method, name, test_split, trained.cfg.eval, device,
-                       progress=progress, seed=cfg.seed, comb_subset=comb_subset,
-                       precision=cfg.precision)
-        rows.append(res)
-        meta = METHODS.entry(name).meta
-        method_meta[name] = {"paper": meta.get("paper", ""),
-                             "description": meta.get("description", ""),
-                             "init_from": meta.get("init_from"),
-                             "explainer": meta.get("explainer", "native"),
-                             "reference": bool(meta.get("reference", False)),
-                             "key": trained.key, "cached": trained.cached,
-                             "train_seconds": round(trained.train_seconds, 2),
-                             "facts": trained.facts,
-                             "train": trained.cfg.to_dict()["train"],
-                             "history": trained.history}
-        say(f"  {name:<10} top1 {res.values.get('top1', float('nan')):.3f}  "
-            f"ins {res.values.get('insertion_auc', float('nan')):.3f}  "
-            f"del {res.values.get('deletion_auc', float('nan')):.3f}  "
-            f"({'cached' if trained.cached else f'trained {trained.train_seconds:.0f}s'}, "
-            f"{time.perf_counter() - t0:.0f}s)")
+    n_comb: dict[int, int] = {}
+    for seed in seeds:
+        scfg = dataclasses.replace(cfg, seed=seed)
+        comb_subset = None
+        if scfg.comb_reference in lineage(names):  # the comb insertion protocol's images
+            ref = train.obtain(scfg.comb_reference, scfg, train_split, device, cache,
+                               progress=progress, _memo=memo)
+            comb_subset = misclassified(ref.method, test_split, device,
+                                        batch_size=scfg.eval.batch_size,
+                                        precision=eval_precision)
+            n_comb[seed] = int(comb_subset.sum())
+        for name in names:
+            t0 = time.perf_counter()
+            trained = train.obtain(name, scfg, train_split, device, cache, progress=progress,
+                                   _memo=memo)
+            res = evaluate(trained.method, name, test_split, trained.cfg.eval, device,
+                           progress=progress, seed=seed, comb_subset=comb_subset,
+                           precision=eval_precision)
+            results.append(res)
+            meta = METHODS.entry(name).meta
+            mm = method_meta.setdefault(name, {
+                "paper": meta.get("paper", ""), "description": meta.get("description", ""),
+                "init_from": meta.get("init_from"),
+                "explainer": meta.get("explainer", "native"),
+                "reference": bool(meta.get("reference", False)),
+                "train": trained.cfg.to_dict()["train"], "seeds": {}})
+            mm["seeds"][seed] = {"key": trained.key, "cached": trained.cached,
+                                 "train_seconds": round(trained.train_seconds, 2),
+                                 "facts": trained.facts, "history": trained.history}
+            say(f"  {name:<16} seed {seed}  top1 {res.values.get('top1', float('nan')):.3f}  "
+                f"ins {res.values.get('insertion_auc', float('nan')):.3f}  "
+                f"del {res.values.get('deletion_auc', float('nan')):.3f}  "
+                f"({'cached' if trained.cached else f'trained {trained.train_seconds:.0f}s'}"
+                f", {time.perf_counter() - t0:.0f}s)")
+    for mm in method_meta.values():  # the run-level view of each method's seeds
+        runs = list(mm["seeds"].values())
+        mm.update(key=runs[0]["key"], cached=all(r["cached"] for r in runs),
+                  train_seconds=round(sum(r["train_seconds"] for r in runs), 2),
+                  facts=runs[0]["facts"])
     sweep = None
     if sweep_on:
         say("copy-replace sweep over lambda_out = "
             + (", ".join(f"{v:g}" for v in lambdas) if lambdas else "auto"))
         sweep = run_cr_sweep(lambdas, cfg, train_split, test_split, device, cache,
                              progress=progress, memo=memo, say=say)
+    reference_rows = {n for n, m in method_meta.items() if m["reference"]}
+    for missing in sorted(set(default_references(results, args.reference).values())):
+        if missing not in method_meta:
+            say(f"  no paired comparisons against {missing}: it is not among the methods")
+    analysis = analyse(results, reference=args.reference, reference_rows=reference_rows,
+                       n_resamples=cfg.eval.bootstrap, seed=seeds[0])
+    if len(seeds) > 1:
+        say("ranking stability (mean Kendall tau between the seeds' rankings):")
+        for metric, tau in analysis.stability.items():
+            flag = "" if tau >= 0.8 else "  (not stable)"
+            say(f"  {metric:<22} {tau:+.3f}{flag}")
     n_gal = min(cfg.eval.gallery_n, len(test_split.dataset))  # type: ignore[arg-type]
     samples = [test_split.dataset[i] for i in range(n_gal)]
     images = torch.stack([s["image"] for s in samples])
     boxes = {b: np.stack([s[b].numpy() for s in samples])
              for b in ("bbox", *test_split.info.extra_boxes) if b in samples[0]}
     meta_run = {"dataset": cfg.dataset, "preset": cfg.preset, "backbone": cfg.backbone,
-                "seed": cfg.seed, "device": str(device), "precision": cfg.precision,
-                "n_test": rows[0].n_test,
-                "n_causal": rows[0].n_causal,
-                "comb_reference": cfg.comb_reference if comb_subset is not None else None,
-                "n_comb": None if comb_subset is None else int(comb_subset.sum()),
+                "seeds": seeds, "device": str(device), "precision": cfg.precision,
+                "eval_precision": eval_precision,
+                "n_test": results[0].n_test,
+                "n_causal": results[0].n_causal,
+                "comb_reference": cfg.comb_reference if n_comb else None,
+                "n_comb": n_comb or None,
                 "protocol": "rise (insertion: blur 11/5 substrate; deletion: zero substrate; "
                             "predicted class; softmax score; one row of pixels per step; "
                             "maps min-max normalised per image for localisation; "
-                            f"forward passes in {cfg.precision}, explanations in fp32)",
+                            f"training in {cfg.precision}, evaluation forward passes in "
+                            f"{eval_precision}, explanations in fp32)",
                 "created": _dt.datetime.now().isoformat(timespec="seconds"),
                 "git_rev": git_rev(), "torch": str(torch.__version__),
                 "python": platform.python_version(),
                 "wall_seconds": round(time.perf_counter() - t_start, 1)}
-    record = RunRecord(rows=rows, meta=meta_run, method_meta=method_meta,
-                       config=cfg.to_dict(),
+    first = [r for r in results if r.seed == seeds[0]]
+    record = RunRecord(results=results, analysis=analysis, gallery_rows=first, meta=meta_run,
+                       method_meta=method_meta, config=cfg.to_dict(),
                        gallery_images=data.denormalize(images, test_split.info)
                        .permute(0, 2, 3, 1).numpy(),
                        gallery_boxes=boxes,

@@ -84,7 +84,7 @@ def top1_with_ci(method: torch.nn.Module, split: Split, device: torch.device,
     """Top-1 accuracy on ``split`` and its bootstrap 95 % interval over images."""
     # the evaluation's batch size: under bf16 a prediction can depend on the batch shape
     wrong = misclassified(method, split, device, batch_size=cfg.eval.batch_size,  # type: ignore[arg-type]
-                          precision=cfg.precision)
+                          precision=cfg.eval.precision)
     correct = (~wrong).double().numpy()
     lo, hi = bootstrap_ci(correct, correct, n_resamples=cfg.eval.bootstrap, seed=cfg.seed)
     return float(correct.mean()), lo, hi

@@ -16,6 +16,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from harness import stats
 from harness.registry import Registry
 
 
@@ -32,13 +33,18 @@ class EvalBatch:
         model: images -> logits, for metrics that perturb the input.
         causal_images/causal_saliency/causal_classes: the subset scored by the causal
             metrics, with the explanation of the tracked class (None if none here).
-        pointing_tolerance: the dataset's pointing-game tolerance in pixels.
+        pointing_tolerance: the dataset's pointing-game tolerance in pixels (of the
+            original images when ``original_sizes`` is given, else of the inputs).
         fixed_logits: the prediction with attention outside the target box removed
             (methods with an attention mechanism; None otherwise).
         comb_mask: ``[B]`` bool, the images in the ``comb`` insertion protocol's subset
             (those the reference method misclassifies); None when not computed.
         class_maps: classes ``[B,C]`` -> the method's class-specific maps ``[B,C,h,w]``
             of these images (None: the method has no class maps).
+        indices: ``[B]`` the images' indices in the test split (scores are paired across
+            methods and seeds by them); None: ``0..B-1``.
+        original_sizes: ``[B,2]`` (H, W) of each image before the test transform, for
+            datasets whose test transform resizes the whole image; None otherwise.
     """
 
     images: torch.Tensor
@@ -54,36 +60,51 @@ class EvalBatch:
     fixed_logits: torch.Tensor | None = None
     comb_mask: torch.Tensor | None = None
     class_maps: Callable[[torch.Tensor], torch.Tensor | None] | None = None
+    indices: torch.Tensor | None = None
+    original_sizes: torch.Tensor | None = None
+
+
+#: which images of a batch a metric scored: a bool mask ``[B]`` or row indices
+Rows = torch.Tensor
 
 
 class PerImageMetric(Metric):
-    """Accumulates one score per image; ``compute`` gives the aggregate.
+    """Accumulates one score per image, with the image's class and test-split index.
 
-    Subclasses implement :meth:`score` (``[B]`` scores or None to skip the batch) and
-    may override :meth:`aggregate` (default: the mean).
+    Subclasses implement :meth:`score`: the ``[n]`` scores of the batch rows they
+    scored and those rows (None to skip the batch). The leaderboard value is the mean
+    of the scores, or with ``per_class = True`` the mean of per-class means
+    (:func:`harness.stats.aggregate`).
     """
 
     full_state_update = False
     higher_is_better: bool | None = True
+    #: aggregate as the mean of per-class means (TorchRay's pointing game, balanced acc.)
+    per_class: bool = False
     scores: list[torch.Tensor]
     classes: list[torch.Tensor]
+    ids: list[torch.Tensor]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("classes", default=[], dist_reduce_fx="cat")
+        self.add_state("ids", default=[], dist_reduce_fx="cat")
 
-    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per-image scores and the ground-truth classes of those images."""
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
+        """Per-image scores and the batch rows (mask or indices) they belong to."""
         raise NotImplementedError
 
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
         out = self.score(batch)
         if out is None:
             return
-        scores, classes = out
+        scores, rows = out
+        ids = (batch.indices if batch.indices is not None
+               else torch.arange(len(batch.labels), device=batch.labels.device))
         self.scores.append(scores.detach().float())
-        self.classes.append(classes.detach().long())
+        self.classes.append(batch.labels[rows].detach().long())
+        self.ids.append(ids.to(batch.labels.device)[rows].detach().long())
 
     def per_image(self) -> tuple[np.ndarray, np.ndarray]:
         """All per-image scores and their ground-truth classes (numpy)."""
@@ -92,10 +113,16 @@ class PerImageMetric(Metric):
         return (dim_zero_cat(self.scores).cpu().numpy(),
                 dim_zero_cat(self.classes).cpu().numpy())
 
-    @staticmethod
-    def aggregate(scores: np.ndarray, classes: np.ndarray) -> float:
-        """The leaderboard value from per-image scores (default: mean)."""
-        return float(np.mean(scores)) if len(scores) else float("nan")
+    def image_ids(self) -> np.ndarray:
+        """The test-split index of each score of :meth:`per_image`."""
+        if not self.ids:
+            return np.zeros(0, dtype=np.int64)
+        return dim_zero_cat(self.ids).cpu().numpy()
+
+    @classmethod
+    def aggregate(cls, scores: np.ndarray, classes: np.ndarray) -> float:
+        """The leaderboard value from per-image scores (mean, or mean of class means)."""
+        return stats.aggregate(scores, classes, per_class=cls.per_class)
 
     def compute(self) -> torch.Tensor:
         scores, classes = self.per_image()

@@ -1,24 +1,30 @@
 """Class confusion between explanation maps (Wang et al. 2019, "Reducing Visual
 Confusion with Discriminative Attention", Eq. 6 without its object mask).
 
-``siou_confusion`` is the soft IoU between the map of the predicted class and the map of
-the most confusing class (the highest-scoring class other than the prediction): 1 when
-the two classes are explained by the same evidence, 0 when by disjoint evidence.
+``siou_confusion`` is the soft IoU between two classes' maps: 1 when the two classes are
+explained by the same evidence, 0 when by disjoint evidence. As in Eq. 6 the pair is the
+target (ground-truth) class and the most confusing class, the highest-scoring other
+class (:func:`target_pair`); the label-free variant pairs the predicted class with the
+runner-up (:func:`confusing_pair`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from harness.geometry import soft_iou
+from harness.geometry import most_confusing, soft_iou
 
-__all__ = ["confusing_pair", "runner_up", "siou_confusion"]
+__all__ = ["confusing_pair", "most_confusing", "runner_up", "siou_confusion", "target_pair"]
 
 
 def runner_up(logits: torch.Tensor) -> torch.Tensor:
     """``[B]``: the highest-scoring class other than the prediction ``argmax``."""
-    pred = logits.argmax(1, keepdim=True)
-    return logits.detach().scatter(1, pred, float("-inf")).argmax(1)
+    return most_confusing(logits, logits.argmax(1))
+
+
+def target_pair(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[B,2]``: the target class and the most confusing class (Eq. 6's pair)."""
+    return torch.stack([target, most_confusing(logits, target)], 1)
 
 
 def confusing_pair(logits: torch.Tensor) -> torch.Tensor:
@@ -28,8 +34,8 @@ def confusing_pair(logits: torch.Tensor) -> torch.Tensor:
 
 
 def siou_confusion(maps: torch.Tensor) -> torch.Tensor:
-    """Soft IoU ``[B]`` between ``maps[:, 0]`` and ``maps[:, 1]`` (``[B,2,h,w]``: the
-    predicted and the most confusing class's maps, at the method's own resolution).
+    """Soft IoU ``[B]`` between ``maps[:, 0]`` and ``maps[:, 1]`` (``[B,2,h,w]``: two
+    classes' maps, e.g. of :func:`target_pair`, at the method's own resolution).
 
     Negative values (CAM's raw class maps, negative evidence) are clipped to 0 first: the
     soft IoU is defined for non-negative maps, and the clipped map is the one CAM

@@ -25,14 +25,37 @@ def energy_pointing_game(saliency: torch.Tensor, boxes: torch.Tensor) -> torch.T
     return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
 
 
-def pointing_game(saliency: torch.Tensor, boxes: torch.Tensor,
-                  tolerance: float = 15.0) -> torch.Tensor:
+def pointing_game(saliency: torch.Tensor, boxes: torch.Tensor, tolerance: float = 15.0,
+                  original_sizes: torch.Tensor | None = None) -> torch.Tensor:
     """Pointing-game hits (Zhang et al. 2016; TorchRay's benchmark): ``[B]`` of 0/1.
 
     The first arg-max of the map in raster order is a hit when it is inside the box or
     strictly closer than ``tolerance`` pixels (centre to centre) to a box pixel.
+
+    Args:
+        original_sizes: ``[B,2]`` (H, W) of each image before it was resized to the
+            model input: each map is resized bilinearly (align_corners=False) to its
+            image's original size and the box scaled to it, so that ``tolerance`` is
+            in original pixels (TorchRay scores at the original resolution with 15 px).
+            None: scored at the map's own resolution.
     """
-    s = normalize(saliency)
+    if original_sizes is None:
+        return _pointing_hits(normalize(saliency), boxes, tolerance)
+    s = saliency if saliency.dim() == 4 else saliency[:, None]
+    h, w = s.shape[-2:]
+    sizes = torch.as_tensor(original_sizes).long().cpu()
+    hits = torch.zeros(len(s), device=s.device)
+    for size in torch.unique(sizes, dim=0):  # one resize per distinct original size
+        rows = torch.nonzero((sizes == size).all(1)).flatten().to(s.device)
+        oh, ow = int(size[0]), int(size[1])
+        maps = torch.nn.functional.interpolate(s[rows].float(), size=(oh, ow),
+                                               mode="bilinear", align_corners=False)
+        scale = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=boxes.device)
+        hits[rows] = _pointing_hits(normalize(maps), boxes[rows].float() * scale, tolerance)
+    return hits
+
+
+def _pointing_hits(s: torch.Tensor, boxes: torch.Tensor, tolerance: float) -> torch.Tensor:
     b, h, w = s.shape
     arg = s.reshape(b, -1).argmax(1)
     r, c = (arg // w).float(), (arg % w).float()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from metrics import causal, confusion, localization
-from metrics.base import EvalBatch, MetricSpec, PerImageMetric, register_metric
+from metrics.base import EvalBatch, MetricSpec, PerImageMetric, Rows, register_metric
 
 
 class TopK(PerImageMetric):
@@ -24,10 +24,20 @@ class TopK(PerImageMetric):
         super().__init__(**kwargs)
         self.k = k
 
-    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows]:
         k = min(self.k, batch.logits.shape[1])
         top = torch.sort(batch.logits, dim=1, descending=True, stable=True).indices[:, :k]
-        return (top == batch.labels.view(-1, 1)).any(1).float(), batch.labels
+        return (top == batch.labels.view(-1, 1)).any(1).float(), _all(batch)
+
+
+class BalancedAccuracy(TopK):
+    """Balanced accuracy: the mean over classes of the per-class top-1 recall (MSABN,
+    Table 3; ``sklearn.metrics.balanced_accuracy_score``)."""
+
+    per_class = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(1, **kwargs)
 
 
 class CausalAUC(PerImageMetric):
@@ -50,7 +60,7 @@ class CausalAUC(PerImageMetric):
         self.curves: list[torch.Tensor]
         self.add_state("curves", default=[], dist_reduce_fx="cat")
 
-    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
         if batch.causal_images is None or batch.model is None:
             return None
         assert batch.causal_saliency is not None and batch.causal_classes is not None
@@ -60,7 +70,7 @@ class CausalAUC(PerImageMetric):
                                       batch.causal_classes, mode=self.mode, step=step,
                                       substrate=self.substrate, batch_size=self.forward_batch)
         self.curves.append(curves)
-        return causal.auc(curves), batch.labels[:n_img]
+        return causal.auc(curves), torch.arange(n_img, device=batch.labels.device)
 
     def mean_curve(self) -> np.ndarray:
         """The mean curve over all scored images."""
@@ -74,8 +84,8 @@ class MaxWrongProb(PerImageMetric):
 
     higher_is_better = False
 
-    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        return max_wrong_prob(batch.logits, batch.labels), batch.labels
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows]:
+        return max_wrong_prob(batch.logits, batch.labels), _all(batch)
 
 
 def max_wrong_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -89,23 +99,33 @@ class AttnFixGain(PerImageMetric):
     box is removed and the perception branch re-run; ``what`` is ``"max_wrong_prob"``
     (after - before; negative = the attention outside the box fed a wrong class) or
     ``"top1"`` (after - before, in {-1, 0, 1}). Methods without an attention mechanism
-    have no score (N/A)."""
+    have no score (N/A).
 
-    def __init__(self, what: str, **kwargs: Any) -> None:
+    Args:
+        subset: score only the images of the ``comb`` protocol's subset, those the
+            reference method (``abn``) misclassifies, as COMB Sec. 3.1 / Table 1 does
+            (N/A when the subset was not computed); False scores every image with a box.
+    """
+
+    def __init__(self, what: str, subset: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.what = what
+        self.what, self.subset = what, subset
 
-    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
         if batch.fixed_logits is None or "bbox" not in batch.boxes:
             return None
         ok = torch.isfinite(batch.boxes["bbox"]).all(1)  # the fix needs a box
+        if self.subset:
+            if batch.comb_mask is None:
+                return None
+            ok = ok & batch.comb_mask
         logits, fixed, labels = batch.logits[ok], batch.fixed_logits[ok], batch.labels[ok]
         if self.what == "max_wrong_prob":
             before, after = max_wrong_prob(logits, labels), max_wrong_prob(fixed, labels)
         else:
             before = (logits.argmax(1) == labels).float()
             after = (fixed.argmax(1) == labels).float()
-        return after - before, labels
+        return after - before, ok
 
 
 class CombInsertionAUC(CausalAUC):
@@ -119,7 +139,7 @@ class CombInsertionAUC(CausalAUC):
         super().__init__("insertion", substrate="zero", **kwargs)
         self.percent_step = percent_step
 
-    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
         if batch.comb_mask is None or batch.model is None or not bool(batch.comb_mask.any()):
             return None
         sel = batch.comb_mask
@@ -130,7 +150,7 @@ class CombInsertionAUC(CausalAUC):
                                       mode="insertion", step=step, substrate=self.substrate,
                                       batch_size=self.forward_batch)
         self.curves.append(curves)
-        return causal.auc(curves), batch.labels[sel]
+        return causal.auc(curves), sel
 
 
 class InsertionAUC(CausalAUC):
@@ -152,19 +172,29 @@ class DeletionAUC(CausalAUC):
 
 
 class SiouConfusion(PerImageMetric):
-    """Soft IoU between the predicted class's and the most confusing class's maps
-    (:func:`metrics.confusion.siou_confusion`); lower is more discriminative. Skipped for
-    methods without class maps."""
+    """Soft IoU between two classes' maps (:func:`metrics.confusion.siou_confusion`);
+    lower is more discriminative. ``pair="target"`` (Eq. 6 of the discriminative
+    attention paper): the ground-truth class and the most confusing class, the highest
+    non-target logit; ``pair="pred"``: the predicted class and the runner-up (needs no
+    labels). Skipped for methods without class maps."""
 
     higher_is_better = False
 
-    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def __init__(self, pair: str = "target", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if pair not in ("target", "pred"):
+            raise ValueError(f"pair must be 'target' or 'pred', got {pair!r}")
+        self.pair = pair
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
         if batch.class_maps is None:
             return None
-        maps = batch.class_maps(confusion.confusing_pair(batch.logits))
+        classes = (confusion.target_pair(batch.logits, batch.labels) if self.pair == "target"
+                   else confusion.confusing_pair(batch.logits))
+        maps = batch.class_maps(classes)
         if maps is None:
             return None
-        return confusion.siou_confusion(maps), batch.labels
+        return confusion.siou_confusion(maps), _all(batch)
 
 
 class BoxMetric(PerImageMetric):
@@ -174,7 +204,7 @@ class BoxMetric(PerImageMetric):
         super().__init__(**kwargs)
         self.fn, self.box = fn, box
 
-    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
         if self.box not in batch.boxes:
             return None
         ok = torch.isfinite(batch.boxes[self.box]).all(1)  # images without a box: skipped
@@ -183,24 +213,39 @@ class BoxMetric(PerImageMetric):
         boxes, sal = batch.boxes[self.box][ok], batch.saliency[ok]
         if self.fn == "inside":
             s = localization.bbox_inside_frac(sal, boxes)
-        elif self.fn == "energy":
-            s = localization.energy_pointing_game(sal, boxes)
         else:
-            s = localization.pointing_game(sal, boxes, batch.pointing_tolerance)
-        return s, batch.labels[ok]
+            s = localization.energy_pointing_game(sal, boxes)
+        return s, ok
 
 
-class PointingGame(BoxMetric):
-    """Pointing game, reported as the mean of per-class hit rates (TorchRay)."""
+class PointingGame(PerImageMetric):
+    """Pointing game (TorchRay's benchmark), reported as the mean of per-class hit
+    rates. With the images' original sizes known, each map is resized to its image's
+    original size and scored there against the box in original pixels; otherwise at
+    the model input. ``tolerance`` None: the dataset's (15 px at the original size, as
+    TorchRay); a number overrides it (0: the arg-max must lie in the box)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("pointing", **kwargs)
+    per_class = True
 
-    @staticmethod
-    def aggregate(scores: np.ndarray, classes: np.ndarray) -> float:
-        if not len(scores):
-            return float("nan")
-        return float(np.mean([scores[classes == c].mean() for c in np.unique(classes)]))
+    def __init__(self, tolerance: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tolerance = tolerance
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
+        if "bbox" not in batch.boxes:
+            return None
+        ok = torch.isfinite(batch.boxes["bbox"]).all(1)
+        if not bool(ok.any()):
+            return None
+        tol = batch.pointing_tolerance if self.tolerance is None else self.tolerance
+        sizes = None if batch.original_sizes is None else batch.original_sizes[ok]
+        hits = localization.pointing_game(batch.saliency[ok], batch.boxes["bbox"][ok], tol,
+                                          original_sizes=sizes)
+        return hits, ok
+
+
+def _all(batch: EvalBatch) -> Rows:
+    return torch.ones(len(batch.labels), dtype=torch.bool, device=batch.labels.device)
 
 
 def _spec(name: str, hib: bool, desc: str, factory: Any = None, needs: tuple[str, ...] = (),
@@ -212,6 +257,9 @@ def _spec(name: str, hib: bool, desc: str, factory: Any = None, needs: tuple[str
 
 _spec("top1", True, "top-1 accuracy", lambda cfg: TopK(1), explanation=False)
 _spec("top5", True, "top-5 accuracy", lambda cfg: TopK(5), explanation=False)
+_spec("balanced_acc", True, "balanced accuracy: mean over classes of the per-class top-1 "
+      "recall", lambda cfg: BalancedAccuracy(), explanation=False,
+      paper="Gupta & Sintorn (MSABN), 2022, Table 3")
 _spec("insertion_auc", True, "insertion AUC (RISE protocol: predicted class, blur substrate, "
       "one row per step)", lambda cfg: InsertionAUC(step=cfg.causal_step,
                                                     forward_batch=cfg.forward_batch),
@@ -221,12 +269,17 @@ _spec("deletion_auc", False, "deletion AUC (RISE protocol: predicted class, zero
                                                    forward_batch=cfg.forward_batch),
       paper="Petsiuk et al., BMVC 2018")
 _spec("bbox_inside_frac", True, "share of the map binarised at 0.2 inside the target box",
-      lambda cfg: BoxMetric("inside"), ("bbox",), paper="Mitsuhara et al. (MSABN), 2022")
+      lambda cfg: BoxMetric("inside"), ("bbox",), paper="Gupta & Sintorn (MSABN), 2022")
 _spec("energy_pg", True, "share of map energy inside the target box",
       lambda cfg: BoxMetric("energy"), ("bbox",), paper="Wang et al. (Score-CAM), 2020")
-_spec("pointing_game", True, "pointing game (tolerance: the dataset's, 4 px on the 64 px "
-      "cluttered-digits, 15 px at ~224 px), mean of per-class hit rates",
-      lambda cfg: PointingGame(), ("bbox",), paper="Zhang et al., ECCV 2016")
+_spec("pointing_game", True, "pointing game: the map's arg-max within 15 px of the box at "
+      "the image's original size (TorchRay); datasets without an original size use their own "
+      "tolerance at the model input (cluttered-digits: 4 px on its 64 px images); mean of "
+      "per-class hit rates", lambda cfg: PointingGame(), ("bbox",),
+      paper="Zhang et al., ECCV 2016; TorchRay")
+_spec("pointing_game_0px", True, "pointing game with no tolerance: the map's arg-max lies in "
+      "the box; mean of per-class hit rates", lambda cfg: PointingGame(tolerance=0.0),
+      ("bbox",), paper="Zhang et al., ECCV 2016; TorchRay")
 _spec("distractor_frac", False, "share of map energy on the distractor object",
       lambda cfg: BoxMetric("energy", box="distractor_bbox"), ("distractor_bbox",))
 _spec("comb_insertion_auc", True, "insertion AUC, COMB protocol: ground-truth class, only "
@@ -235,17 +288,31 @@ _spec("comb_insertion_auc", True, "insertion AUC, COMB protocol: ground-truth cl
       paper="Iwayoshi et al., VISAPP 2023")
 _spec("max_wrong_prob", False, "highest incorrect-class probability", lambda cfg: MaxWrongProb(),
       explanation=False, paper="Iwayoshi et al., VISAPP 2023")
-_spec("attn_fix_gain_wrong_prob", False, "attn_fix_gain: change of max_wrong_prob when the "
-      "attention outside the box is removed (negative: the outside attention fed a wrong "
-      "class; ~0: attention already inside); diagnostic, not ranked; n/a without an "
-      "attention mechanism", lambda cfg: AttnFixGain("max_wrong_prob"), ("bbox",),
+_FIX = ("attn_fix_gain: change of {what} when the attention outside the target box is "
+        "removed and the perception branch re-run{where}; diagnostic, not ranked; n/a without "
+        "an attention mechanism")
+_ON_SUBSET = ", on the test images the reference method (abn) misclassifies (COMB Table 1)"
+_ON_ALL = ", on every test image with a box"
+_spec("attn_fix_gain_wrong_prob", False, _FIX.format(
+      what="max_wrong_prob (negative: the outside attention fed a wrong class)",
+      where=_ON_SUBSET), lambda cfg: AttnFixGain("max_wrong_prob"), ("bbox",),
       paper="Iwayoshi et al., VISAPP 2023", ranked=False)
-_spec("attn_fix_gain_top1", True, "attn_fix_gain: change of top-1 when the attention outside "
-      "the box is removed; diagnostic, not ranked; n/a without an attention mechanism",
+_spec("attn_fix_gain_top1", True, _FIX.format(what="top-1", where=_ON_SUBSET),
       lambda cfg: AttnFixGain("top1"), ("bbox",), paper="Iwayoshi et al., VISAPP 2023",
       ranked=False)
-_spec("siou_confusion", False, "soft IoU (Eq. 6, no mask) between the predicted and the "
-      "most confusing class's maps, negatives clipped; n/a without class maps",
-      lambda cfg: SiouConfusion(), paper="Wang et al., 2019 (discriminative attention)")
+_spec("attn_fix_gain_wrong_prob_all", False, _FIX.format(what="max_wrong_prob",
+                                                         where=_ON_ALL),
+      lambda cfg: AttnFixGain("max_wrong_prob", subset=False), ("bbox",),
+      paper="Iwayoshi et al., VISAPP 2023", ranked=False)
+_spec("attn_fix_gain_top1_all", True, _FIX.format(what="top-1", where=_ON_ALL),
+      lambda cfg: AttnFixGain("top1", subset=False), ("bbox",),
+      paper="Iwayoshi et al., VISAPP 2023", ranked=False)
+_spec("siou_confusion", False, "soft IoU (Eq. 6, no mask) between the maps of the target "
+      "class and of the most confusing class (highest non-target logit), negatives clipped; "
+      "n/a without class maps", lambda cfg: SiouConfusion("target"),
+      paper="Wang et al., 2019 (discriminative attention)")
+_spec("siou_confusion_pred", False, "label-free siou_confusion: the predicted class against "
+      "the runner-up (highest other logit)", lambda cfg: SiouConfusion("pred"),
+      paper="Wang et al., 2019 (discriminative attention)")
 _spec("explain_ms", False, "milliseconds per explanation (batched)", unit="ms")
 _spec("explain_overhead", False, "explanation time / plain forward time on the same batch")

@@ -1,8 +1,11 @@
-"""Leaderboards: ``leaderboard.csv``, ``curves.csv``, ``config.yaml`` and a
-self-contained ``leaderboard.html`` (table, curves, attention gallery).
+"""Leaderboards: ``leaderboard.csv``, ``comparisons.csv``, ``stability.csv``,
+``curves.csv``, ``config.yaml`` and a self-contained ``leaderboard.html`` (table with
+intervals and paired-comparison marks, ranking stability, curves, attention gallery,
+class confusion).
 
-Reports read only the :class:`RunRecord` (the evaluated rows and run metadata) and the
-metric registry's metadata (direction, description); they never call a method.
+Reports read only the :class:`RunRecord` (the evaluated rows, their analysis and run
+metadata) and the metric registry's metadata (direction, description); they never call
+a method.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import pandas as pd
 import yaml
 from matplotlib.patches import Rectangle
 
+from harness.analysis import ALPHA, STABLE_TAU, Analysis, Row, summarise
 from harness.evaluate import MethodResult
 from metrics.base import METRICS
 
@@ -41,9 +45,17 @@ CURVE_PANELS = {
 
 @dataclass
 class RunRecord:
-    """One run: its rows and what is needed to describe and picture them."""
+    """One run: its per-seed rows, their analysis, and what is needed to picture them.
 
-    rows: list[MethodResult]
+    Attributes:
+        results: one evaluated row per (method, seed).
+        analysis: the rows over seeds, paired comparisons and ranking stability.
+        gallery_rows: the rows whose maps the figures show (the first seed's).
+    """
+
+    results: list[MethodResult]
+    analysis: Analysis
+    gallery_rows: list[MethodResult]
     meta: dict[str, Any]
     method_meta: dict[str, dict[str, Any]]
     config: dict[str, Any]
@@ -52,46 +64,99 @@ class RunRecord:
     gallery_labels: np.ndarray | None = None
     cr_sweep: CRSweep | None = None
 
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r.seed for r in self.results})
 
-def metric_columns(rows: list[MethodResult]) -> list[str]:
+
+def metric_columns(rows: list[Row]) -> list[str]:
     """Registered metric ids present in any row, in registry order."""
-    present = set().union(*(r.values for r in rows)) if rows else set()
+    present = set().union(*(r.estimates for r in rows)) if rows else set()
     return [e.name for e in METRICS if e.name in present]
 
 
 def to_frame(record: RunRecord) -> pd.DataFrame:
-    """One row per (method, explainer); each metric with its 95 % interval bounds."""
-    cols = metric_columns(record.rows)
+    """One row per (method, explainer) over all seeds (``seed`` = "all" when there are
+    several), then, with several seeds, one row per (method, explainer, seed). Each
+    metric has its 95 % interval bounds (``_lo``/``_hi``: over seeds and images on the
+    aggregated rows, over images on the per-seed rows) and the seed standard deviation
+    (``_sd``, aggregated rows only)."""
+    rows = record.analysis.rows
+    cols = metric_columns(rows)
+    seeds = record.seeds
+    multi = len(seeds) > 1
+    per_seed: list[tuple[Row, int]] = []
+    if multi:
+        n_res = int(record.config.get("eval", {}).get("bootstrap", 1000))
+        for r in record.results:
+            (row,) = summarise([r], n_resamples=n_res, seed=r.seed)
+            per_seed.append((row, r.seed))
     records = []
-    for r in record.rows:
-        mm = record.method_meta.get(r.method, {})
-        row: dict[str, Any] = {"method": r.method, "explainer": mm.get("explainer", "native"),
-                               "init_from": mm.get("init_from") or "",
-                               "dataset": record.meta["dataset"],
-                               "backbone": record.meta["backbone"],
-                               "seeds": record.meta["seed"], "n": r.n_test,
-                               "n_causal": r.n_causal}
+    for row, seed in [(r, None) for r in rows] + per_seed:
+        mm = record.method_meta.get(row.method, {})
+        run = mm.get("seeds", {}).get(seed, {}) if seed is not None else mm
+        out: dict[str, Any] = {
+            "method": row.method, "explainer": mm.get("explainer", "native"),
+            "init_from": mm.get("init_from") or "", "dataset": record.meta["dataset"],
+            "backbone": record.meta["backbone"],
+            "seed": seed if seed is not None else ("all" if multi else seeds[0]),
+            "seeds": ",".join(map(str, row.seeds)), "n": row.n_test, "n_causal": row.n_causal}
         for c in cols:
-            row[c] = r.values.get(c, math.nan)
-            lo, hi = r.intervals.get(c, (math.nan, math.nan))
-            row[f"{c}_lo"], row[f"{c}_hi"] = lo, hi
-        row["train_s"] = mm.get("train_seconds", math.nan)
-        row["cached"] = mm.get("cached", False)
-        row["config_hash"] = mm.get("key", "")
-        row["protocol"] = record.meta["protocol"]
-        row["git_rev"] = record.meta.get("git_rev", "")
-        records.append(row)
+            e = row.estimates.get(c)
+            out[c] = e.value if e else math.nan
+            out[f"{c}_lo"] = e.lo if e else math.nan
+            out[f"{c}_hi"] = e.hi if e else math.nan
+            out[f"{c}_sd"] = e.seed_sd if e and seed is None else math.nan
+        out["train_s"] = run.get("train_seconds", math.nan)
+        out["cached"] = run.get("cached", False)
+        out["config_hash"] = run.get("key", "")
+        out["protocol"] = record.meta["protocol"]
+        out["git_rev"] = record.meta.get("git_rev", "")
+        records.append(out)
     return pd.DataFrame.from_records(records)
+
+
+def comparisons_frame(record: RunRecord) -> pd.DataFrame:
+    """Every paired comparison: method - reference per metric, interval, p-values and
+    the verdict."""
+    out = []
+    for c in record.analysis.comparisons:
+        k = c.comparison
+        out.append({"method": c.method, "metric": c.metric, "reference": c.reference,
+                    "diff": k.diff, "diff_lo": k.lo, "diff_hi": k.hi, "p": k.p,
+                    "p_holm": k.p_holm, "verdict": c.verdict, "n_images": k.n_images,
+                    "seeds": ",".join(map(str, record.seeds))})
+    return pd.DataFrame.from_records(out, columns=[
+        "method", "metric", "reference", "diff", "diff_lo", "diff_hi", "p", "p_holm",
+        "verdict", "n_images", "seeds"])
+
+
+def stability_frame(record: RunRecord) -> pd.DataFrame:
+    """Mean Kendall tau of each explanation column's per-seed rankings."""
+    out = [{"metric": m, "kendall_tau": t, "stable": bool(t >= STABLE_TAU),
+            "n_seeds": len(record.seeds)}
+           for m, t in record.analysis.stability.items() if not math.isnan(t)]
+    return pd.DataFrame.from_records(out, columns=["metric", "kendall_tau", "stable",
+                                                  "n_seeds"])
+
+
+def mean_curves(record: RunRecord) -> dict[str, dict[str, np.ndarray]]:
+    """method -> metric -> the mean curve over seeds (and images)."""
+    out: dict[str, dict[str, list[np.ndarray]]] = {}
+    for r in record.results:
+        for metric, curve in r.curves.items():
+            out.setdefault(r.method, {}).setdefault(metric, []).append(curve)
+    return {m: {k: np.mean(v, axis=0) for k, v in d.items()} for m, d in out.items()}
 
 
 def curves_frame(record: RunRecord) -> pd.DataFrame:
     """Mean curves: method, metric (the AUC column they belong to), step, fraction, score."""
     out = []
-    for r in record.rows:
-        for metric, curve in r.curves.items():
+    for method, by_metric in mean_curves(record).items():
+        for metric, curve in by_metric.items():
             n = len(curve) - 1
             for k, s in enumerate(curve):
-                out.append({"method": r.method, "metric": metric, "step": k,
+                out.append({"method": method, "metric": metric, "step": k,
                             "fraction": k / n if n else 0.0, "score": float(s)})
     return pd.DataFrame.from_records(out, columns=["method", "metric", "step", "fraction",
                                                   "score"])
@@ -101,12 +166,16 @@ def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
     """Write every output file into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "leaderboard.csv", "curves": out / "curves.csv",
+             "comparisons": out / "comparisons.csv", "stability": out / "stability.csv",
              "config": out / "config.yaml", "html": out / "leaderboard.html"}
     frame = to_frame(record)
     frame.to_csv(paths["csv"], index=False, float_format="%.6g")
     curves_frame(record).to_csv(paths["curves"], index=False, float_format="%.6g")
+    comparisons_frame(record).to_csv(paths["comparisons"], index=False, float_format="%.6g")
+    stability_frame(record).to_csv(paths["stability"], index=False, float_format="%.6g")
     with open(paths["config"], "w") as fh:
         yaml.safe_dump({"run": record.meta, "config": record.config,
+                        "references": record.analysis.references,
                         "methods": record.method_meta}, fh, sort_keys=False)
     if record.cr_sweep is not None:
         paths["cr_sweep"] = out / "cr_sweep.csv"
@@ -145,24 +214,48 @@ def _fmt(v: float, c: str) -> str:
     return f"{v:.3f}"
 
 
+#: how a paired comparison's verdict is drawn in the table
+MARKS = {"better": ("▲", "better"), "worse": ("▼", "worse"),
+         "no detectable difference": ("=", "same")}
+
+
 def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
-    """The self-contained HTML leaderboard."""
-    cols = metric_columns(record.rows)
+    """The self-contained HTML leaderboard (the aggregated rows)."""
+    rows = record.analysis.rows
+    cols = metric_columns(rows)
+    frame = frame[frame["seed"].astype(str) == str(frame["seed"].iloc[0])].reset_index(drop=True)
     ref = frame["method"].map(lambda m: bool(record.method_meta.get(m, {}).get("reference")))
     best = best_values(frame, cols, ref)
-    header = [{"id": c, "arrow": "↑" if METRICS.get(c).higher_is_better else "↓",
-               "desc": METRICS.get(c).description} for c in cols]
+    stab = record.analysis.stability
+    header = []
+    for c in cols:
+        tau = stab.get(c, math.nan)
+        header.append({"id": c, "arrow": "↑" if METRICS.get(c).higher_is_better else "↓",
+                       "desc": METRICS.get(c).description,
+                       "tau": "" if math.isnan(tau) else f"τ {tau:.2f}",
+                       "unstable": not math.isnan(tau) and tau < STABLE_TAU})
+    cmp = {(c.method, c.metric): c for c in record.analysis.comparisons}
+    multi = len(record.seeds) > 1
     body = []
     for idx, row in frame.iterrows():
         cells = []
         for c in cols:
             v = row[c]
-            lo, hi = row[f"{c}_lo"], row[f"{c}_hi"]
+            lo, hi, sd = row[f"{c}_lo"], row[f"{c}_hi"], row[f"{c}_sd"]
             ranked = not (ref[idx] and METRICS.get(c).explanation)
             # ties at the displayed precision share the mark
             is_best = ranked and c in best and not pd.isna(v) and _fmt(v, c) == _fmt(best[c], c)
             ci = "" if pd.isna(lo) else f"[{_fmt(lo, c)}, {_fmt(hi, c)}]"
+            mark, mark_cls, mark_title = "", "", ""
+            k = cmp.get((row["method"], c))
+            if k is not None:
+                mark, mark_cls = MARKS[k.verdict]
+                kc = k.comparison
+                mark_title = (f"{k.verdict} than {k.reference}: {kc.diff:+.3f} "
+                              f"[{kc.lo:+.3f}, {kc.hi:+.3f}], Holm p = {kc.p_holm:.3g}")
             cells.append({"text": _fmt(v, c), "ci": ci, "best": is_best,
+                          "sd": "" if not multi or pd.isna(sd) else f"± {_fmt(sd, c)} sd",
+                          "mark": mark, "mark_cls": mark_cls, "mark_title": mark_title,
                           "sort": "" if pd.isna(v) else f"{v:.9g}"})
         mm = record.method_meta.get(row["method"], {})
         body.append({"method": row["method"], "explainer": row["explainer"],
@@ -170,8 +263,17 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
                      "cells": cells, "train_s": row["train_s"], "cached": row["cached"]})
     env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
+    comparisons = [{"method": c.method, "metric": c.metric, "reference": c.reference,
+                    "diff": c.comparison.diff, "lo": c.comparison.lo, "hi": c.comparison.hi,
+                    "p_holm": c.comparison.p_holm, "verdict": c.verdict,
+                    "mark": MARKS[c.verdict][0], "mark_cls": MARKS[c.verdict][1]}
+                   for c in record.analysis.comparisons]
     return env.get_template("leaderboard.html.j2").render(
         meta=record.meta, header=header, body=body, methods=record.method_meta,
+        seeds=record.seeds, references=sorted(set(record.analysis.references.values())),
+        comparisons=comparisons, stable_tau=STABLE_TAU, alpha=ALPHA,
+        stability=[{"metric": m, "tau": t, "stable": t >= STABLE_TAU}
+                   for m, t in stab.items() if not math.isnan(t)],
         curves_png=_png(curves_figure(record)),
         gallery_png=_png(gallery_figure(record)) if len(record.gallery_images) else "",
         confusion_png=_png(fig) if (fig := confusion_figure(record)) is not None else "",
@@ -183,16 +285,19 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
 
 def curves_figure(record: RunRecord) -> plt.Figure:
     """Mean curves of every row, one panel per causal metric present."""
-    panels = [k for k in CURVE_PANELS if any(k in r.curves for r in record.rows)]
+    curves = mean_curves(record)
+    values = {r.method: r.estimates for r in record.analysis.rows}
+    panels = [k for k in CURVE_PANELS if any(k in c for c in curves.values())]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 3.6),
                              constrained_layout=True, squeeze=False)
     for ax, metric in zip(axes[0], panels, strict=False):
-        for r in record.rows:
-            c = r.curves.get(metric)
+        for method, by_metric in curves.items():
+            c = by_metric.get(metric)
             if c is None or not len(c):
                 continue
-            auc = r.values.get(metric, math.nan)
-            ax.plot(np.linspace(0, 1, len(c)), c, label=f"{r.method} ({auc:.3f})")
+            e = values.get(method, {}).get(metric)
+            auc = e.value if e is not None else math.nan
+            ax.plot(np.linspace(0, 1, len(c)), c, label=f"{method} ({auc:.3f})")
         title, xlabel = CURVE_PANELS[metric]
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
@@ -238,7 +343,8 @@ def gallery_figure(record: RunRecord) -> plt.Figure:
     """Test images (target box green, distractor box red dashed) and every row's map."""
     imgs = record.gallery_images
     n = len(imgs)
-    ncol = 1 + len(record.rows)
+    rows = record.gallery_rows
+    ncol = 1 + len(rows)
     fig, axes = plt.subplots(n, ncol, figsize=(1.6 * ncol, 1.6 * n), squeeze=False,
                              constrained_layout=True)
     for i in range(n):
@@ -247,7 +353,7 @@ def gallery_figure(record: RunRecord) -> plt.Figure:
             ax.axis("off")
             ax.imshow(imgs[i])
             if j:
-                ax.imshow(record.rows[j - 1].gallery["saliency"][i], cmap="jet", alpha=0.5,
+                ax.imshow(rows[j - 1].gallery["saliency"][i], cmap="jet", alpha=0.5,
                           vmin=0, vmax=1)
             for name, color, style in (("bbox", "lime", "-"), ("distractor_bbox", "red", "--")):
                 b = record.gallery_boxes.get(name)
@@ -256,7 +362,7 @@ def gallery_figure(record: RunRecord) -> plt.Figure:
                     ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
                                            edgecolor=color, linestyle=style, linewidth=1.2))
             if i == 0:
-                ax.set_title("image" if j == 0 else record.rows[j - 1].method, fontsize=8)
+                ax.set_title("image" if j == 0 else rows[j - 1].method, fontsize=8)
             if j == 0 and record.gallery_labels is not None:
                 ax.text(1, 7, str(int(record.gallery_labels[i])), color="white", fontsize=7,
                         bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
@@ -268,11 +374,11 @@ CONFUSION_IMAGES = 4
 
 
 def confusion_figure(record: RunRecord) -> plt.Figure | None:
-    """For each row with class maps and the first test images: the predicted class's
-    and the runner-up class's maps (one colour scale per pair, negatives clipped) with
+    """For each row with class maps and the first test images: the target class's and
+    the most confusing class's maps (one colour scale per pair, negatives clipped) with
     the image's ``siou_confusion`` (the metric's per-image score: test images are scored
     in order). None if no row has class maps."""
-    rows = [r for r in record.rows if len(r.gallery.get("confusion_maps", ()))]
+    rows = [r for r in record.gallery_rows if len(r.gallery.get("confusion_maps", ()))]
     if not rows:
         return None
     imgs = record.gallery_images
@@ -282,7 +388,7 @@ def confusion_figure(record: RunRecord) -> plt.Figure | None:
     for i, r in enumerate(rows):
         maps, classes = r.gallery["confusion_maps"], r.gallery["confusion_classes"]
         for j in range(n):
-            for k, what in enumerate(("pred", "2nd")):
+            for k, what in enumerate(("target", "conf.")):
                 ax = axes[i, 2 * j + k]
                 ax.set_xticks([])
                 ax.set_yticks([])
@@ -292,7 +398,7 @@ def confusion_figure(record: RunRecord) -> plt.Figure | None:
                 ax.imshow(maps[j, k], cmap="jet", alpha=0.55, vmin=0, vmax=1)
                 title = f"{what} {int(classes[j, k])}"
                 if k:
-                    title += f" · sIoU {float(r.per_image['siou_confusion'][j]):.2f}"
+                    title += f" · sIoU {float(r.per_image['siou_confusion'].scores[j]):.2f}"
                 ax.set_title(title, fontsize=7)
         axes[i, 0].set_ylabel(r.method, fontsize=8)
     return fig

@@ -176,22 +176,16 @@ def test_hk_edit_and_selection(smoke_cfg: config.RunConfig, smoke_train: data.Sp
     assert torch.equal(edited[0, 0][inside], m[0, 0][inside])
     assert (edited[0, 0][~inside] == 0).all()
     assert torch.equal(edited[1], m[1])
-    # selection: misclassified, or > 50 % of the binarised attention outside the box
+    # selection: the misclassified samples, and only those (Mitsuhara et al.)
     batch = next(iter(DataLoader(smoke_train.dataset, batch_size=16)))
-    x, y, b = batch["image"], batch["label"], batch["bbox"]
+    x, y = batch["image"], batch["label"]
     with torch.no_grad():
-        sel = hk.select(x, y, b)
+        sel = hk.select(x, y)
         out = hk(x)
-    up = F.interpolate(out.attention, size=(64, 64), mode="bilinear", align_corners=False)
-    for i in range(16):
-        a = up[i, 0].numpy()
-        a = (a - a.min()) / (a.max() - a.min())
-        on = a >= 0.2
-        rr, cc = np.nonzero(on)
-        x1, y1, x2, y2 = b[i].numpy()
-        ins = ((cc + 0.5 >= x1) & (cc + 0.5 <= x2) & (rr + 0.5 >= y1) & (rr + 0.5 <= y2)).sum()
-        expect = bool(out.logits[i].argmax() != y[i]) or (1 - ins / on.sum()) > 0.5
-        assert bool(sel[i]) == expect, i
+    assert torch.equal(sel, out.logits.argmax(1) != y)
+    facts = hk.on_fit_start(smoke_train, torch.device("cpu"))
+    assert facts["edited_samples"] == int(hk.selected.sum()) > 0
+    assert facts["edited_share"] == pytest.approx(facts["edited_samples"] / len(hk.selected))
 
 
 def test_hk_perceives_through_the_edited_map(smoke_train: data.Split) -> None:
@@ -200,7 +194,7 @@ def test_hk_perceives_through_the_edited_map(smoke_train: data.Split) -> None:
     batch = next(iter(DataLoader(smoke_train.dataset, batch_size=6)))
     hk.selected = torch.tensor([True, False] * 3 + [False] * 58)
     with torch.no_grad():
-        out, m_sel, m_edit = hk.forward_edited(batch)
+        out, m_out, m_edit = hk.forward_edited(batch)
         g = hk.backbone.features(batch["image"])
         _, _, m = hk.attention_branch(g)
         m_prime = hk.edit(m, batch["bbox"], (64, 64))
@@ -208,7 +202,37 @@ def test_hk_perceives_through_the_edited_map(smoke_train: data.Split) -> None:
         edited = hk.perceive(g, m_prime)
     assert torch.allclose(out.logits[0::2], edited[0::2], atol=1e-5)
     assert torch.allclose(out.logits[1::2], plain[1::2], atol=1e-5)
-    assert m_sel.shape[0] == 3 and torch.equal(m_edit, m_prime[0::2])
+    assert torch.equal(m_edit[0::2], m_prime[0::2]) and torch.equal(m_edit[1::2], m_out[1::2])
+
+
+def test_hk_map_loss_is_the_per_sample_l2_norm() -> None:
+    """L_map = gamma * ||M' - M||_2 per sample (not a mean over cells), batch-averaged."""
+    hk = HK(backbones.build("cifar-resnet8", 10, stem_stride=2), DIGITS_INFO, gamma=0.5)
+    m = torch.zeros(2, 1, 2, 2)
+    m_edit = m.clone()
+    m_edit[0, 0] = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # ||.||_2 = 5; sample 1: 0
+    assert hk.map_loss(m, m_edit).item() == pytest.approx(0.5 * (5.0 + 0.0) / 2)
+
+
+def test_hk_fine_tunes_the_branches_with_the_feature_extractor_frozen(
+        smoke_train: data.Split) -> None:
+    torch.manual_seed(0)
+    hk = HK(backbones.build("cifar-resnet8", 10, stem_stride=2), DIGITS_INFO)
+    hk.selected = torch.ones(len(smoke_train.dataset), dtype=torch.bool)
+    before = {k: v.clone() for k, v in hk.state_dict().items()}
+    opts = hk.configure_optimizers(config.TrainConfig(lr=0.05))
+    batch = next(iter(DataLoader(smoke_train.dataset, batch_size=8)))
+    hk.train()
+    logs = hk.training_step(batch, opts)
+    assert logs["l_map"] > 0 and math.isfinite(logs["loss"])
+    after = hk.state_dict()
+    feats = [k for k in before if k.startswith("backbone.features.")]
+    assert feats and all(torch.equal(before[k], after[k]) for k in feats)  # BN stats too
+    for prefix in ("attention_branch.", "backbone.last_stage.", "backbone.fc."):
+        changed = [k for k in before if k.startswith(prefix) and before[k].is_floating_point()
+                   and not torch.equal(before[k], after[k])]
+        assert changed, prefix
+    assert hk.backbone.features.training  # modes restored after the frozen pass
 
 
 def test_hk_requires_boxes() -> None:
@@ -253,16 +277,34 @@ def test_attn_fix_gain_known_answer() -> None:
     assert torch.allclose(logits, torch.tensor([[0.475, 0.7125]]))
     assert torch.allclose(fixed, torch.tensor([[0.475, 0.375]]))
     sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
-    batch = EvalBatch(images=x, labels=y, logits=logits, saliency=torch.zeros(1, 1, 4, 4),
-                      boxes={"bbox": box}, fixed_logits=fixed)
+    # a second image that abn gets right with nothing outside the box: no change
+    x2 = torch.cat([x, torch.zeros(1, 2, 4, 4)])
+    x2[1, 0, :2, :2] = 1.0
+    y2, box2 = torch.tensor([0, 0]), box.expand(2, 4)
+    out2 = abn(x2)
+    batch = EvalBatch(images=x2, labels=y2, logits=out2.logits,
+                      saliency=torch.zeros(2, 1, 4, 4), boxes={"bbox": box2},
+                      fixed_logits=abn.fixed_attention_logits(out2, box2, (4, 4)),
+                      comb_mask=torch.tensor([True, False]))
+    gain = sig(-0.1) - sig(0.2375)
+    # COMB Table 1: only the images the reference misclassifies (the comb subset)
     wrong, top1 = AttnFixGain("max_wrong_prob"), AttnFixGain("top1")
     wrong.update(batch)
     top1.update(batch)
-    assert wrong.compute().item() == pytest.approx(sig(-0.1) - sig(0.2375), abs=1e-6)
+    assert len(wrong.per_image()[0]) == 1
+    assert wrong.compute().item() == pytest.approx(gain, abs=1e-6)
     assert top1.compute().item() == 1.0
+    # the all-images diagnostic
+    wrong_all = AttnFixGain("max_wrong_prob", subset=False)
+    wrong_all.update(batch)
+    assert wrong_all.per_image()[0] == pytest.approx([gain, 0.0], abs=1e-6)
     assert max_wrong_prob(logits, y).item() == pytest.approx(sig(0.2375), abs=1e-6)
+    # no subset computed (abn not in the run): the subset column is N/A
+    no_subset = AttnFixGain("top1")
+    no_subset.update(dataclasses.replace(batch, comb_mask=None))
+    assert math.isnan(no_subset.compute().item())
     # a method without an attention mechanism has no score: N/A, not 0
-    na = AttnFixGain("top1")
+    na = AttnFixGain("top1", subset=False)
     na.update(dataclasses.replace(batch, fixed_logits=None))
     assert math.isnan(na.compute().item())
 

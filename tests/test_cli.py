@@ -50,7 +50,8 @@ def test_outputs_written(smoke_run: Path) -> None:
     assert (df["explain_ms"] > 0).all()
     # attention-fix analysis: n/a (not 0) without an attention mechanism
     has_attention = df["method"].map(lambda m: METHODS.entry(m).meta["attention"])
-    for c in ("attn_fix_gain_wrong_prob", "attn_fix_gain_top1"):
+    for c in ("attn_fix_gain_wrong_prob", "attn_fix_gain_top1", "attn_fix_gain_wrong_prob_all",
+              "attn_fix_gain_top1_all"):
         assert df.loc[~has_attention, c].isna().all() and df.loc[has_attention, c].notna().all()
     assert df["comb_insertion_auc"].between(0, 1).all() and df["max_wrong_prob"].between(0, 1).all()
     html = (smoke_run / "leaderboard.html").read_text()
@@ -160,3 +161,60 @@ def test_bad_sweep_values_are_one_line_errors(capsys: pytest.CaptureFixture[str]
     assert run.main(["--preset", "smoke", "--cr-sweep", "a,b"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("--cr-sweep" in e for e in err)
+
+
+def test_seed_options() -> None:
+    from harness.errors import UserError
+
+    assert run.resolve_seeds(None, None) == [0]
+    assert run.resolve_seeds(4, None) == [4]
+    assert run.resolve_seeds(None, "3") == [0, 1, 2]
+    assert run.resolve_seeds(None, "0,2,2,5") == [0, 2, 5]
+    assert run.resolve_seeds(None, "7,") == [7]
+    for seed, seeds in ((1, "3"), (None, "x"), (None, "0"), (None, "-1,2"), (-1, None),
+                        (2**32, None), (None, ",")):
+        with pytest.raises(UserError):
+            run.resolve_seeds(seed, seeds)
+
+
+def test_multi_seed_run_writes_seed_rows_comparisons_and_stability(
+        cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = run.main(["--methods", "baseline,gradcam,abn", "--preset", "smoke", "--seeds", "2",
+                   "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--device", "cpu"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "ranking stability" in out and "insertion_auc" in out
+    df = pd.read_csv(tmp_path / "leaderboard.csv")
+    agg = df[df["seed"].astype(str) == "all"]
+    seeds = df[df["seed"].astype(str) != "all"]
+    assert list(agg["method"]) == ["baseline", "gradcam", "abn"]
+    assert sorted(seeds["seed"].astype(int).unique()) == [0, 1] and len(seeds) == 6
+    # the aggregated value is the mean of the per-seed values; sd their spread
+    for m in ("gradcam", "abn"):
+        per = seeds[seeds["method"] == m]["insertion_auc"].to_numpy()
+        row = agg[agg["method"] == m].iloc[0]
+        assert row["insertion_auc"] == pytest.approx(per.mean(), abs=1e-5)
+        assert row["insertion_auc_sd"] == pytest.approx(per.std(ddof=1), abs=1e-5)
+        assert row["insertion_auc_lo"] <= row["insertion_auc"] <= row["insertion_auc_hi"]
+    assert agg["seeds"].tolist() == ["0,1"] * 3
+    cmp = pd.read_csv(tmp_path / "comparisons.csv")
+    ins = cmp[cmp["metric"] == "insertion_auc"]
+    assert ins["method"].tolist() == ["abn"] and ins["reference"].tolist() == ["gradcam"]
+    top1 = cmp[cmp["metric"] == "top1"]
+    assert sorted(top1["method"]) == ["abn", "gradcam"] and set(top1["reference"]) == {"baseline"}
+    assert cmp["verdict"].isin(["better", "worse", "no detectable difference"]).all()
+    assert (cmp["p_holm"] >= cmp["p"] - 1e-12).all()
+    stab = pd.read_csv(tmp_path / "stability.csv")
+    assert "insertion_auc" in set(stab["metric"]) and stab["kendall_tau"].between(-1, 1).all()
+    html = (tmp_path / "leaderboard.html").read_text()
+    assert "Ranking stability across seeds" in html and "Paired comparisons" in html
+    assert "seeds <b>0, 1</b>" in html and " sd</span>" in html
+    # the abn row of seed 1 is its own checkpoint
+    assert seeds[seeds["method"] == "abn"]["config_hash"].nunique() == 2
+
+
+def test_reference_must_be_in_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--methods", "abn", "--preset", "smoke", "--reference", "cam"]) == 2
+    assert run.main(["--methods", "abn", "--preset", "smoke", "--reference", "camm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "not among the methods" in err[0] and "did you mean" in err[1]

@@ -11,7 +11,7 @@ import torch
 
 from harness import config, data, evaluate, train
 from metrics.base import EvalBatch
-from metrics.confusion import runner_up, siou_confusion
+from metrics.confusion import runner_up, siou_confusion, target_pair
 from metrics.standard import SiouConfusion
 
 
@@ -45,7 +45,17 @@ def test_runner_up_is_the_best_other_class() -> None:
     assert runner_up(logits).tolist() == [2, 1, 0]  # tie: argmax takes 0, runner-up 1
 
 
-def test_metric_asks_for_predicted_and_runner_up_maps() -> None:
+def test_target_pair_is_eq6s_target_and_most_confusing_class() -> None:
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 4.0], [2.0, 2.0, 0.0]])
+    labels = torch.tensor([0, 2, 1])
+    assert target_pair(logits, labels).tolist() == [[0, 1], [2, 0], [1, 0]]
+
+
+@pytest.mark.parametrize(("pair", "want"), [("target", [[0, 1], [2, 0]]),
+                                            ("pred", [[1, 2], [2, 0]])])
+def test_metric_asks_for_the_pair_of_its_column(pair: str, want: list[list[int]]) -> None:
+    """siou_confusion: target vs most confusing class (Eq. 6); siou_confusion_pred:
+    predicted vs runner-up. Image 0 is misclassified, so the two pairs differ there."""
     bank = torch.rand(3, 4, 4)  # one map per class, shared by the images
     asked = []
 
@@ -57,12 +67,12 @@ def test_metric_asks_for_predicted_and_runner_up_maps() -> None:
     labels = torch.tensor([0, 2])
     base = dict(images=torch.zeros(2, 3, 4, 4), labels=labels, logits=logits,
                 saliency=torch.zeros(2, 1, 4, 4))
-    m = SiouConfusion()
+    m = SiouConfusion(pair)
     m.update(EvalBatch(**base, class_maps=class_maps))
-    assert asked[0].tolist() == [[1, 2], [2, 0]]
-    want = siou_confusion(torch.stack([bank[[1, 2]], bank[[2, 0]]]))
-    assert torch.allclose(m.compute(), want.mean())
-    n_a = SiouConfusion()
+    assert asked[0].tolist() == want
+    want_scores = siou_confusion(torch.stack([bank[want[0]], bank[want[1]]]))
+    assert torch.allclose(m.compute(), want_scores.mean())
+    n_a = SiouConfusion(pair)
     n_a.update(EvalBatch(**base))  # no class maps
     n_a.update(EvalBatch(**base, class_maps=lambda c: None))
     assert math.isnan(float(n_a.compute()))
@@ -79,6 +89,6 @@ def test_evaluator_scores_methods_with_class_maps_only(
                             progress=False)
     v = res.values["siou_confusion"]
     if has_maps:
-        assert 0.0 <= v <= 1.0 and len(res.per_image["siou_confusion"]) == res.n_test
+        assert 0.0 <= v <= 1.0 and len(res.per_image["siou_confusion"].scores) == res.n_test
     else:
-        assert math.isnan(v) and len(res.per_image["siou_confusion"]) == 0
+        assert math.isnan(v) and len(res.per_image["siou_confusion"].scores) == 0

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from harness.analysis import Analysis
 from harness.evaluate import MethodResult, confusion_gallery
+from harness.stats import SeedScores
 from reports.leaderboard import CONFUSION_IMAGES, RunRecord, best_values, confusion_figure
 
 
@@ -22,31 +24,39 @@ def test_reference_rows_rank_on_accuracy_only() -> None:
 
 
 def test_confusion_gallery_and_figure() -> None:
-    """The evaluator's gallery entries: classes = (prediction, runner-up), maps on the
+    """The evaluator's gallery entries: classes = (target, most confusing), maps on the
     pair's common scale; the figure has one row per method with class maps."""
     bank = torch.zeros(3, 2, 2)
     bank[0, 0, 0], bank[1, 1, 1], bank[2, 0, 0] = 2.0, -1.0, 1.0
     logits = torch.tensor([[3.0, 0.0, 1.0], [0.0, 2.0, 1.0]])
-    got = confusion_gallery(lambda x, c: bank[c], torch.zeros(2, 3, 4, 4), logits)
+    labels = torch.tensor([0, 1])
+    got = confusion_gallery(lambda x, c: bank[c], torch.zeros(2, 3, 4, 4), logits, labels)
     assert got["confusion_classes"].tolist() == [[0, 2], [1, 2]]
     assert got["confusion_maps"].shape == (2, 2, 4, 4)
     assert got["confusion_maps"][0, 1].max() == 0.5  # half the pair's maximum
     assert got["confusion_maps"][1, 0].max() == 0.0  # class 1: negative map, clipped
     assert set(got) == {"confusion_maps", "confusion_classes"}
-    assert confusion_gallery(lambda x, c: None, torch.zeros(2, 3, 4, 4), logits) == {}
+    # a misclassified image: the target's map and the best other class's (here: the prediction)
+    wrong = confusion_gallery(lambda x, c: bank[c], torch.zeros(2, 3, 4, 4), logits,
+                              torch.tensor([2, 1]))
+    assert wrong["confusion_classes"].tolist() == [[2, 0], [1, 2]]
+    assert confusion_gallery(lambda x, c: None, torch.zeros(2, 3, 4, 4), logits, labels) == {}
 
     def row(name: str, gallery: dict[str, np.ndarray]) -> MethodResult:
-        scores = {"siou_confusion": np.linspace(0.1, 0.6, 6)} if gallery else {}
-        return MethodResult(name, {}, {}, scores, {}, 6, 0,
+        scores = ({"siou_confusion": SeedScores(np.linspace(0.1, 0.6, 6), np.zeros(6, int),
+                                                np.arange(6))} if gallery else {})
+        return MethodResult(name, 0, {}, scores, set(), {}, 6, 0,
                             gallery={"saliency": np.zeros((6, 4, 4)), **gallery})
+
+    def record(rows: list[MethodResult], images: np.ndarray) -> RunRecord:
+        return RunRecord(results=rows, analysis=Analysis(rows=[]), gallery_rows=rows, meta={},
+                         method_meta={}, config={}, gallery_images=images)
 
     g = {"confusion_maps": np.random.rand(6, 2, 4, 4),
          "confusion_classes": np.zeros((6, 2), int)}
-    rec = RunRecord(rows=[row("baseline", {}), row("cam", g), row("abn", g)], meta={},
-                    method_meta={}, config={}, gallery_images=np.random.rand(6, 4, 4, 3))
+    rec = record([row("baseline", {}), row("cam", g), row("abn", g)], np.random.rand(6, 4, 4, 3))
     fig = confusion_figure(rec)
     assert fig is not None and len(fig.axes) == 2 * 2 * CONFUSION_IMAGES
     assert [fig.axes[0].get_ylabel(), fig.axes[2 * CONFUSION_IMAGES].get_ylabel()] == ["cam", "abn"]
-    assert fig.axes[3].get_title() == "2nd 0 · sIoU 0.20"  # image 2's per-image score
-    assert confusion_figure(RunRecord(rows=[row("baseline", {})], meta={}, method_meta={},
-                                      config={}, gallery_images=np.zeros((6, 4, 4, 3)))) is None
+    assert fig.axes[3].get_title() == "conf. 0 · sIoU 0.20"  # image 2's per-image score
+    assert confusion_figure(record([row("baseline", {})], np.zeros((6, 4, 4, 3)))) is None
