@@ -11,9 +11,10 @@ images (nested). With one seed this is the ordinary bootstrap over images.
 
 A paired comparison resamples two methods with the same draws on the images and seeds
 both scored, so the interval of the difference reflects only what differs between
-them; its two-sided p-value inverts the percentile interval (p < 0.05 exactly when
-the 95 % interval excludes 0), and the p-values of a family of comparisons are
-Holm-adjusted.
+them. Its two-sided p-value is twice the smaller share of replicates on either side of
+0, counted with the usual +1 (so p >= 2 / (R + 1)): below 0.05 essentially when the 95 %
+interval excludes 0, up to the discreteness of R replicates. The p-values of a family
+of comparisons are Holm-adjusted.
 """
 
 from __future__ import annotations

@@ -219,6 +219,29 @@ MARKS = {"better": ("▲", "better"), "worse": ("▼", "worse"),
          "no detectable difference": ("=", "same")}
 
 
+def comparison_matrix(record: RunRecord) -> dict[str, Any]:
+    """The paired comparisons as a method x metric table for the HTML report."""
+    comps = record.analysis.comparisons
+    metrics = [m for m in metric_columns(record.analysis.rows)
+               if any(c.metric == m for c in comps)]
+    methods = [r.method for r in record.analysis.rows
+               if any(c.method == r.method for c in comps)]
+    by_key = {(c.method, c.metric): c for c in comps}
+    rows = []
+    for method in methods:
+        cells: list[dict[str, Any] | None] = []
+        for m in metrics:
+            c = by_key.get((method, m))
+            cells.append(None if c is None else {
+                "diff": c.comparison.diff, "lo": c.comparison.lo, "hi": c.comparison.hi,
+                "p_holm": c.comparison.p_holm, "mark": MARKS[c.verdict][0],
+                "mark_cls": MARKS[c.verdict][1]})
+        rows.append({"method": method, "cells": cells})
+    return {"rows": rows, "metrics": [
+        {"id": m, "arrow": "↑" if METRICS.get(m).higher_is_better else "↓",
+         "reference": record.analysis.references.get(m, "")} for m in metrics]}
+
+
 def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
     """The self-contained HTML leaderboard (the aggregated rows)."""
     rows = record.analysis.rows
@@ -263,11 +286,7 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
                      "cells": cells, "train_s": row["train_s"], "cached": row["cached"]})
     env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
-    comparisons = [{"method": c.method, "metric": c.metric, "reference": c.reference,
-                    "diff": c.comparison.diff, "lo": c.comparison.lo, "hi": c.comparison.hi,
-                    "p_holm": c.comparison.p_holm, "verdict": c.verdict,
-                    "mark": MARKS[c.verdict][0], "mark_cls": MARKS[c.verdict][1]}
-                   for c in record.analysis.comparisons]
+    comparisons = comparison_matrix(record)
     return env.get_template("leaderboard.html.j2").render(
         meta=record.meta, header=header, body=body, methods=record.method_meta,
         seeds=record.seeds, references=sorted(set(record.analysis.references.values())),
