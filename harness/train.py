@@ -32,7 +32,7 @@ from harness.errors import UserError
 from methods.base import METHODS, Method
 
 #: bump when a change invalidates cached checkpoints
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 
 
 @dataclass
@@ -208,6 +208,8 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
                    disable=not progress, dynamic_ncols=True)
         for i, batch in enumerate(bar, 1):
             batch = dev.to_device(batch, device)
+            if split.batch_transform is not None:
+                batch = split.batch_transform(batch)
             with dev.autocast(device, cfg.precision):
                 logs = model.training_step(batch, optimizers)
             for k, v in logs.items():

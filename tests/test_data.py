@@ -63,9 +63,16 @@ def test_sample_format_and_boxes_follow_transforms() -> None:
     assert s["image"].shape == (3, 64, 64) and s["image"].dtype == torch.float32
     assert s["bbox"].shape == (4,) and s["index"] == 3
     raw = data._cached_digits(16, "train", 0)
-    shift = s["bbox"] - torch.from_numpy(raw["bbox"][3])
+    # samples are converted and normalised; the random crop runs per batch
+    assert torch.equal(s["bbox"], torch.from_numpy(raw["bbox"][3]))
+    assert isinstance(split.batch_transform, data.BatchRandomCrop)
+    batch = torch.utils.data.default_collate([split.dataset[i] for i in range(16)])
+    torch.manual_seed(0)
+    moved = split.batch_transform(batch)
+    shift = moved["bbox"] - batch["bbox"]
     # random crop with 4 px padding: a translation of at most 4 px (boxes clamped)
-    assert shift.abs().max() <= 4
+    assert shift.abs().max() <= 4 and (shift != 0).any()
+    assert moved["image"].shape == batch["image"].shape
     test = data.build("cluttered-digits", "test", n_train=16, n_test=8)
     t = test.dataset[2]
     assert torch.equal(t["bbox"], torch.from_numpy(data._cached_digits(8, "test", 0)["bbox"][2]))
@@ -91,3 +98,34 @@ def test_disk_cache_round_trip(tmp_path: Path) -> None:
     for i in range(12):
         assert torch.equal(a.dataset[i]["image"], b.dataset[i]["image"])
     assert np.array_equal(b.dataset.images.numpy(), fresh["images"])  # type: ignore[attr-defined]
+
+
+def test_batch_random_crop_equals_torchvisions_per_sample_crop() -> None:
+    """The batched crop against v2 on each sample: pad 4 px of zeros (uint8), crop at
+    the same offsets, then convert and normalise; boxes through v2's BoundingBoxes."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    info = data.DIGITS_INFO
+    raw = data.generate_digits(6, "train", seed=2)
+    images = torch.from_numpy(raw["images"])
+    names = ("bbox", "distractor_bbox")
+    boxes = {n: torch.from_numpy(raw[n]) for n in names}
+    boxes["bbox"][1] = torch.tensor([0.0, 0.0, 64.0, 64.0])  # clamped on two sides
+    boxes["distractor_bbox"][2] = float("nan")  # a missing box stays missing
+    norm = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)])
+    batch = {"image": norm(images), **boxes, "label": torch.zeros(6, dtype=torch.long)}
+    offsets = torch.tensor([[0, 0], [8, 8], [3, 5], [8, 0], [4, 4], [1, 7]])
+    got = data.BatchRandomCrop(info)(batch, offsets)
+    for i, (top, left) in enumerate(offsets.tolist()):
+        img = tv_tensors.Image(images[i])
+        bxs = tv_tensors.BoundingBoxes(torch.stack([boxes[n][i] for n in names]),
+                                       format="XYXY", canvas_size=(64, 64))
+        img, bxs = v2.functional.pad(img, [4]), v2.functional.pad(bxs, [4])
+        img = v2.functional.crop(img, top, left, 64, 64)
+        bxs = v2.functional.crop(bxs, top, left, 64, 64)
+        assert torch.allclose(got["image"][i], norm(img), atol=1e-6), i
+        for n, want in zip(names, bxs.as_subclass(torch.Tensor), strict=True):
+            assert torch.allclose(got[n][i], want, equal_nan=True), (i, n)
+    assert torch.equal(got["label"], batch["label"])
+    assert got["image"].is_contiguous(memory_format=torch.channels_last)
