@@ -39,6 +39,9 @@ class AttentionBranch(nn.Module):
     identity, as the authors' code initialises the whole network.
     """
 
+    #: conv -> batch-norm pairs that :func:`harness.fold.folded` may fuse for evaluation
+    FOLD_PAIRS = (("to_classes", "bn_classes"), ("to_map", "bn_map"))
+
     def __init__(self, last_stage: nn.Module, out_channels: int, num_classes: int) -> None:
         super().__init__()
         self.stage = stride1_copy(last_stage)
