@@ -167,7 +167,7 @@ def git_rev() -> str:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from harness.analysis import analyse, default_references
+    from harness.analysis import STABLE_TAU, analyse, default_references
     from harness.sweep import parse_lambdas, run_cr_sweep
     from reports.leaderboard import RunRecord, write_all
 
@@ -253,11 +253,11 @@ def run(args: argparse.Namespace) -> Path:
             say(f"  no paired comparisons against {missing}: it is not among the methods")
     analysis = analyse(results, reference=args.reference, reference_rows=reference_rows,
                        n_resamples=cfg.eval.bootstrap, seed=seeds[0])
-    if len(seeds) > 1:
-        say("ranking stability (mean Kendall tau between the seeds' rankings):")
+    if len(seeds) > 1:  # a result, printed also without progress output
+        print("ranking stability (mean Kendall tau between the seeds' rankings):")
         for metric, tau in analysis.stability.items():
-            flag = "" if tau >= 0.8 else "  (not stable)"
-            say(f"  {metric:<22} {tau:+.3f}{flag}")
+            flag = "" if tau >= STABLE_TAU else "  (not stable)"
+            print(f"  {metric:<22} {tau:+.3f}{flag}")
     n_gal = min(cfg.eval.gallery_n, len(test_split.dataset))  # type: ignore[arg-type]
     samples = [test_split.dataset[i] for i in range(n_gal)]
     images = torch.stack([s["image"] for s in samples])

@@ -28,3 +28,17 @@ def test_method_registry_metadata() -> None:
     assert METHODS.names()[:4] == ["baseline", "cam", "gradcam", "abn"]
     assert METHODS.entry("cam").meta["init_from"] == "baseline"
     assert METHODS.entry("abn").meta["attention"] is True
+
+
+def test_metric_columns_and_sources() -> None:
+    from metrics import METRICS
+
+    names = METRICS.names()
+    for new in ("balanced_acc", "pointing_game_0px", "siou_confusion_pred",
+                "attn_fix_gain_wrong_prob_all", "attn_fix_gain_top1_all"):
+        assert new in names, new
+    # MSABN (Gupta & Sintorn, 2022) defines the binarised-map localisation measure
+    assert "Gupta & Sintorn" in METRICS.get("bbox_inside_frac").paper
+    assert "Mitsuhara" not in METRICS.get("bbox_inside_frac").paper
+    assert "target class" in METRICS.get("siou_confusion").description
+    assert not METRICS.get("attn_fix_gain_top1_all").ranked
