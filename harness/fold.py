@@ -23,6 +23,7 @@ The copy's outputs equal the original's up to float rounding (tested per method)
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 
 from torch import nn
@@ -37,7 +38,7 @@ def conv_bn_pairs(module: nn.Module) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     if isinstance(module, nn.Sequential):
         names = list(children)
-        pairs += [(a, b) for a, b in zip(names, names[1:], strict=False)]
+        pairs += list(itertools.pairwise(names))
     for name in children:
         m = _CONV_BN.match(name)
         if m and f"bn{m.group(1)}" in children:
