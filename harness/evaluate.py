@@ -107,7 +107,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
 
     def forward(z: torch.Tensor) -> Output:
         with dev.autocast(device, precision):
-            return scoring(dev.channels_last(z))  # type: ignore[no-any-return]
+            return scoring(dev.channels_last(z))
 
     def logits_of(z: torch.Tensor) -> torch.Tensor:
         return forward(z).logits

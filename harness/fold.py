@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+from typing import TypeVar
 
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -48,7 +49,10 @@ def conv_bn_pairs(module: nn.Module) -> list[tuple[str, str]]:
             if isinstance(children.get(c), nn.Conv2d) and type(children.get(b)) is nn.BatchNorm2d]
 
 
-def folded(model: nn.Module) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def folded(model: M) -> M:
     """An eval-mode copy of ``model`` with every conv -> batch-norm pair fused."""
     out = copy.deepcopy(model).eval()
     for module in list(out.modules()):
