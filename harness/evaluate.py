@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import torch
@@ -139,7 +138,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                        fixed_logits=None if fixed is None else fixed.float(),
                        comb_mask=None if comb_subset is None
                        else comb_subset.to(device)[batch["index"]],
-                       class_maps=partial(class_maps, x) if has_class_maps else None,
+                       class_maps=ClassMapMemo(class_maps, x) if has_class_maps else None,
                        indices=batch["index"], original_sizes=batch.get("orig_size"))
         if n_c:
             pred = logits[:n_c].argmax(1)
@@ -176,6 +175,32 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                         n_causal=min(seen, cfg.causal_n),
                         gallery={k: torch.cat(v).numpy() if v else np.zeros((0, 1, 1))
                                  for k, v in gallery.items()})
+
+
+class ClassMapMemo:
+    """The class maps of one batch's images ``x``, each (image, classes) row computed
+    once: the metrics ask for the (target, most confusing) and the (prediction,
+    runner-up) pairs, which coincide on every correctly classified image."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None],
+                 x: torch.Tensor) -> None:
+        self.fn, self.x = fn, x
+        self.classes: torch.Tensor | None = None
+        self.maps: torch.Tensor | None = None
+
+    def __call__(self, classes: torch.Tensor) -> torch.Tensor | None:
+        if self.classes is None or self.classes.shape != classes.shape:
+            self.classes, self.maps = classes, self.fn(self.x, classes)
+            return self.maps
+        if self.maps is None:
+            return None
+        new = ~(self.classes == classes).all(1)
+        out = self.maps.clone()
+        if bool(new.any()):
+            fresh = self.fn(self.x[new], classes[new])
+            assert fresh is not None
+            out[new] = fresh
+        return out
 
 
 def confusion_gallery(class_maps: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None],

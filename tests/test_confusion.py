@@ -92,3 +92,23 @@ def test_evaluator_scores_methods_with_class_maps_only(
         assert 0.0 <= v <= 1.0 and len(res.per_image["siou_confusion"].scores) == res.n_test
     else:
         assert math.isnan(v) and len(res.per_image["siou_confusion"].scores) == 0
+
+
+def test_class_map_memo_computes_each_row_once() -> None:
+    from harness.evaluate import ClassMapMemo
+
+    bank = torch.rand(4, 3, 3)  # one map per class; image b's maps are bank * (b + 1)
+    calls = []
+
+    def fn(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return bank[classes] * x.view(-1, 1, 1, 1)
+
+    x = torch.tensor([1.0, 2.0, 3.0])
+    memo = ClassMapMemo(fn, x)
+    target = torch.tensor([[0, 1], [2, 3], [1, 0]])
+    pred = torch.tensor([[0, 1], [3, 2], [1, 0]])  # image 1 misclassified
+    assert torch.equal(memo(target), fn(x, target))
+    assert torch.equal(memo(pred), fn(x, pred))
+    assert torch.equal(memo(target), fn(x, target))
+    assert calls == [3, 3, 1, 3, 3]  # memo: 3, then image 1 only, then nothing
