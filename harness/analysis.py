@@ -21,6 +21,9 @@ from metrics.base import METRICS
 ALPHA = 0.05
 #: a column whose mean Kendall tau across seeds is below this is marked unstable
 STABLE_TAU = 0.8
+#: paired comparisons draw this many times the intervals' replicates: a bootstrap
+#: p-value is at least 2 / (R + 1), and Holm multiplies the smallest by the family size
+COMPARISON_RESAMPLES = 5
 
 
 @dataclass
@@ -129,7 +132,7 @@ def compare(results: Sequence[MethodResult], references: dict[str, str],
             per_class = metric in pairs[0][0].per_class
             cmp = paired_difference([a.per_image[metric] for a, _ in pairs],
                                     [b.per_image[metric] for _, b in pairs], per_class,
-                                    n_resamples, seed)
+                                    COMPARISON_RESAMPLES * n_resamples, seed)
             if np.isnan(cmp.diff):
                 continue
             family.append(PairedRow(name, metric, ref, cmp))

@@ -19,6 +19,7 @@ of comparisons are Holm-adjusted.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -89,18 +90,28 @@ class Estimate:
     seed_sd: float
 
 
+@functools.lru_cache(maxsize=4)
+def _image_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """``[R,n]`` multinomial draw counts of n images with replacement (float64): the
+    same draws for every metric and method with this many images (read-only)."""
+    rng = np.random.default_rng([seed, n])
+    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
+    w.setflags(write=False)
+    return w
+
+
 def _replicates(seeds: Sequence[Sequence[SeedScores]], per_class: bool, n_resamples: int,
-                rng: np.random.Generator) -> np.ndarray:
+                seed: int) -> np.ndarray:
     """Bootstrap replicates ``[G,R]`` of the seed mean of each of G aligned groups
     (``seeds[g][s]``; the groups share every draw: a paired resampling)."""
+    rng = np.random.default_rng(seed)
     n_groups, n_seeds = len(seeds), len(seeds[0])
     draws = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
     sizes = [len(s.scores) for s in seeds[0]]
     crossed = all(np.array_equal(seeds[0][0].ids, s.ids) for s in seeds[0])
     out = np.zeros((n_groups, n_resamples))
     if crossed:  # one image draw per replicate, shared by its seeds
-        n = sizes[0]
-        w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples)
+        w = _image_weights(sizes[0], n_resamples, seed)
         for g in range(n_groups):
             per = np.stack([weighted_aggregate(s.scores, s.classes, w, per_class)
                             for s in seeds[g]])  # [S,R]
@@ -112,10 +123,10 @@ def _replicates(seeds: Sequence[Sequence[SeedScores]], per_class: bool, n_resamp
             if not len(rows):
                 continue
             n = sizes[s]
-            w = rng.multinomial(n, np.full(n, 1.0 / n), size=len(rows))
+            wn = rng.multinomial(n, np.full(n, 1.0 / n), size=len(rows))
             for g in range(n_groups):
                 sc = seeds[g][s]
-                out[g, rows] += weighted_aggregate(sc.scores, sc.classes, w, per_class)
+                out[g, rows] += weighted_aggregate(sc.scores, sc.classes, wn, per_class)
     return out / n_seeds
 
 
@@ -134,7 +145,7 @@ def estimate(seeds: Sequence[SeedScores], per_class: bool = False, n_resamples: 
     sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan")
     if min(len(s.scores) for s in seeds) < 2 or n_resamples < 2:
         return Estimate(value, float("nan"), float("nan"), per_seed, sd)
-    reps = _replicates([seeds], per_class, n_resamples, np.random.default_rng(seed))[0]
+    reps = _replicates([seeds], per_class, n_resamples, seed)[0]
     lo, hi = _percentile(reps, level)
     return Estimate(value, lo, hi, per_seed, sd)
 
@@ -195,7 +206,7 @@ def paired_difference(method: Sequence[SeedScores], reference: Sequence[SeedScor
         return Comparison(nan, nan, nan, nan, 0)
     diff = float(np.mean([aggregate(a.scores, a.classes, per_class) for a in a_all])
                  - np.mean([aggregate(b.scores, b.classes, per_class) for b in b_all]))
-    reps = _replicates([a_all, b_all], per_class, n_resamples, np.random.default_rng(seed))
+    reps = _replicates([a_all, b_all], per_class, n_resamples, seed)
     d = reps[0] - reps[1]
     lo, hi = _percentile(d, level)
     below, above = int((d <= 0).sum()), int((d >= 0).sum())
