@@ -21,9 +21,6 @@ from metrics.base import METRICS
 ALPHA = 0.05
 #: a column whose mean Kendall tau across seeds is below this is marked unstable
 STABLE_TAU = 0.8
-#: paired comparisons draw this many times the intervals' replicates: a bootstrap
-#: p-value is at least 2 / (R + 1), and Holm multiplies the smallest by the family size
-COMPARISON_RESAMPLES = 5
 
 
 @dataclass
@@ -75,7 +72,7 @@ def by_method(results: Sequence[MethodResult]) -> dict[str, list[MethodResult]]:
 
 def summarise(results: Sequence[MethodResult], n_resamples: int = 1000,
               seed: int = 0) -> list[Row]:
-    """One :class:`Row` per method: every metric over its seeds (two-level bootstrap;
+    """One :class:`Row` per method: every metric over its seeds (images and seeds;
     columns without per-image scores, such as the timings, get the seed mean only)."""
     rows = []
     for name, group in by_method(results).items():
@@ -111,7 +108,9 @@ def compare(results: Sequence[MethodResult], references: dict[str, str],
 
     Within each metric, the p-values of all methods against the reference are
     Holm-adjusted; the verdict is "better" / "worse" (by the metric's direction) when
-    the adjusted p-value is below :data:`ALPHA`, else "no detectable difference".
+    the adjusted p-value is below :data:`ALPHA`, else "no detectable difference". With
+    one seed a verdict is about the two trained models, not the methods
+    (:class:`harness.stats.Comparison`).
     """
     groups = by_method(results)
     out: list[PairedRow] = []
@@ -132,7 +131,7 @@ def compare(results: Sequence[MethodResult], references: dict[str, str],
             per_class = metric in pairs[0][0].per_class
             cmp = paired_difference([a.per_image[metric] for a, _ in pairs],
                                     [b.per_image[metric] for _, b in pairs], per_class,
-                                    COMPARISON_RESAMPLES * n_resamples, seed)
+                                    n_resamples, seed)
             if np.isnan(cmp.diff):
                 continue
             family.append(PairedRow(name, metric, ref, cmp))

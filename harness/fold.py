@@ -29,6 +29,7 @@ from typing import TypeVar
 
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.utils.data import Dataset
 
 _CONV_BN = re.compile(r"^conv(\d+)$")
 
@@ -53,8 +54,11 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def folded(model: M) -> M:
-    """An eval-mode copy of ``model`` with every conv -> batch-norm pair fused."""
-    out = copy.deepcopy(model).eval()
+    """An eval-mode copy of ``model`` with every conv -> batch-norm pair fused. Datasets
+    a module keeps (copy-replace's donor images) are shared, not copied."""
+    shared = {id(v): v for m in model.modules() for v in vars(m).values()
+              if isinstance(v, Dataset)}
+    out = copy.deepcopy(model, memo=dict(shared)).eval()
     for module in list(out.modules()):
         for conv_name, bn_name in conv_bn_pairs(module):
             conv, bn = getattr(module, conv_name), getattr(module, bn_name)

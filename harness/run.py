@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> Path:
                 f", {time.perf_counter() - t0:.0f}s)")
     for mm in method_meta.values():  # the run-level view of each method's seeds
         runs = list(mm["seeds"].values())
-        mm.update(key=runs[0]["key"], cached=all(r["cached"] for r in runs),
+        mm.update(key=",".join(r["key"] for r in runs), cached=all(r["cached"] for r in runs),
                   train_seconds=round(sum(r["train_seconds"] for r in runs), 2),
                   facts=runs[0]["facts"])
     sweep = None

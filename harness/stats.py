@@ -1,20 +1,31 @@
 """Uncertainty over test images and training seeds, paired tests, ranking stability.
 
 A leaderboard value is the mean over seeds of a per-seed aggregate of per-image scores
-(the mean, or the mean of per-class means). Its 95 % interval comes from a two-level
-percentile bootstrap: each replicate draws the seeds with replacement, then the test
-images with replacement, and recomputes the value. When every seed scored the same
-images (the usual case: the test split is fixed and seeds only change training) the
-image draw is shared by the seeds of a replicate — the design is crossed, an image
-that is hard for one seed is hard for all — otherwise each drawn seed draws its own
-images (nested). With one seed this is the ordinary bootstrap over images.
+(the mean, or the mean of per-class means). Two things make it uncertain: which test
+images were drawn, and which training seeds. Both are counted:
 
-A paired comparison resamples two methods with the same draws on the images and seeds
-both scored, so the interval of the difference reflects only what differs between
-them. Its two-sided p-value is twice the smaller share of replicates on either side of
-0, counted with the usual +1 (so p >= 2 / (R + 1)): below 0.05 essentially when the 95 %
-interval excludes 0, up to the discreteness of R replicates. The p-values of a family
-of comparisons are Holm-adjusted.
+* **images**: a bootstrap over the test images with the seeds held fixed. When every
+  seed scored the same images (the usual case: the test split is fixed and seeds only
+  change training) one image draw serves all seeds of a replicate — the design is
+  crossed, an image that is hard for one seed is hard for all; otherwise (the COMB
+  subset depends on each seed's ``abn``) each seed draws its own images (nested). This
+  gives SE_images.
+* **seeds**: the spread of the per-seed values, SE_seeds = sd / sqrt(S). Resampling
+  three seeds with replacement would not do: it has ten distinct outcomes and puts the
+  2.5 % percentile on the smallest seed, so its intervals and tests are far too
+  confident (a sign-flip test on three seeds cannot go below p = 0.25).
+
+With one seed the interval is the percentile bootstrap over images, conditional on
+that trained model. With S >= 2 it is value +- t * SE, SE^2 = SE_images^2 + SE_seeds^2,
+t from Student's t with the Welch-Satterthwaite degrees of freedom
+(S - 1) (SE / SE_seeds)^4: dominated by the seeds it is a t-interval on S - 1 degrees of
+freedom, dominated by the images a normal one.
+
+A paired comparison does the same for the per-seed differences of two methods on the
+images both scored (the image draws shared, so only what differs between the two
+counts); its two-sided p-value is that of the t statistic diff / SE on those degrees of
+freedom (normal with one seed, where it is conditional on the trained models). The
+p-values of a family of comparisons are Holm-adjusted.
 """
 
 from __future__ import annotations
@@ -78,7 +89,7 @@ class Estimate:
 
     Attributes:
         value: mean over seeds of the per-seed aggregates.
-        lo, hi: the two-level bootstrap interval (NaN with fewer than two images).
+        lo, hi: its 95 % interval over images and seeds (NaN with fewer than two images).
         per_seed: each seed's aggregate.
         seed_sd: standard deviation of ``per_seed`` (ddof 1; NaN for one seed).
     """
@@ -100,53 +111,64 @@ def _image_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return w
 
 
-def _replicates(seeds: Sequence[Sequence[SeedScores]], per_class: bool, n_resamples: int,
-                seed: int) -> np.ndarray:
-    """Bootstrap replicates ``[G,R]`` of the seed mean of each of G aligned groups
-    (``seeds[g][s]``; the groups share every draw: a paired resampling)."""
+def _image_replicates(seeds: Sequence[Sequence[SeedScores]], per_class: bool,
+                      n_resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap replicates ``[G,R]`` over the test images of the seed mean of each of G
+    aligned groups (``seeds[g][s]``), the seeds held fixed; the groups share every
+    draw (a paired resampling). Crossed when every seed has the same image ids."""
     rng = np.random.default_rng(seed)
     n_groups, n_seeds = len(seeds), len(seeds[0])
-    draws = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
     sizes = [len(s.scores) for s in seeds[0]]
     crossed = all(np.array_equal(seeds[0][0].ids, s.ids) for s in seeds[0])
     out = np.zeros((n_groups, n_resamples))
-    if crossed:  # one image draw per replicate, shared by its seeds
-        w = _image_weights(sizes[0], n_resamples, seed)
+    for i in range(n_seeds):
+        w = (_image_weights(sizes[0], n_resamples, seed) if crossed
+             else rng.multinomial(sizes[i], np.full(sizes[i], 1.0 / sizes[i]),
+                                  size=n_resamples))
         for g in range(n_groups):
-            per = np.stack([weighted_aggregate(s.scores, s.classes, w, per_class)
-                            for s in seeds[g]])  # [S,R]
-            out[g] = per[draws, np.arange(n_resamples)[:, None]].mean(1)
-        return out
-    for slot in range(n_seeds):  # nested: each drawn seed draws its own images
-        for s in range(n_seeds):
-            rows = np.flatnonzero(draws[:, slot] == s)
-            if not len(rows):
-                continue
-            n = sizes[s]
-            wn = rng.multinomial(n, np.full(n, 1.0 / n), size=len(rows))
-            for g in range(n_groups):
-                sc = seeds[g][s]
-                out[g, rows] += weighted_aggregate(sc.scores, sc.classes, wn, per_class)
+            sc = seeds[g][i]
+            out[g] += weighted_aggregate(sc.scores, sc.classes, w, per_class)
     return out / n_seeds
+
+
+def _t_interval(value: float, se_images: float, se_seeds: float, n_seeds: int,
+                level: float) -> tuple[float, float, float, float]:
+    """(lo, hi, se, df) of value +- t * se with the two variance components."""
+    se = float(np.hypot(se_images, se_seeds))
+    if se_seeds > 0 and n_seeds > 1:
+        df = (n_seeds - 1) * (se / se_seeds) ** 4
+    else:
+        df = float("inf")
+    t = float(sps.t.ppf(0.5 + level / 2, df)) if np.isfinite(df) else float(
+        sps.norm.ppf(0.5 + level / 2))
+    return value - t * se, value + t * se, se, df
 
 
 def estimate(seeds: Sequence[SeedScores], per_class: bool = False, n_resamples: int = 1000,
              seed: int = 0, level: float = 0.95) -> Estimate:
-    """Mean over seeds of the per-seed aggregate, with its two-level bootstrap interval.
+    """Mean over seeds of the per-seed aggregate, with its interval over images and
+    seeds (see the module docstring).
 
-    Seeds without scores are left out; no scores at all give NaN throughout.
+    Seeds without scores are left out (``per_seed`` lists the seeds used); seeds with a
+    single score add no image variance; no scores at all give NaN throughout.
     """
     seeds = [s for s in seeds if len(s.scores)]
     per_seed = tuple(aggregate(s.scores, s.classes, per_class) for s in seeds)
+    nan = float("nan")
     if not seeds:
-        nan = float("nan")
         return Estimate(nan, nan, nan, (), nan)
     value = float(np.mean(per_seed))
-    sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan")
-    if min(len(s.scores) for s in seeds) < 2 or n_resamples < 2:
-        return Estimate(value, float("nan"), float("nan"), per_seed, sd)
-    reps = _replicates([seeds], per_class, n_resamples, seed)[0]
-    lo, hi = _percentile(reps, level)
+    sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else nan
+    boot = [s for s in seeds if len(s.scores) >= 2]
+    if not boot or n_resamples < 2:
+        return Estimate(value, nan, nan, per_seed, sd)
+    reps = _image_replicates([boot], per_class, n_resamples, seed)[0]
+    if len(seeds) == 1:
+        lo, hi = _percentile(reps, level)
+        return Estimate(value, lo, hi, per_seed, sd)
+    se_images = float(np.std(reps, ddof=1)) * len(boot) / len(seeds)
+    lo, hi, _, _ = _t_interval(value, se_images, sd / np.sqrt(len(seeds)), len(seeds),
+                               level)
     return Estimate(value, lo, hi, per_seed, sd)
 
 
@@ -172,11 +194,14 @@ class Comparison:
     """A method minus a reference on the images and seeds both scored.
 
     Attributes:
-        diff: value(method) - value(reference) on the common images.
-        lo, hi: bootstrap interval of ``diff``.
-        p: two-sided bootstrap p-value of ``diff = 0``; ``p_holm`` after Holm's
-            correction within its family (set by :func:`holm`).
+        diff: value(method) - value(reference) on the common images (mean over seeds of
+            the per-seed differences).
+        lo, hi: its interval (t with the two variance components).
+        p: two-sided p-value of ``diff = 0``; ``p_holm`` after Holm's correction within
+            its family (set by the caller).
         n_images: common images per seed (the smallest over seeds).
+        n_seeds: seeds compared; with one, the comparison is conditional on the two
+            trained models (image noise only).
     """
 
     diff: float
@@ -184,6 +209,7 @@ class Comparison:
     hi: float
     p: float
     n_images: int
+    n_seeds: int = 1
     p_holm: float = float("nan")
 
 
@@ -203,15 +229,21 @@ def paired_difference(method: Sequence[SeedScores], reference: Sequence[SeedScor
             b_all.append(b.take(common))
     nan = float("nan")
     if not a_all:
-        return Comparison(nan, nan, nan, nan, 0)
-    diff = float(np.mean([aggregate(a.scores, a.classes, per_class) for a in a_all])
-                 - np.mean([aggregate(b.scores, b.classes, per_class) for b in b_all]))
-    reps = _replicates([a_all, b_all], per_class, n_resamples, seed)
-    d = reps[0] - reps[1]
-    lo, hi = _percentile(d, level)
-    below, above = int((d <= 0).sum()), int((d >= 0).sum())
-    p = min(1.0, 2.0 * (min(below, above) + 1) / (n_resamples + 1))
-    return Comparison(diff, lo, hi, p, min(len(a.scores) for a in a_all))
+        return Comparison(nan, nan, nan, nan, 0, 0)
+    d = np.array([aggregate(a.scores, a.classes, per_class)
+                  - aggregate(b.scores, b.classes, per_class)
+                  for a, b in zip(a_all, b_all, strict=True)])
+    diff, n_seeds = float(d.mean()), len(d)
+    reps = _image_replicates([a_all, b_all], per_class, n_resamples, seed)
+    se_images = float(np.std(reps[0] - reps[1], ddof=1))
+    se_seeds = float(np.std(d, ddof=1) / np.sqrt(n_seeds)) if n_seeds > 1 else 0.0
+    lo, hi, se, df = _t_interval(diff, se_images, se_seeds, n_seeds, level)
+    if se > 0:
+        t = abs(diff) / se
+        p = float(2 * (sps.t.sf(t, df) if np.isfinite(df) else sps.norm.sf(t)))
+    else:  # no variation at all: certain (given the models) unless the difference is 0
+        p = 1.0 if diff == 0 else 0.0
+    return Comparison(diff, lo, hi, p, min(len(a.scores) for a in a_all), n_seeds)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

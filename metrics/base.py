@@ -42,7 +42,8 @@ class EvalBatch:
         class_maps: classes ``[B,C]`` -> the method's class-specific maps ``[B,C,h,w]``
             of these images (None: the method has no class maps).
         indices: ``[B]`` the images' indices in the test split (scores are paired across
-            methods and seeds by them); None: ``0..B-1``.
+            methods and seeds by them); None: numbered in the order the metric sees
+            them.
         original_sizes: ``[B,2]`` (H, W) of each image before the test transform, for
             datasets whose test transform resizes the whole image; None otherwise.
     """
@@ -90,18 +91,26 @@ class PerImageMetric(Metric):
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("classes", default=[], dist_reduce_fx="cat")
         self.add_state("ids", default=[], dist_reduce_fx="cat")
+        self._seen = 0  # images offered so far (ids when batches carry no indices)
 
     def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
         """Per-image scores and the batch rows (mask or indices) they belong to."""
         raise NotImplementedError
+
+    def reset(self) -> None:
+        super().reset()
+        self._seen = 0
 
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
         out = self.score(batch)
         if out is None:
             return
         scores, rows = out
-        ids = (batch.indices if batch.indices is not None
-               else torch.arange(len(batch.labels), device=batch.labels.device))
+        if batch.indices is not None:
+            ids = batch.indices
+        else:  # batches in test-split order: number the images as they come
+            ids = torch.arange(len(batch.labels), device=batch.labels.device) + self._seen
+        self._seen += len(batch.labels)
         self.scores.append(scores.detach().float())
         self.classes.append(batch.labels[rows].detach().long())
         self.ids.append(ids.to(batch.labels.device)[rows].detach().long())

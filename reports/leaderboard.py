@@ -109,7 +109,7 @@ def to_frame(record: RunRecord) -> pd.DataFrame:
             out[f"{c}_sd"] = e.seed_sd if e and seed is None else math.nan
         out["train_s"] = run.get("train_seconds", math.nan)
         out["cached"] = run.get("cached", False)
-        out["config_hash"] = run.get("key", "")
+        out["config_hash"] = run.get("key", "")  # aggregated rows: every seed's key
         out["protocol"] = record.meta["protocol"]
         out["git_rev"] = record.meta.get("git_rev", "")
         records.append(out)
@@ -125,10 +125,10 @@ def comparisons_frame(record: RunRecord) -> pd.DataFrame:
         out.append({"method": c.method, "metric": c.metric, "reference": c.reference,
                     "diff": k.diff, "diff_lo": k.lo, "diff_hi": k.hi, "p": k.p,
                     "p_holm": k.p_holm, "verdict": c.verdict, "n_images": k.n_images,
-                    "seeds": ",".join(map(str, record.seeds))})
+                    "n_seeds": k.n_seeds})
     return pd.DataFrame.from_records(out, columns=[
         "method", "metric", "reference", "diff", "diff_lo", "diff_hi", "p", "p_holm",
-        "verdict", "n_images", "seeds"])
+        "verdict", "n_images", "n_seeds"])
 
 
 def stability_frame(record: RunRecord) -> pd.DataFrame:

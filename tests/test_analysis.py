@@ -96,7 +96,8 @@ def test_stability_of_the_explanation_columns() -> None:
 def test_verdict_rules() -> None:
     from harness.stats import Comparison
 
-    assert analysis.verdict(Comparison(0.1, 0.05, 0.15, 0.001, 10, 0.003), True) == "better"
-    assert analysis.verdict(Comparison(0.1, 0.05, 0.15, 0.001, 10, 0.003), False) == "worse"
-    assert analysis.verdict(Comparison(0.1, -0.05, 0.15, 0.2, 10, 0.4), True) == \
-        "no detectable difference"
+    sure = Comparison(0.1, 0.05, 0.15, 0.001, 10, 3, p_holm=0.003)
+    assert analysis.verdict(sure, True) == "better"
+    assert analysis.verdict(sure, False) == "worse"
+    unsure = Comparison(0.1, -0.05, 0.15, 0.2, 10, 3, p_holm=0.4)
+    assert analysis.verdict(unsure, True) == "no detectable difference"

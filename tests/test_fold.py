@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness import backbones
+from harness import backbones, data
 from harness.data import DIGITS_INFO
 from harness.fold import conv_bn_pairs, folded
 from methods import METHODS
@@ -65,3 +65,13 @@ def test_which_batch_norms_fold() -> None:
     seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4))
     assert conv_bn_pairs(seq) == []
     assert _count_bn(folded(seq)) == 1
+
+
+def test_datasets_a_method_keeps_are_shared_not_copied(smoke_train: data.Split) -> None:
+    from harness import config, train
+
+    model = train.build_method("msabn-cr", config.resolve("smoke"), smoke_train)
+    model.donors = smoke_train.dataset  # as on_fit_start sets it
+    fast = folded(model)
+    assert fast.donors is model.donors
+    assert fast.attention_branch is not model.attention_branch

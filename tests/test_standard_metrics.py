@@ -140,3 +140,13 @@ def test_pointing_game_at_the_original_size() -> None:
     m0.update(b)
     assert m.per_image()[0].tolist() == [0.0, 1.0]
     assert m0.per_image()[0].tolist() == [0.0, 1.0]  # image 1's peak lies in its box
+
+
+def test_images_are_numbered_across_batches_without_indices() -> None:
+    m = TopK(1)
+    for _ in range(3):
+        m.update(_batch(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)))
+    assert m.image_ids().tolist() == list(range(12))
+    m.reset()
+    m.update(_batch(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long)))
+    assert m.image_ids().tolist() == [0, 1]
