@@ -204,6 +204,8 @@ def test_multi_seed_run_writes_seed_rows_comparisons_and_stability(
     assert sorted(top1["method"]) == ["abn", "gradcam"] and set(top1["reference"]) == {"baseline"}
     assert cmp["verdict"].isin(["better", "worse", "no detectable difference"]).all()
     assert (cmp["p_holm"] >= cmp["p"] - 1e-12).all()
+    assert ((cmp["p_holm"] < 0.05) == (cmp["verdict"] != "no detectable difference")).all()
+    assert (cmp["n_seeds"] == 2).all() and (cmp["diff_lo"] <= cmp["diff"]).all()
     stab = pd.read_csv(tmp_path / "stability.csv")
     assert "insertion_auc" in set(stab["metric"]) and stab["kendall_tau"].between(-1, 1).all()
     html = (tmp_path / "leaderboard.html").read_text()

@@ -99,6 +99,16 @@ def test_crossed_and_nested_designs() -> None:
             for k, n in enumerate((50, 60, 70))]
     e = stats.estimate(diff, n_resamples=500)
     assert e.lo < e.value < e.hi and e.value == pytest.approx(np.mean(e.per_seed))
+    # nested, each seed constant on its own images: only the seeds' spread remains
+    flat = [_seed(np.full(n, v), ids=np.arange(n) + k)
+            for k, (n, v) in enumerate(((50, 0.4), (60, 0.5), (70, 0.9)))]
+    f = stats.estimate(flat, n_resamples=300)
+    half = sps.t.ppf(0.975, 2) * np.std([0.4, 0.5, 0.9], ddof=1) / np.sqrt(3)
+    assert f.lo == pytest.approx(0.6 - half) and f.hi == pytest.approx(0.6 + half)
+    # one image per seed in one of them: it adds no image variance, the rest still counts
+    short = stats.estimate([*flat[:2], _seed(np.array([0.9]), ids=np.array([999]))],
+                           n_resamples=300)
+    assert short.lo == pytest.approx(f.lo) and short.hi == pytest.approx(f.hi)
 
 
 def test_paired_difference() -> None:
