@@ -153,6 +153,8 @@ class MetricSpec:
     explanation: bool = True
     #: the leaderboard marks a best value (False for diagnostic columns)
     ranked: bool = True
+    #: the values a score can take (intervals are clipped to it); None: unbounded
+    bounds: tuple[float, float] | None = (0.0, 1.0)
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")

@@ -250,9 +250,9 @@ def _all(batch: EvalBatch) -> Rows:
 
 def _spec(name: str, hib: bool, desc: str, factory: Any = None, needs: tuple[str, ...] = (),
           paper: str = "", unit: str = "", explanation: bool = True,
-          ranked: bool = True) -> None:
+          ranked: bool = True, bounds: tuple[float, float] | None = (0.0, 1.0)) -> None:
     register_metric(MetricSpec(name, hib, desc, paper, needs, factory, unit, explanation,
-                               ranked))
+                               ranked, bounds))
 
 
 _spec("top1", True, "top-1 accuracy", lambda cfg: TopK(1), explanation=False)
@@ -296,17 +296,17 @@ _ON_ALL = ", on every test image with a box"
 _spec("attn_fix_gain_wrong_prob", False, _FIX.format(
       what="max_wrong_prob (negative: the outside attention fed a wrong class)",
       where=_ON_SUBSET), lambda cfg: AttnFixGain("max_wrong_prob"), ("bbox",),
-      paper="Iwayoshi et al., VISAPP 2023", ranked=False)
+      paper="Iwayoshi et al., VISAPP 2023", ranked=False, bounds=(-1.0, 1.0))
 _spec("attn_fix_gain_top1", True, _FIX.format(what="top-1", where=_ON_SUBSET),
       lambda cfg: AttnFixGain("top1"), ("bbox",), paper="Iwayoshi et al., VISAPP 2023",
-      ranked=False)
+      ranked=False, bounds=(-1.0, 1.0))
 _spec("attn_fix_gain_wrong_prob_all", False, _FIX.format(what="max_wrong_prob",
                                                          where=_ON_ALL),
       lambda cfg: AttnFixGain("max_wrong_prob", subset=False), ("bbox",),
-      paper="Iwayoshi et al., VISAPP 2023", ranked=False)
+      paper="Iwayoshi et al., VISAPP 2023", ranked=False, bounds=(-1.0, 1.0))
 _spec("attn_fix_gain_top1_all", True, _FIX.format(what="top-1", where=_ON_ALL),
       lambda cfg: AttnFixGain("top1", subset=False), ("bbox",),
-      paper="Iwayoshi et al., VISAPP 2023", ranked=False)
+      paper="Iwayoshi et al., VISAPP 2023", ranked=False, bounds=(-1.0, 1.0))
 _spec("siou_confusion", False, "soft IoU (Eq. 6, no mask) between the maps of the target "
       "class and of the most confusing class (highest non-target logit), negatives clipped; "
       "n/a without class maps", lambda cfg: SiouConfusion("target"),
@@ -314,5 +314,6 @@ _spec("siou_confusion", False, "soft IoU (Eq. 6, no mask) between the maps of th
 _spec("siou_confusion_pred", False, "label-free siou_confusion: the predicted class against "
       "the runner-up (highest other logit)", lambda cfg: SiouConfusion("pred"),
       paper="Wang et al., 2019 (discriminative attention)")
-_spec("explain_ms", False, "milliseconds per explanation (batched)", unit="ms")
-_spec("explain_overhead", False, "explanation time / plain forward time on the same batch")
+_spec("explain_ms", False, "milliseconds per explanation (batched)", unit="ms", bounds=None)
+_spec("explain_overhead", False, "explanation time / plain forward time on the same batch",
+      bounds=None)

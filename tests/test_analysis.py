@@ -101,3 +101,14 @@ def test_verdict_rules() -> None:
     assert analysis.verdict(sure, False) == "worse"
     unsure = Comparison(0.1, -0.05, 0.15, 0.2, 10, 3, p_holm=0.4)
     assert analysis.verdict(unsure, True) == "no detectable difference"
+
+
+def test_intervals_stay_within_what_a_score_can_take() -> None:
+    """top-1 of 1.0, 1.0 and 0.95 over three seeds: the t-interval reaches past 1."""
+    res = [result("abn", s, top1=np.r_[np.ones(N - k), np.zeros(k)])
+           for s, k in ((0, 0), (1, 0), (2, 10))]
+    raw = stats.estimate([r.per_image["top1"] for r in res], n_resamples=300)
+    assert raw.hi > 1.0
+    (row,) = analysis.summarise(res, n_resamples=300)
+    e = row.estimates["top1"]
+    assert e.hi == 1.0 and e.lo == pytest.approx(raw.lo) and e.value == pytest.approx(raw.value)
