@@ -85,7 +85,7 @@ class SeedScores:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A value over seeds with its bootstrap interval and seed spread.
+    """A value over seeds with its interval (images and seeds) and seed spread.
 
     Attributes:
         value: mean over seeds of the per-seed aggregates.
