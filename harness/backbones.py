@@ -57,6 +57,9 @@ class SplitBackbone(nn.Module):
         self.feat_channels = feat_channels
         self.out_channels = out_channels
         self.num_classes = num_classes
+        #: initialised from a pretrained state dict: branches that copy a stage keep
+        #: its weights (see :func:`stride1_copy`)
+        self.pretrained = False
 
     def head(self, fmap: torch.Tensor) -> torch.Tensor:
         """Logits from the last stage's output map."""
@@ -81,17 +84,79 @@ BackboneFactory = Callable[..., SplitBackbone]
 BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 
-def build(name: str, num_classes: int, **kwargs: Any) -> SplitBackbone:
-    """Build the registered backbone ``name`` for ``num_classes`` classes."""
+def build(name: str, num_classes: int, pretrained: str | None = None,
+          **kwargs: Any) -> SplitBackbone:
+    """Build the registered backbone ``name`` for ``num_classes`` classes.
+
+    Args:
+        pretrained: a local state dict file initialising the backbone (its classifier
+            is dropped): for timm models a timm or torchvision state dict of that
+            architecture, for the CIFAR ResNets a state dict of the same backbone.
+
+    Raises:
+        UserError: unknown name, bad options, or a state dict that does not fit (the
+            message lists the first mismatching keys).
+    """
     from harness.data import check_options
 
-    factory = BACKBONES.get(name)
+    entry = BACKBONES.entry(name)
+    factory = entry.obj
     check_options(factory, f"backbone {name!r}", num_classes=num_classes, **kwargs)
-    return factory(num_classes=num_classes, **kwargs)
+    if pretrained is not None and entry.meta.get("family", "").startswith("timm"):
+        net = factory(num_classes=num_classes, pretrained_file=pretrained, **kwargs)
+    else:
+        net = factory(num_classes=num_classes, **kwargs)
+        if pretrained is not None:
+            state = read_state_dict(pretrained)
+            load_fitting(net, {k: v for k, v in state.items() if not k.startswith("fc.")},
+                         pretrained, name, ignore=("fc.",))
+    net.pretrained = pretrained is not None
+    return net
 
 
-def stride1_copy(stage: nn.Module) -> nn.Module:
-    """A freshly initialised copy of ``stage`` whose strides are all 1.
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from ``path`` (tensors only; a ``{"state_dict": ...}`` or
+    ``{"model": ...}`` wrapper is unwrapped)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"--pretrained {path}: no such file") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise UserError(f"--pretrained {path}: not a readable state dict "
+                        f"({type(err).__name__})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise UserError(f"--pretrained {path}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], path: str, name: str,
+                 ignore: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key (other
+    than those starting with ``ignore``) is a one-line UserError listing the first."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(ignore)]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+              if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for what, keys in (("missing", missing), ("unexpected", unexpected),
+                           ("shape mismatch", shapes)):
+            if keys:
+                parts.append(f"{len(keys)} {what} ({', '.join(keys[:3])}"
+                             f"{', ...' if len(keys) > 3 else ''})")
+        raise UserError(f"--pretrained {path} does not fit backbone {name!r}: "
+                        + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
+
+
+def stride1_copy(stage: nn.Module, keep_weights: bool = False) -> nn.Module:
+    """A copy of ``stage`` whose strides are all 1, freshly initialised unless
+    ``keep_weights`` (a pretrained backbone: the branch starts from its weights).
 
     This is the ABN attention branch's residual stage ("we set the stride of the first
     convolution layer at the residual block as 1", Sec. 3.2). Strided convolutions
@@ -104,7 +169,8 @@ def stride1_copy(stage: nn.Module) -> nn.Module:
         if isinstance(mod, (nn.AvgPool2d,)) and mod.stride not in (1, (1, 1)):
             parent = new.get_submodule(name.rsplit(".", 1)[0]) if "." in name else new
             setattr(parent, name.rsplit(".", 1)[-1], nn.Identity())
-    reset_parameters(new)
+    if not keep_weights:
+        reset_parameters(new)
     return new
 
 
@@ -173,12 +239,24 @@ def _shortcut(inplanes: int, outplanes: int, stride: int) -> nn.Module:
                          nn.BatchNorm2d(outplanes))
 
 
-def cifar_resnet(depth: int, num_classes: int, stem_stride: int = 1) -> SplitBackbone:
-    """CIFAR ResNet of the given depth, split after stage 2 (as ABN on CIFAR)."""
+def cifar_resnet(depth: int, num_classes: int, stem_stride: int = 1,
+                 block_type: str = "abn") -> SplitBackbone:
+    """CIFAR ResNet of the given depth, split after stage 2 (as ABN on CIFAR).
+
+    Args:
+        block_type: ``"abn"``: basic blocks below depth 44 and bottleneck blocks from
+            44 on, as the ABN authors' code (n = (depth - 2) / 6 blocks per stage either
+            way); ``"basic"``: basic blocks at every depth, as He et al.'s CIFAR ResNets
+            (the discriminative-attention paper's ResNet-110).
+    """
     if (depth - 2) % 6:
         raise UserError(f"cifar-resnet depth {depth}: depths are 6n+2 (8, 14, 20, 32, ...)")
+    if block_type not in ("abn", "basic"):
+        raise UserError(f"cifar-resnet block_type must be 'abn' or 'basic', got "
+                        f"{block_type!r}")
     n = (depth - 2) // 6
-    block: type[BasicBlock] | type[Bottleneck] = Bottleneck if depth >= 44 else BasicBlock
+    block: type[BasicBlock] | type[Bottleneck] = (
+        Bottleneck if depth >= 44 and block_type == "abn" else BasicBlock)
     inplanes = 16
 
     def stage(planes: int, stride: int) -> nn.Sequential:
@@ -207,7 +285,14 @@ def cifar_resnet(depth: int, num_classes: int, stem_stride: int = 1) -> SplitBac
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):
     BACKBONES.add(f"cifar-resnet{_depth}", functools.partial(cifar_resnet, _depth),
-                  family="cifar-resnet", split="after stage 2")
+                  family="cifar-resnet", split="after stage 2",
+                  description="ABN's code: " + ("bottleneck" if _depth >= 44 else "basic")
+                  + " blocks")
+for _depth in (44, 56, 110):
+    BACKBONES.add(f"cifar-resnet{_depth}-basic",
+                  functools.partial(cifar_resnet, _depth, block_type="basic"),
+                  family="cifar-resnet", split="after stage 2",
+                  description="He et al.'s CIFAR ResNet: basic blocks")
 
 
 # --------------------------------------------------------------------------------------
@@ -232,20 +317,11 @@ def timm_backbone(model_name: str, num_classes: int, pretrained_file: str | None
 
     model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
     if pretrained_file is not None:
-        try:
-            state = torch.load(pretrained_file, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise UserError(f"pretrained_file {pretrained_file!r} does not exist") from None
+        state = read_state_dict(pretrained_file)
         pcfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}) or {})
-        head = str(pcfg.get("classifier", "fc"))
-        missing, unexpected = model.load_state_dict(
-            {k: v for k, v in state.items() if not k.startswith(head + ".")}, strict=False)
-        missing = [k for k in missing if not k.startswith(head + ".")]
-        if missing or unexpected:
-            raise UserError(f"pretrained_file {pretrained_file!r} does not fit timm's "
-                            f"{model_name}: {len(missing)} missing keys (e.g. "
-                            f"{(missing or ['-'])[0]}), {len(unexpected)} unexpected (e.g. "
-                            f"{(unexpected or ['-'])[0]})")
+        head = str(pcfg.get("classifier", "fc")) + "."
+        load_fitting(model, {k: v for k, v in state.items() if not k.startswith(head)},
+                     pretrained_file, model_name, ignore=(head,))
     modules: list[tuple[str, nn.Module]] = []
     for name, child in model.named_children():
         if name in _HEAD_MODULES:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from harness import device as dev
 from harness import fold
 from harness.config import EvalConfig
-from harness.data import Split
+from harness.data import Split, loader
 from harness.stats import SeedScores
 from methods.base import Method, Output
 from metrics.base import METRICS, EvalBatch, PerImageMetric
@@ -72,7 +72,7 @@ def misclassified(method: Method, split: Split, device: torch.device,
     """Bool ``[N]`` over the split's samples: where ``method``'s prediction is wrong."""
     method.eval()
     wrong = torch.zeros(len(split.dataset), dtype=torch.bool)  # type: ignore[arg-type]
-    for batch in DataLoader(split.dataset, batch_size=batch_size, shuffle=False):
+    for batch in loader(split, batch_size, device):
         batch = dev.to_device(batch, device)
         with torch.no_grad(), dev.autocast(device, precision):  # as in evaluate()
             pred = method(batch["image"]).logits.argmax(1)
@@ -94,8 +94,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     """
     method.eval()
     metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg).items()}
-    loader = DataLoader(split.dataset, batch_size=cfg.batch_size, shuffle=False,
-                        num_workers=0, pin_memory=dev.pin_memory(device))
+    batches = loader(split, cfg.batch_size, device)
     box_names = [b for b in ("bbox", *split.info.extra_boxes)
                  if split.info.has_boxes or b != "bbox"]
 
@@ -120,7 +119,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
 
     seen = 0
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
-    for batch in tqdm(loader, desc=f"{name} eval", leave=False, disable=not progress,
+    for batch in tqdm(batches, desc=f"{name} eval", leave=False, disable=not progress,
                       dynamic_ncols=True):
         batch = dev.to_device(batch, device)
         x, y = batch["image"], batch["label"]
@@ -168,7 +167,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         values[k] = m.aggregate(scores, classes)
         if isinstance(m, CausalAUC) and m.curves:
             curves[k] = m.mean_curve()
-    timing = time_explanation(method, loader, device, cfg.timing_batches)
+    timing = time_explanation(method, batches, device, cfg.timing_batches)
     values.update(timing)
     return MethodResult(name, seed, values, per_image,
                         {k for k, m in metrics.items() if m.per_class}, curves, n_test=seen,

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 import metrics  # noqa: F401  (registers metrics)
-from harness import backbones, data, train
+from harness import backbones, data, paper_values, train
 from harness import config as config_mod
 from harness import device as dev
-from harness.errors import UserError
+from harness.errors import UserError, message
 from harness.evaluate import MethodResult, evaluate, misclassified
 from methods.base import METHODS
 from metrics.base import METRICS
@@ -43,6 +43,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="comma-separated method ids, or 'all' (default)")
     p.add_argument("--list", action="store_true", help="list every registry and exit")
     p.add_argument("--dataset", default=None, help="dataset id (default: the preset's)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help=f"where a dataset read from disk was extracted (default "
+                        f"${data.DATA_ENV}); the folder holding the archive's folder, or the "
+                        "dataset's own folder")
+    p.add_argument("--check-data", action="store_true",
+                   help="scan the dataset (open every image, check every box), print a "
+                        "summary and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve the preset, print the methods in training order with "
+                        "their schedules, the dataset sizes and a wall-time estimate from a "
+                        "few timed steps, and exit without training")
+    p.add_argument("--pretrained", default=None, metavar="FILE",
+                   help="a timm / torchvision state dict on disk initialising the backbone "
+                        "(its hash is part of the checkpoint keys)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="image-decoding worker processes (default: the preset's; 0 for "
+                        "in-memory datasets, else up to 8)")
     p.add_argument("--preset", default="default",
                    help=f"one of {', '.join(config_mod.PRESETS)} (default: default)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
@@ -101,10 +118,11 @@ def resolve_seeds(seed: int | None, seeds: str | None) -> list[int]:
     return out
 
 
-def resolve_methods(spec: str) -> list[str]:
-    """Method ids from ``--methods`` (``all`` = every registered method)."""
+def resolve_methods(spec: str, for_methods: Sequence[str] = ()) -> list[str]:
+    """Method ids from ``--methods`` (``all`` = every registered method, or the preset's
+    ``for_methods`` when it names them)."""
     if spec.strip() == "all":
-        return METHODS.names()
+        return [m for m in METHODS.names() if not for_methods or m in for_methods]
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise UserError("--methods is empty: give method ids or 'all'")
@@ -151,11 +169,74 @@ def print_registries() -> None:
         arrow = "higher" if me.obj.higher_is_better else "lower"
         print(f"  {me.name:<18} {arrow:>6} is better  {me.obj.description}")
     print("datasets:")
-    print("  " + ", ".join(data.DATASETS.names()))
+    for d in data.DATASETS:
+        where = "embedded" if d.meta.get("embedded") else "read from --data-dir"
+        boxes = "boxes" if d.meta.get("has_boxes") else ("boxes optional"
+                                                         if d.meta.get("has_boxes") is None
+                                                         else "no boxes")
+        print(f"  {d.name:<18} {where}, {boxes}")
     print("backbones:")
-    print("  " + ", ".join(backbones.BACKBONES.names()))
+    for b in backbones.BACKBONES:
+        desc = b.meta.get("description") or b.meta.get("split", "")
+        print(f"  {b.name:<22} {b.meta.get('family', '')}: {desc}")
     print("presets:")
-    print("  " + ", ".join(config_mod.PRESETS))
+    for name, spec in config_mod.PRESETS.items():
+        what = spec.get("dataset", config_mod.RunConfig.dataset)
+        bb = spec.get("backbone", config_mod.RunConfig.backbone)
+        extra = " (needs --pretrained)" if spec.get("needs_pretrained") else ""
+        print(f"  {name:<22} {what}, {bb}{extra}")
+
+
+def resolve_workers(requested: int | None, cfg: config_mod.RunConfig) -> int:
+    """Decoding processes: ``--workers``, else the preset's, else 0 for in-memory
+    datasets and min(8, CPUs) for datasets decoded from files."""
+    n = requested if requested is not None else cfg.workers
+    if n is None:
+        in_memory = data.DATASETS.entry(cfg.dataset).meta.get("in_memory", False)
+        n = 0 if in_memory else min(8, os.cpu_count() or 1)
+    if n < 0:
+        raise UserError(f"--workers must be 0 or more, got {n}")
+    return n
+
+
+def dry_run(args: argparse.Namespace, names: list[str], cfg: config_mod.RunConfig,
+            build: Any, device: torch.device, n_seeds: int) -> Path:
+    """``--dry-run``: the plan and its time estimate, nothing trained or written."""
+    from harness import dryrun
+
+    info, sizes, official = dryrun.dataset_sizes(cfg, build)
+    names = drop_unsupported(names, info, explicit=args.methods.strip() != "all")
+    plans = dryrun.plan(names, cfg, info, sizes[0], sizes[1], device)
+    dryrun.report(plans, cfg, info, sizes, official, device, n_seeds)
+    return args.out
+
+
+def check_data(args: argparse.Namespace, cfg: config_mod.RunConfig) -> Path:
+    """``--check-data``: scan both splits, print the summary; problems raise."""
+    from harness.data.check import scan
+
+    workers = resolve_workers(args.workers, cfg)
+    cache = None if args.no_cache else args.cache_dir
+
+    def build(split: str) -> data.Split:
+        return data.build(cfg.dataset, split, cache_dir=cache, data_dir=args.data_dir,
+                          num_workers=workers, **cfg.dataset_kwargs)
+
+    summaries = scan(build, workers, progress=not args.no_progress)
+    print(f"{cfg.dataset} ({', '.join(f'{k}={v}' for k, v in cfg.dataset_kwargs.items())})")
+    problems = [p for s in summaries for p in s.problems]
+    for s in summaries:
+        if s.images:
+            print("\n".join(s.lines()))
+    print(f"  problems: {len(problems) or 'none'}")
+    for p in problems[:20]:
+        print(f"    {p}")
+    if len(problems) > 20:
+        print(f"    ... and {len(problems) - 20} more")
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) in {cfg.dataset}; the first: "
+                        f"{problems[0]}")
+    return args.out
 
 
 def git_rev() -> str:
@@ -171,8 +252,9 @@ def run(args: argparse.Namespace) -> Path:
     from harness.sweep import parse_lambdas, run_cr_sweep
     from reports.leaderboard import RunRecord, write_all
 
-    names = resolve_methods(args.methods)
     seeds = resolve_seeds(args.seed, args.seeds)
+    cfg = config_mod.resolve(args.preset, seed=seeds[0], dataset=args.dataset)
+    names = resolve_methods(args.methods, cfg.for_methods)
     if args.reference is not None:
         METHODS.entry(args.reference)  # raises with close matches
         if args.reference not in names:
@@ -180,7 +262,18 @@ def run(args: argparse.Namespace) -> Path:
                             "this run")
     sweep_on = args.cr_sweep is not None
     lambdas = parse_lambdas(args.cr_sweep) if sweep_on else None
-    cfg = config_mod.resolve(args.preset, seed=seeds[0], dataset=args.dataset)
+    if args.check_data:
+        return check_data(args, cfg)
+    if args.pretrained is not None:
+        weights = str(Path(args.pretrained).expanduser())
+        train.file_digest(weights)  # the file exists and is readable, before any work
+        cfg = dataclasses.replace(cfg, pretrained=weights)
+    elif cfg.needs_pretrained:
+        raise UserError(f"preset {cfg.preset!r} starts from ImageNet weights: give "
+                        f"--pretrained FILE (a local timm / torchvision {cfg.backbone} "
+                        "state dict)")
+    workers = resolve_workers(args.workers, cfg)
+    cfg = dataclasses.replace(cfg, workers=workers)
     device = dev.select(args.device)
     cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(args.precision, device))
     eval_precision = dev.resolve_precision(cfg.eval.precision, device)
@@ -192,12 +285,18 @@ def run(args: argparse.Namespace) -> Path:
     say(f"attnbench: {len(names)} methods on {cfg.dataset} ({cfg.preset}), "
         f"backbone {cfg.backbone}, device {device}, training in {cfg.precision}, "
         f"evaluation in {eval_precision}, {seeds_txt}")
-    train_split = data.build(cfg.dataset, "train", cache_dir=cache, **cfg.dataset_kwargs)
-    test_split = data.build(cfg.dataset, "test", cache_dir=cache, **cfg.dataset_kwargs)
+
+    def build(split: str) -> data.Split:
+        return data.build(cfg.dataset, split, cache_dir=cache, data_dir=args.data_dir,
+                          num_workers=workers, **cfg.dataset_kwargs)
+
+    if args.dry_run:
+        return dry_run(args, names, cfg, build, device, len(seeds))
+    train_split, test_split = build("train"), build("test")
     memo: dict[str, train.Trained] = {}
     results: list[MethodResult] = []
     names = drop_unsupported(names, test_split.info, explicit=args.methods.strip() != "all",
-                             say=say)
+                             say=print)  # a result: shown without progress output too
     if sweep_on and not test_split.info.has_boxes:
         raise UserError(f"--cr-sweep needs bounding boxes; dataset {test_split.info.name!r} "
                         "has none")
@@ -275,6 +374,12 @@ def run(args: argparse.Namespace) -> Path:
                             "maps min-max normalised per image for localisation; "
                             f"training in {cfg.precision}, evaluation forward passes in "
                             f"{eval_precision}, explanations in fp32)",
+                "data_dir": None if args.data_dir is None else str(args.data_dir),
+                "workers": workers, "pretrained": cfg.pretrained,
+                "pretrained_sha256": train.file_digest(cfg.pretrained) if cfg.pretrained
+                else None,
+                "no_boxes": "" if test_split.info.has_boxes else ", ".join(
+                    e.name for e in METRICS if e.obj.needs_boxes),
                 "created": _dt.datetime.now().isoformat(timespec="seconds"),
                 "git_rev": git_rev(), "torch": str(torch.__version__),
                 "python": platform.python_version(),
@@ -286,7 +391,10 @@ def run(args: argparse.Namespace) -> Path:
                        .permute(0, 2, 3, 1).numpy(),
                        gallery_boxes=boxes,
                        gallery_labels=np.array([s["label"] for s in samples]),
-                       cr_sweep=sweep)
+                       cr_sweep=sweep, paper_values=paper_values.for_run(
+                           cfg.preset, cfg.dataset, cfg.backbone,
+                           config_mod.PRESETS[cfg.preset].get("dataset", ""),
+                           config_mod.PRESETS[cfg.preset].get("backbone", "")))
     paths = write_all(record, args.out)
     say(f"wrote {paths['csv']} and {paths['html']} in {time.perf_counter() - t_start:.0f}s")
     return args.out
@@ -300,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         run(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished checkpoints are kept; rerun to resume", file=sys.stderr)

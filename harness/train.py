@@ -10,6 +10,8 @@ interrupted training continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import inspect
 import math
 import os
@@ -21,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from harness import backbones, data
@@ -82,12 +83,19 @@ def build_method(name: str, cfg: RunConfig, split: Split, **options: Any) -> Met
         raise UserError(f"method {name!r} needs bounding boxes; dataset "
                         f"{split.info.name!r} has none")
     torch.manual_seed(cfg.seed)
-    bb = backbones.build(cfg.backbone, split.info.num_classes, **cfg.backbone_kwargs)
+    bb = backbones.build(cfg.backbone, split.info.num_classes, pretrained=cfg.pretrained,
+                         **cfg.backbone_kwargs)
     return entry.obj(bb, split.info, **options)
 
 
-def cache_key(name: str, cfg: RunConfig, options: dict[str, Any]) -> str:
-    """Checkpoint key of ``name`` (recursively includes its ``init_from`` parents)."""
+def cache_key(name: str, cfg: RunConfig, options: dict[str, Any], *,
+              data_id: str | None = None) -> str:
+    """Checkpoint key of ``name`` (recursively includes its ``init_from`` parents).
+
+    Args:
+        data_id: the training split's fingerprint for datasets read from disk
+            (:attr:`harness.data.Split.fingerprint`): which files, labels and boxes.
+    """
     entry = METHODS.entry(name)
     parent = entry.meta.get("init_from")
     mcfg = method_config(name, cfg)
@@ -101,7 +109,12 @@ def cache_key(name: str, cfg: RunConfig, options: dict[str, Any]) -> str:
                "backbone": mcfg.backbone, "backbone_kwargs": mcfg.backbone_kwargs,
                "train": dataclasses.asdict(mcfg.train), "seed": mcfg.seed,
                "precision": mcfg.precision,
-               "parent": cache_key(parent, cfg, method_options(parent, cfg)) if parent else None}
+               "parent": cache_key(parent, cfg, method_options(parent, cfg), data_id=data_id)
+               if parent else None}
+    if data_id is not None:  # absent for generated data: their keys stay as they were
+        payload["data"] = data_id
+    if mcfg.pretrained is not None:  # the weights, wherever the file lives
+        payload["pretrained"] = file_digest(mcfg.pretrained)
     return config_hash(payload)
 
 
@@ -118,7 +131,7 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
     options = method_options(name, cfg) if options is None else dict(options)
     cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(cfg.precision, device))
     memo = _memo if _memo is not None else {}
-    key = cache_key(name, cfg, options)
+    key = cache_key(name, cfg, options, data_id=train_split.fingerprint)
     if key in memo:
         return memo[key]
     mcfg = method_config(name, cfg)
@@ -159,10 +172,28 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
         path.with_suffix(".partial").unlink(missing_ok=True)  # only once the result is safe
     # a method that trains nothing is exactly as cached as its parent
     cached = mcfg.train.epochs <= 0 and parent is not None and memo[cache_key(
-        parent, cfg, method_options(parent, cfg))].cached
+        parent, cfg, method_options(parent, cfg), data_id=train_split.fingerprint)].cached
     result = Trained(model, key, mcfg, cached, seconds, history, facts)
     memo[key] = result
     return result
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 (16 hex digits) of a file, memoised per (path, size, mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise UserError(f"--pretrained {path}: no such file") from None
+    return _digest(str(path), st.st_size, st.st_mtime_ns)
 
 
 def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
@@ -183,8 +214,8 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
     # here so that the result depends only on (config, seed), not on what ran before.
     torch.manual_seed(cfg.seed + 1)
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(split.dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True,
-                        generator=gen, num_workers=0, pin_memory=dev.pin_memory(device))
+    loader = data.loader(split, tc.batch_size, device, shuffle=True, drop_last=True,
+                         generator=gen)
     if len(loader) == 0:
         raise UserError(f"training split has {len(split.dataset)} samples, fewer than "  # type: ignore[arg-type]
                         f"one batch of {tc.batch_size}")

@@ -36,22 +36,26 @@ class AttentionBranch(nn.Module):
     spatial mean is the class-c attention logit. (The K-channel map *before* the K->K
     head is tied to no class: the head mixes all of its channels into every logit.)
     Every convolution is He-initialised (normal, fan-out) and every BN starts as the
-    identity, as the authors' code initialises the whole network.
+    identity, as the authors' code initialises the whole network; with
+    ``copy_weights`` (a pretrained backbone) the stage copy keeps the stage's weights.
     """
 
     #: conv -> batch-norm pairs that :func:`harness.fold.folded` may fuse for evaluation
     FOLD_PAIRS = (("to_classes", "bn_classes"), ("to_map", "bn_map"))
 
-    def __init__(self, last_stage: nn.Module, out_channels: int, num_classes: int) -> None:
+    def __init__(self, last_stage: nn.Module, out_channels: int, num_classes: int,
+                 copy_weights: bool = False) -> None:
         super().__init__()
-        self.stage = stride1_copy(last_stage)
+        self.stage = stride1_copy(last_stage, keep_weights=copy_weights)
         self.bn = nn.BatchNorm2d(out_channels)
         self.to_classes = nn.Conv2d(out_channels, num_classes, 1, bias=False)
         self.bn_classes = nn.BatchNorm2d(num_classes)
         self.head = nn.Conv2d(num_classes, num_classes, 1, bias=False)
         self.to_map = nn.Conv2d(num_classes, 1, 3, padding=1, bias=False)
         self.bn_map = nn.BatchNorm2d(1)
-        reset_parameters(self)
+        for name, child in self.named_children():
+            if name != "stage":
+                reset_parameters(child)
 
     def forward(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (class maps ``[B,K,h,w]``, attention logits ``[B,K]``, M ``[B,1,h,w]``).
@@ -101,7 +105,8 @@ class ABN(Method):
             raise ValueError(f"ABN mechanism must be 'residual' or 'multiply', got {mechanism!r}")
         self.mechanism = mechanism
         self.attention_branch = AttentionBranch(backbone.last_stage, backbone.out_channels,
-                                                info.num_classes)
+                                                info.num_classes,
+                                                copy_weights=backbone.pretrained)
 
     def apply_attention(self, g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """The attention mechanism: g' = g * (1 + M) or g * M."""

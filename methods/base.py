@@ -15,12 +15,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from harness import device as dev
 from harness.backbones import SplitBackbone
 from harness.config import TrainConfig
-from harness.data import DatasetInfo, Split, make_transform
+from harness.data import DatasetInfo, Split, loader
 from harness.registry import Registry
 
 
@@ -135,8 +134,7 @@ def eval_batches(split: Split, device: torch.device, batch_size: int = 64
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The split's images without augmentation, for a method's analysis in
     :meth:`Method.on_fit_start`: (x, boxes, labels, index) on ``device``."""
-    view = split.dataset.with_transform(make_transform(split.info, train=False))  # type: ignore[attr-defined]
-    for batch in DataLoader(view, batch_size=batch_size, shuffle=False):
+    for batch in loader(split, batch_size, device, dataset=split.eval_view()):
         b = dev.to_device(batch, device)
         yield b["image"], b["bbox"], b["label"], b["index"]
 

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from harness import device as dev
 from harness.backbones import SplitBackbone, reset_parameters
-from harness.data import DatasetInfo, Split, make_transform
+from harness.data import DatasetInfo, Split
 from harness.errors import UserError
 from harness.geometry import bbox_inside_frac, box_mask
 from methods.abn import ABN, Attended
@@ -310,8 +310,7 @@ class MSABNCopyReplace(MSABN):
         else:
             lam = float(self.lambda_out)
             self.pool = torch.nonzero(frac > lam).flatten()
-        self.donors = split.dataset.with_transform(  # type: ignore[attr-defined]
-            make_transform(split.info, train=False))
+        self.donors = split.eval_view()
         has_box = torch.isfinite(frac)
         return {"lambda_out": lam, "lambda_rule": str(self.lambda_out),
                 "annotated": len(self.pool), "annotated_share": len(self.pool) / n,

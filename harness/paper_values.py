@@ -1,0 +1,123 @@
+"""The numbers the source papers report for their protocols, in our columns' units.
+
+A run on a paper preset (on the preset's own dataset and backbone) shows these beside
+its own values: our value with its interval, the paper's value as printed and where it
+is printed, and whether it falls inside our interval. Accuracies the papers print as
+top-1 *error* in % are converted to top-1 accuracy fractions (1 - error / 100); the
+quoted text keeps the printed form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PaperValue:
+    """One reported number.
+
+    Attributes:
+        method: our method id of the row the paper reports.
+        metric: our column id.
+        value: the number in the column's units.
+        quoted: the number as the paper prints it.
+        source: paper, table or figure, and row.
+        sd: the paper's standard deviation over its seeds, if it gives one.
+        note: caveats (e.g. a baseline cited from another paper, not re-run).
+    """
+
+    method: str
+    metric: str
+    value: float
+    quoted: str
+    source: str
+    sd: float | None = None
+    note: str = ""
+
+
+def _err(method: str, error_pct: float, source: str, note: str = "") -> PaperValue:
+    return PaperValue(method, "top1", round(1 - error_pct / 100, 6),
+                      f"top-1 error {error_pct:.2f} %", source, note=note)
+
+
+def _acc(method: str, metric: str, pct: float, source: str, sd_pct: float | None = None,
+         note: str = "") -> PaperValue:
+    quoted = f"{metric.replace('top', 'top-')} {pct:g} %" + (
+        f" ± {sd_pct:g}" if sd_pct is not None else "")
+    return PaperValue(method, metric, round(pct / 100, 6), quoted, source,
+                      None if sd_pct is None else round(sd_pct / 100, 6), note)
+
+
+_ABN = "Fukui et al., CVPR 2019 (ABN)"
+_COMB = "Iwayoshi et al., VISAPP 2023 (COMB)"
+_MSABN = "Gupta & Sintorn, 2022 (MSABN)"
+_DISC = "Wang et al., 2019 (discriminative attention)"
+
+
+def _comb_cub() -> tuple[PaperValue, ...]:
+    rows = {"abn": ("ABN", 31.68, 57.01, 0.0302), "abn-amb": ("ABN + AMB", 33.53, 58.68, 0.0451),
+            "abn-hk": ("Human knowledge", 37.42, 62.08, 0.0576),
+            "abn-cot": ("ABN + COT", 43.98, 66.83, 0.0704),
+            "abn-comb": ("ABN + COMB", 39.76, 66.57, 0.0921)}
+    out: list[PaperValue] = []
+    for m, (row, t1, t5, auc) in rows.items():
+        out.append(_acc(m, "top1", t1, f"{_COMB}, Table 2, row {row!r}"))
+        out.append(_acc(m, "top5", t5, f"{_COMB}, Table 2, row {row!r}"))
+        out.append(PaperValue(m, "comb_insertion_auc", auc, f"insertion AUC {auc:.4f}",
+                              f"{_COMB}, Table 4, row {row!r}",
+                              note="on the test images ABN misclassifies"))
+    return tuple(out)
+
+
+def _comb_dogs() -> tuple[PaperValue, ...]:
+    rows = {"abn": ("ABN", 71.81, 93.02), "abn-amb": ("ABN + AMB", 71.99, 92.80),
+            "abn-cot": ("ABN + COT", 72.33, 91.12), "abn-comb": ("ABN + COMB", 73.59, 93.89)}
+    out: list[PaperValue] = []
+    for m, (row, t1, t5) in rows.items():
+        out.append(_acc(m, "top1", t1, f"{_COMB}, Table 3, row {row!r}"))
+        out.append(_acc(m, "top5", t5, f"{_COMB}, Table 3, row {row!r}"))
+    return tuple(out)
+
+
+#: preset -> the values its paper reports for it
+PAPER_VALUES: dict[str, tuple[PaperValue, ...]] = {
+    "abn-cifar100": (
+        _err("baseline", 24.14, f"{_ABN}, Table 1, row 'ResNet110', column g(x)"),
+        _err("abn", 22.82, f"{_ABN}, Table 1, row 'ResNet110', column g(x)·(1+M(x))"),
+    ),
+    "comb-cub200-2010": _comb_cub(),
+    "comb-stanford-dogs": _comb_dogs(),
+    "msabn-cub200-2011": (
+        _acc("baseline", "top1", 40.62, f"{_MSABN}, Table 4, row 'BaseModel', ResNet-50",
+             1.985, "mean ± sd over 3 seeds"),
+        _acc("abn", "top1", 50.96, f"{_MSABN}, Table 4, row 'BaseModel+ABN', ResNet-50",
+             2.145, "mean ± sd over 3 seeds"),
+        _acc("msabn", "top1", 54.98, f"{_MSABN}, Table 4, row 'BaseModel+MSABN', ResNet-50",
+             0.219, "mean ± sd over 3 seeds"),
+        _acc("msabn-puzzle", "top1", 57.31,
+             f"{_MSABN}, Table 4, row 'BaseModel + MSABN + Puzzle', ResNet-50", 0.645,
+             "mean ± sd over 3 seeds"),
+    ),
+    "discattn-cifar100": (
+        _acc("discattn-gradcam", "top1", 74.02,
+             f"{_DISC}, Table 1, row 'ResNet-110 + A_Grad-CAM'"),
+        _acc("discattn-px", "top1", 76.24, f"{_DISC}, Table 1, row 'ResNet-110 + A_px'"),
+        _acc("discattn-ch", "top1", 76.11, f"{_DISC}, Table 1, row 'ResNet-110 + A_ch'"),
+        _acc("baseline", "top1", 72.78, f"{_DISC}, Table 2, row 'ResNet-110 [14]'",
+             note="cited by the paper from Huang et al. 2016 (stochastic depth), not re-run"),
+    ),
+    "discattn-cub200-2011": (
+        _acc("discattn-ch", "top1", 86.2, f"{_DISC}, Table 5, row 'ResNet-50 + A_ch'"),
+        _acc("baseline", "top1", 81.7, f"{_DISC}, Table 5, row 'ResNet-50 [29]'",
+             note="cited by the paper from Sun et al. 2018 (MAMC), not re-run"),
+    ),
+}
+
+
+def for_run(preset: str, dataset: str, backbone: str, preset_dataset: str,
+            preset_backbone: str) -> tuple[PaperValue, ...]:
+    """The values that apply to a run: its preset's, when the run keeps the preset's
+    dataset and backbone (another dataset or backbone is another experiment)."""
+    if dataset != preset_dataset or backbone != preset_backbone:
+        return ()
+    return PAPER_VALUES.get(preset, ())

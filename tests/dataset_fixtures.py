@@ -1,0 +1,585 @@
+"""Tiny datasets in the on-disk layouts of the official archives, for loader tests.
+
+Each ``make_*`` builder writes a few images into ``root`` (the folder the official archives were
+extracted into) and returns a :class:`Fixture` saying what a loader should find there. Images are
+uniform grey (128, 128, 128) with one solid rectangle per object covering exactly its box: pure
+red in colour images (find it with ``R - G > 128``), white (255) in ``"L"`` images. JPEGs use
+quality 95 without chroma subsampling, so decoded edges are within a pixel. ``FixtureImage.boxes``
+are xyxy pixels of the image file with x2/y2 exclusive (the object covers columns x1 .. x2 - 1);
+``dataset_dir / relpath`` is the image file. Per dataset:
+
+* ``cub200-2011``: ``dataset_dir = root / "CUB_200_2011"``. Index files name images relative to
+  ``images/`` (``relpath`` adds that prefix); ``bounding_boxes.txt`` holds ``x y width height``
+  (floats, 0-based corner): ``boxes = (x, y, x + width, y + height)``.
+* ``cub200-2010``: ``images.tgz``, ``lists.tgz`` and ``annotations.tgz`` unpack ``images/``,
+  ``lists/`` and ``annotations-mat/`` straight into ``root``: ``dataset_dir = root``.
+  ``lists/{train,test,files}.txt`` name images relative to ``images/``. Each
+  ``annotations-mat/<class>/<stem>.mat`` has the struct ``bbox`` (``left, top, right, bottom``,
+  doubles; ``loadmat(f)["bbox"][0][0]``), a uint8 mask ``seg`` of the image's size,
+  ``wikipedia_url`` and ``flickr_url``. MATLAB 1-based inclusive:
+  ``boxes = (left - 1, top - 1, right, bottom)``.
+* ``stanford-dogs``: ``images.tar``, ``annotation.tar`` and ``lists.tar`` unpack ``Images/``,
+  ``Annotation/`` and ``{file,train,test}_list.mat`` into ``root``: ``dataset_dir = root``. The
+  lists hold ``file_list`` and ``annotation_list`` (cell columns: object arrays (N, 1) whose
+  ``item[0][0]`` is the path relative to ``Images/`` / ``Annotation/``) and ``labels`` (float64,
+  (N, 1), 1-based), sorted by class then name. Annotations are VOC XML without extension, one
+  ``<object>`` per dog, 1-based inclusive: ``boxes = (xmin - 1, ymin - 1, xmax, ymax)``.
+  ``classes`` are the ``Images/`` folder names (``n02085620-Chihuahua``, ...).
+* ``stanford-cars``: ``cars_train/``, ``cars_test/`` and ``devkit/`` in ``root``, and the
+  separately published ``cars_test_annos_withlabels.mat`` beside them in ``root`` (torchvision's
+  ``StanfordCars`` reads it there, below its ``root / "stanford_cars"``): ``dataset_dir = root``,
+  ``relpath = "cars_train/00001.jpg"``. ``annotations`` is a struct row with fields ``bbox_x1,
+  bbox_y1, bbox_x2, bbox_y2, class, fname`` (no ``class`` in ``devkit/cars_test_annos.mat``;
+  uint8/uint16; 1-based class); ``devkit/cars_meta.mat`` holds the cell row ``class_names``. The
+  devkit README says "Min/Max x-value of the bounding box, in pixels" (MATLAB, 1-based inclusive):
+  ``boxes = (bbox_x1 - 1, bbox_y1 - 1, bbox_x2, bbox_y2)``.
+* ``cifar10`` / ``cifar100``: ``dataset_dir = root / "cifar-10-batches-py"`` or
+  ``root / "cifar-100-python"``; protocol-2 pickles whose keys and strings are Python 2 ``str``
+  like the originals (``encoding="latin1"`` gives ``"data"``, ``encoding="bytes"`` ``b"data"``).
+  ``relpath = f"{batch_file}#{row}"``, train order ``data_batch_1`` .. ``data_batch_5``. Each
+  32x32 image has a red rectangle but ``boxes = ()``; ``classes`` are all real (fine) names.
+* ``folder``: ``dataset_dir = root``, ``{train,test}/<class>/*`` in ``ImageFolder`` order, and
+  with ``with_boxes`` a ``boxes.csv`` (``path,x1,y1,x2,y2``, path relative to root, one row per
+  object, integer pixels like ``boxes``); without it ``boxes = ()`` though objects are drawn.
+
+``python -m tests.dataset_fixtures`` builds every fixture and re-reads it independently.
+"""
+
+from __future__ import annotations
+
+import csv
+import pickle
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+Box = tuple[float, float, float, float]
+CUB_CLASSES = ("001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross")
+DOG_CLASSES = ("n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog")
+CAR_CLASSES = ("AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 2012")
+FOLDER_CLASSES = ("bird", "cat", "dog")
+CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
+CIFAR100_CLASSES = """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy
+bridge bus butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach
+couch crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo
+keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse
+mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy
+porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail
+snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger
+tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split()
+CIFAR100_COARSE = """aquatic_mammals fish flowers food_containers fruit_and_vegetables
+household_electrical_devices household_furniture insects large_carnivores
+large_man-made_outdoor_things large_natural_outdoor_scenes large_omnivores_and_herbivores
+medium_mammals non-insect_invertebrates people reptiles small_mammals trees vehicles_1
+vehicles_2""".split()
+CIFAR10_USED = (0, 3, 9)
+CIFAR100_USED = {3: 8, 30: 0, 99: 13}  # fine label -> its official coarse label
+
+
+@dataclass(frozen=True)
+class FixtureImage:
+    """One image of a fixture, as a loader should report it."""
+
+    relpath: str
+    split: str
+    label: int
+    boxes: tuple[Box, ...]
+    size: tuple[int, int]
+    mode: str
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """A dataset written to disk: where it is and what it holds."""
+
+    name: str
+    root: Path
+    dataset_dir: Path
+    classes: tuple[str, ...]
+    images: tuple[FixtureImage, ...]
+
+    def split(self, name: str) -> list[FixtureImage]:
+        """The images of split ``name`` ("train" or "test"), in official order."""
+        if name not in ("train", "test"):
+            raise ValueError(f"unknown split {name!r}")
+        return [im for im in self.images if im.split == name]
+
+
+def _paint(rng: random.Random, path: Path | None, mode: str = "RGB", n_obj: int = 1,
+           size: tuple[int, int] | None = None) -> tuple[tuple[int, int], tuple[Box, ...], Any]:
+    """Draws ``n_obj`` side-by-side objects on grey; saves to ``path`` (JPEG unless .png)."""
+    h, w = size or (0, 0)
+    while size is None and abs(h - w) < 8:
+        h, w = rng.randint(40, 120), rng.randint(80 if n_obj > 1 else 40, 120)
+    margin, col, boxes = 1 if size else 2, w // max(n_obj, 1), []
+    for i in range(n_obj):
+        bw, bh = rng.randint(max(6, col // 4), col // 2), rng.randint(max(6, h // 4), h // 2)
+        x1 = rng.randint(i * col + margin, (i + 1) * col - margin - bw)
+        y1 = rng.randint(margin, h - margin - bh)
+        boxes.append((x1, y1, x1 + bw, y1 + bh))
+    img = Image.new("L", (w, h), 128) if mode == "L" else Image.new("RGB", (w, h), (128,) * 3)
+    for b in boxes:
+        img.paste(255 if mode == "L" else (255, 0, 0), b)
+    img = img.convert(mode)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".png":
+            img.save(path)
+        else:
+            img.save(path, quality=95, subsampling=0)
+    return (h, w), tuple((float(a), float(b), float(c), float(d)) for a, b, c, d in boxes), img
+
+
+def _write(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+def _cell(strings: list[str], column: bool = True) -> np.ndarray:
+    """A MATLAB cell array of strings: an object array of shape (N, 1) or (1, N)."""
+    out = np.empty((len(strings), 1) if column else (1, len(strings)), dtype=object)
+    out.flat[:] = strings
+    return out
+
+
+#: (train, test) images per class of the builders' defaults
+PER_CLASS = (3, 2)
+
+
+def _splits(rng: random.Random, per_class: tuple[int, int] = PER_CLASS) -> list[str]:
+    """``per_class`` train and test images of a class, interleaved."""
+    n_train, n_test = per_class
+    return rng.sample(["train"] * n_train + ["test"] * n_test, n_train + n_test)
+
+
+def make_cub2011(root: Path, per_class: tuple[int, int] = PER_CLASS) -> Fixture:
+    """Writes CUB-200-2011 (3 classes of 3 train + 2 test images, one greyscale).
+
+    Args:
+        root: Folder ``CUB_200_2011.tgz`` was extracted into.
+
+    Returns:
+        The fixture, images in ``images.txt`` (id) order.
+    """
+    rng, ds = random.Random(2011), Path(root) / "CUB_200_2011"
+    rows, images = [], []
+    for label, cls in enumerate(CUB_CLASSES):
+        stem = "_".join(p.capitalize() for p in cls[4:].split("_"))
+        for k, split in enumerate(_splits(rng, per_class)):
+            name = f"{cls}/{stem}_{rng.randint(1, 140):04d}_{rng.randint(1, 900000)}.jpg"
+            mode = "L" if (label, k) == (1, 0) else "RGB"
+            size, boxes, _ = _paint(rng, ds / "images" / name, mode)
+            x1, y1, x2, y2 = boxes[0]
+            rows.append((name, label + 1, int(split == "train"),
+                         f"{x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f}"))
+            images.append(FixtureImage(f"images/{name}", split, label, boxes, size, mode))
+    for col, fname in enumerate(["images", "image_class_labels", "train_test_split",
+                                 "bounding_boxes"]):
+        _write(ds / f"{fname}.txt", [f"{i} {row[col]}" for i, row in enumerate(rows, 1)])
+    _write(ds / "classes.txt", [f"{i} {cls}" for i, cls in enumerate(CUB_CLASSES, 1)])
+    return Fixture("cub200-2011", Path(root), ds, CUB_CLASSES, tuple(images))
+
+
+def make_cub2010(root: Path, per_class: tuple[int, int] = PER_CLASS) -> Fixture:
+    """Writes Caltech-UCSD Birds 200 (2010): 3 classes of 3 train + 2 test images.
+
+    Args:
+        root: Folder ``images.tgz``, ``lists.tgz`` and ``annotations.tgz`` were extracted into.
+
+    Returns:
+        The fixture, each split in the order of ``lists/<split>.txt``.
+    """
+    rng, ds = random.Random(2010), Path(root)
+    per: dict[str, list[FixtureImage]] = {"train": [], "test": []}
+    for label, cls in enumerate(CUB_CLASSES):
+        for split in _splits(rng, per_class):
+            stem = f"{cls[4:]}_{rng.randint(1, 60):04d}_{rng.randint(10**8, 4 * 10**9)}"
+            size, boxes, _ = _paint(rng, ds / "images" / cls / f"{stem}.jpg")
+            x1, y1, x2, y2 = (int(v) for v in boxes[0])
+            seg = np.zeros(size, np.uint8)
+            seg[y1:y2, x1:x2] = 1
+            bbox = {"left": x1 + 1.0, "top": y1 + 1.0, "right": x2 * 1.0, "bottom": y2 * 1.0}
+            (ds / "annotations-mat" / cls).mkdir(parents=True, exist_ok=True)
+            scipy.io.savemat(ds / "annotations-mat" / cls / f"{stem}.mat", {
+                "bbox": bbox, "seg": seg, "wikipedia_url": f"http://en.wikipedia.org/wiki/{cls[4:]}",
+                "flickr_url": f"http://www.flickr.com/photos/{stem.rsplit('_', 1)[1]}"})
+            per[split].append(FixtureImage(f"images/{cls}/{stem}.jpg", split, label, boxes, size,
+                                           "RGB"))
+    for split, ims in per.items():
+        _write(ds / "lists" / f"{split}.txt", [im.relpath[7:] for im in ims])
+    _write(ds / "lists" / "files.txt", sorted(im.relpath[7:] for im in per["train"] + per["test"]))
+    _write(ds / "lists" / "classes.txt", list(CUB_CLASSES))
+    return Fixture("cub200-2010", Path(root), ds, CUB_CLASSES, tuple(per["train"] + per["test"]))
+
+
+def _xml(tag: str, body: Any, depth: int = 0) -> str:
+    """Tab-indented XML as in the Stanford Dogs annotations; a list body holds (tag, body)."""
+    pad = "\t" * depth
+    if not isinstance(body, list):
+        return f"{pad}<{tag}>{body}</{tag}>\n"
+    return f"{pad}<{tag}>\n{''.join(_xml(t, b, depth + 1) for t, b in body)}{pad}</{tag}>\n"
+
+
+def make_stanford_dogs(root: Path, per_class: tuple[int, int] = PER_CLASS) -> Fixture:
+    """Writes Stanford Dogs (3 breeds of 3 train + 2 test images, one with two dogs).
+
+    Args:
+        root: Folder ``images.tar``, ``annotation.tar`` and ``lists.tar`` were extracted into.
+
+    Returns:
+        The fixture, each split in the order of ``<split>_list.mat``.
+    """
+    rng, ds = random.Random(120), Path(root)
+    per: dict[str, list[FixtureImage]] = {"train": [], "test": []}
+    for label, cls in enumerate(DOG_CLASSES):
+        wnid, breed = cls.split("-", 1)
+        splits = _splits(rng, per_class)
+        stems = sorted(f"{wnid}_{n}" for n in rng.sample(range(1, 13000), len(splits)))
+        for k, (split, stem) in enumerate(zip(splits, stems, strict=True)):
+            n_obj = 2 if label == 1 and k == splits.index("train") else 1
+            (h, w), boxes, _ = _paint(rng, ds / "Images" / cls / f"{stem}.jpg", n_obj=n_obj)
+            objects = [("object", [("name", breed), ("pose", "Unspecified"), ("truncated", 0),
+                                   ("difficult", 0), ("bndbox", [
+                                       ("xmin", int(b[0]) + 1), ("ymin", int(b[1]) + 1),
+                                       ("xmax", int(b[2])), ("ymax", int(b[3]))])]) for b in boxes]
+            _write(ds / "Annotation" / cls / stem, [_xml("annotation", [
+                ("folder", wnid[1:]), ("filename", stem),
+                ("source", [("database", "ImageNet database")]),
+                ("size", [("width", w), ("height", h), ("depth", 3)]), ("segment", 0),
+                *objects]).rstrip("\n")])
+            per[split].append(FixtureImage(f"Images/{cls}/{stem}.jpg", split, label, boxes,
+                                           (h, w), "RGB"))
+    every = sorted(per["train"] + per["test"], key=lambda im: im.relpath)
+    for name, ims in [*per.items(), ("file", every)]:
+        scipy.io.savemat(ds / f"{name}_list.mat", {
+            "file_list": _cell([im.relpath[7:] for im in ims]),
+            "annotation_list": _cell([im.relpath[7:-4] for im in ims]),
+            "labels": np.array([[im.label + 1.0] for im in ims])})
+    return Fixture("stanford-dogs", Path(root), ds, DOG_CLASSES, tuple(per["train"] + per["test"]))
+
+
+def _uint(v: int) -> np.ndarray:
+    return np.array([[v]], dtype=np.uint8 if v < 256 else np.uint16)
+
+
+def _car_annotations(ims: list[FixtureImage], with_class: bool) -> np.ndarray:
+    fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", *(["class"] if with_class else []),
+              "fname"]
+    out = np.empty((1, len(ims)), dtype=[(f, object) for f in fields])
+    for j, im in enumerate(ims):
+        x1, y1, x2, y2 = (int(v) for v in im.boxes[0])
+        cls = [_uint(im.label + 1)] if with_class else []
+        out[0, j] = (_uint(x1 + 1), _uint(y1 + 1), _uint(x2), _uint(y2), *cls, im.relpath[-9:])
+    return out
+
+
+def make_stanford_cars(root: Path, per_class: tuple[int, int] = PER_CLASS) -> Fixture:
+    """Writes Stanford Cars (3 classes of 3 train + 2 test images, one greyscale).
+
+    Args:
+        root: Folder the three archives and ``cars_test_annos_withlabels.mat`` went into.
+
+    Returns:
+        The fixture, each split in annotation (file name) order.
+    """
+    rng, ds = random.Random(196), Path(root)
+    images = []
+    for split, n in [("train", per_class[0]), ("test", per_class[1])]:
+        labels = rng.sample([c for c in range(len(CAR_CLASSES)) for _ in range(n)], 3 * n)
+        for i, label in enumerate(labels, 1):
+            rel, mode = f"cars_{split}/{i:05d}.jpg", "L" if (split, i) == ("test", 2) else "RGB"
+            size, boxes, _ = _paint(rng, ds / rel, mode)
+            images.append(FixtureImage(rel, split, label, boxes, size, mode))
+    train, test = images[: 3 * per_class[0]], images[3 * per_class[0] :]
+    (ds / "devkit").mkdir(parents=True, exist_ok=True)
+    for path, ims, with_class in [(ds / "devkit" / "cars_train_annos.mat", train, True),
+                                  (ds / "devkit" / "cars_test_annos.mat", test, False),
+                                  (ds / "cars_test_annos_withlabels.mat", test, True)]:
+        scipy.io.savemat(path, {"annotations": _car_annotations(ims, with_class)})
+    scipy.io.savemat(ds / "devkit" / "cars_meta.mat",
+                     {"class_names": _cell(list(CAR_CLASSES), column=False)})
+    return Fixture("stanford-cars", Path(root), ds, CAR_CLASSES, tuple(images))
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes ``bytes`` with the Python 2 ``str`` opcodes, like the original CIFAR pickles."""
+
+    dispatch: ClassVar[dict[type, Callable[..., None]]] = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj: bytes) -> None:
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256  # type: ignore[attr-defined]
+                    else pickle.BINSTRING + struct.pack("<i", n)) + obj)
+        self.memoize(obj)  # type: ignore[attr-defined]
+
+    dispatch[bytes] = save_bytes
+
+
+def _dump(path: Path, content: dict[bytes, Any]) -> None:
+    with open(path, "wb") as f:
+        _Py2Pickler(f, protocol=2).dump(content)
+
+
+def make_cifar(root: Path, which: str, scale: int = 1) -> Fixture:
+    """Writes the CIFAR-10 or CIFAR-100 pickles; only three classes occur in the labels.
+
+    Args:
+        root: Folder the ``cifar-*-python.tar.gz`` archive was extracted into.
+        which: ``"cifar10"`` (two rows in each of ``data_batch_1`` .. ``data_batch_5``, three in
+            ``test_batch``) or ``"cifar100"`` (six rows in ``train``, four in ``test``).
+        scale: multiplies every batch's rows.
+
+    Returns:
+        The fixture, rows in file order.
+    """
+    if which not in ("cifar10", "cifar100"):
+        raise ValueError(f"unknown CIFAR variant {which!r}")
+    c10 = which == "cifar10"
+    rng = random.Random(10 if c10 else 100)
+    ds = Path(root) / ("cifar-10-batches-py" if c10 else "cifar-100-python")
+    ds.mkdir(parents=True, exist_ok=True)
+    used, names = list(CIFAR10_USED if c10 else CIFAR100_USED), (
+        CIFAR10_CLASSES if c10 else CIFAR100_CLASSES)
+    batches = [(f"data_batch_{i}", "train", 2, f"training batch {i} of 5") for i in range(1, 6)]
+    batches = [*batches, ("test_batch", "test", 3, "testing batch 1 of 1")] if c10 else [
+        ("train", "train", 6, "training batch 1 of 1"), ("test", "test", 4, "testing batch 1 of 1")]
+    images: list[FixtureImage] = []
+    for fname, split, n0, batch_label in batches:
+        n = n0 * scale
+        labels = [used[(i + len(images)) % 3] for i in range(n)]
+        data = np.stack([np.asarray(_paint(rng, None, size=(32, 32))[2]).transpose(2, 0, 1).ravel()
+                         for _ in range(n)])
+        files = [f"{names[lb]}_s_{rng.randint(1, 99999):06d}.png".encode() for lb in labels]
+        _dump(ds / fname, {b"batch_label": batch_label.encode(), b"labels": labels, b"data": data,
+                           b"filenames": files} if c10 else {
+            b"filenames": files, b"batch_label": batch_label.encode(), b"fine_labels": labels,
+            b"coarse_labels": [CIFAR100_USED[lb] for lb in labels], b"data": data})
+        images += [FixtureImage(f"{fname}#{r}", split, lb, (), (32, 32), "RGB")
+                   for r, lb in enumerate(labels)]
+    encoded = [s.encode() for s in names]
+    _dump(ds / ("batches.meta" if c10 else "meta"), {
+        b"num_cases_per_batch": 10000, b"label_names": encoded, b"num_vis": 3072} if c10 else {
+        b"fine_label_names": encoded, b"coarse_label_names": [s.encode() for s in CIFAR100_COARSE]})
+    return Fixture(which, Path(root), ds, tuple(names), tuple(images))
+
+
+def make_folder(root: Path, with_boxes: bool = True,
+                per_class: tuple[int, int] = PER_CLASS) -> Fixture:
+    """Writes ``root/{train,test}/<class>/*`` (3 classes of 3 train + 2 test) and ``boxes.csv``.
+
+    Holds an RGBA PNG (train/cat), a CMYK JPEG (test/dog), a two-object image (train/dog) and
+    an image without any object (train/bird).
+
+    Args:
+        root: The dataset folder.
+        with_boxes: Also write ``root/boxes.csv``.
+
+    Returns:
+        The fixture, in ``torchvision.datasets.ImageFolder`` order.
+    """
+    rng, ds = random.Random(7), Path(root)
+    special = {("train", "cat", 1): ("RGBA", 1, "png"), ("test", "dog", 0): ("CMYK", 1, "jpg"),
+               ("train", "dog", 2): ("RGB", 2, "jpg"), ("train", "bird", 0): ("RGB", 0, "png")}
+    images, rows = [], []
+    for split, n in [("train", per_class[0]), ("test", per_class[1])]:
+        for label, cls in enumerate(FOLDER_CLASSES):
+            for k in range(n):
+                mode, n_obj, ext = special.get((split, cls, k), ("RGB", 1, "jpg"))
+                rel = f"{split}/{cls}/{cls}_{k:03d}.{ext}"
+                size, boxes, _ = _paint(rng, ds / rel, mode, n_obj)
+                rows += [[rel, *(int(v) for v in b)] for b in boxes]
+                images.append(FixtureImage(rel, split, label, boxes if with_boxes else (), size,
+                                           mode))
+    if with_boxes:
+        with open(ds / "boxes.csv", "w", newline="") as f:
+            csv.writer(f).writerows([["path", "x1", "y1", "x2", "y2"], *rows])
+    return Fixture("folder", ds, ds, FOLDER_CLASSES, tuple(images))
+
+
+BUILDERS: dict[str, Callable[[Path], Fixture]] = {
+    "cub200-2011": make_cub2011,
+    "cub200-2010": make_cub2010,
+    "stanford-dogs": make_stanford_dogs,
+    "stanford-cars": make_stanford_cars,
+    "cifar10": partial(make_cifar, which="cifar10"),
+    "cifar100": partial(make_cifar, which="cifar100"),
+    "folder": make_folder,
+}
+
+
+def _read_back(fx: Fixture) -> tuple[list[str], dict[str, list[tuple[str, int, tuple]]]]:
+    """Classes and per-split ``(relpath, label, boxes)`` read from the files alone."""
+    import xml.etree.ElementTree as ET
+
+    d, mat = fx.dataset_dir, scipy.io.loadmat
+    out: dict[str, list[tuple[str, int, tuple]]] = {"train": [], "test": []}
+    if fx.name == "cub200-2011":
+        cols = [[ln.split()[1:] for ln in (d / f"{f}.txt").read_text().splitlines()] for f in (
+            "images", "image_class_labels", "train_test_split", "bounding_boxes")]
+        for [name], [lb], [tr], bb in zip(*cols, strict=True):
+            x, y, w, h = map(float, bb)
+            out["train" if tr == "1" else "test"].append(
+                (f"images/{name}", int(lb) - 1, ((x, y, x + w, y + h),)))
+        return [ln.split()[1] for ln in (d / "classes.txt").read_text().splitlines()], out
+    if fx.name == "cub200-2010":
+        classes = (d / "lists" / "classes.txt").read_text().split()
+        for split in out:
+            for name in (d / "lists" / f"{split}.txt").read_text().split():
+                m = mat(d / "annotations-mat" / name.replace(".jpg", ".mat"))
+                b = [float(m["bbox"][0][0][k][0][0]) for k in ("left", "top", "right", "bottom")]
+                with Image.open(d / "images" / name) as img:
+                    assert m["seg"].shape == img.size[::-1] and m["seg"].dtype == np.uint8
+                out[split].append((f"images/{name}", classes.index(name.split("/")[0]),
+                                   ((b[0] - 1, b[1] - 1, b[2], b[3]),)))
+        return classes, out
+    if fx.name == "stanford-dogs":
+        for split in out:
+            m = mat(d / f"{split}_list.mat")
+            assert m["labels"].dtype == np.float64
+            assert m["labels"].shape == m["annotation_list"].shape == (len(m["file_list"]), 1)
+            for f, a, lb in zip(m["file_list"], m["annotation_list"], m["labels"], strict=True):
+                xml = ET.parse(d / "Annotation" / a[0][0]).getroot()
+                with Image.open(d / "Images" / f[0][0]) as img:
+                    assert img.size == (int(xml.findtext("size/width", "")),
+                                        int(xml.findtext("size/height", "")))
+                boxes = tuple(tuple(float(o.findtext(f"bndbox/{k}", "")) - k.endswith("min")
+                                    for k in ("xmin", "ymin", "xmax", "ymax"))
+                              for o in xml.iter("object"))
+                out[split].append((f"Images/{f[0][0]}", int(lb[0]) - 1, boxes))
+        return sorted(p.name for p in (d / "Images").iterdir()), out
+    if fx.name == "stanford-cars":
+        assert "class" not in mat(d / "devkit" / "cars_test_annos.mat")["annotations"].dtype.names
+        for split, f in [("train", d / "devkit" / "cars_train_annos.mat"),
+                         ("test", d / "cars_test_annos_withlabels.mat")]:
+            for a in mat(f, squeeze_me=True)["annotations"]:
+                box = tuple(float(a[k]) - k.endswith("1") for k in (
+                    "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
+                out[split].append((f"cars_{split}/{a['fname']}", int(a["class"]) - 1, (box,)))
+        return mat(d / "devkit" / "cars_meta.mat", squeeze_me=True)["class_names"].tolist(), out
+    boxes_of: dict[str, list[tuple[float, ...]]] = {}
+    if (d / "boxes.csv").exists():
+        with open(d / "boxes.csv") as f:
+            for row in csv.DictReader(f):
+                boxes_of.setdefault(row["path"], []).append(
+                    tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2")))
+    classes = sorted(p.name for p in (d / "train").iterdir())
+    for split in out:
+        for label, cls in enumerate(classes):
+            for p in sorted((d / split / cls).iterdir()):
+                rel = p.relative_to(d).as_posix()
+                out[split].append((rel, label, tuple(boxes_of.get(rel, ()))))
+    return classes, out
+
+
+def _objects_match(rgb: np.ndarray, mode: str, boxes: tuple[Box, ...]) -> bool:
+    """The object pixels found in ``rgb`` agree with ``boxes`` up to one pixel at the edges."""
+    from scipy import ndimage
+
+    a = rgb.astype(int)
+    found = a[..., 0] > 192 if mode == "L" else a[..., 0] - a[..., 1] > 128
+    want = np.zeros(found.shape, bool)
+    for x1, y1, x2, y2 in boxes:
+        want[int(y1):int(y2), int(x1):int(x2)] = True
+    return bool((ndimage.binary_erosion(want) <= found).all()
+                and (found <= ndimage.binary_dilation(want)).all())
+
+
+def _check_cifar(fx: Fixture) -> None:
+    c10, got = fx.name == "cifar10", []
+    with open(fx.dataset_dir / ("batches.meta" if c10 else "meta"), "rb") as f:
+        meta = pickle.load(f, encoding="bytes")
+    names = [s.decode() for s in meta[b"label_names" if c10 else b"fine_label_names"]]
+    assert names == list(fx.classes) and len(names) == (10 if c10 else 100)
+    assert c10 or len(meta[b"coarse_label_names"]) == 20
+    for fname in dict.fromkeys(im.relpath.split("#")[0] for im in fx.images):
+        with open(fx.dataset_dir / fname, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        labels = batch[b"labels" if c10 else b"fine_labels"]
+        assert c10 or batch[b"coarse_labels"] == [CIFAR100_USED[lb] for lb in labels]
+        assert batch[b"data"].dtype == np.uint8 and batch[b"data"].shape == (len(labels), 3072)
+        for row, (flat, lb) in enumerate(zip(batch[b"data"], labels, strict=True)):
+            rgb = flat.reshape(3, 32, 32).transpose(1, 2, 0)
+            ys, xs = np.nonzero(rgb[..., 0].astype(int) - rgb[..., 1] > 128)
+            box = (xs.min(), ys.min(), xs.max() + 1.0, ys.max() + 1.0)
+            assert _objects_match(rgb, "RGB", (box,)) and len(xs) > 20
+            got.append((f"{fname}#{row}", lb))
+    assert got == [(im.relpath, im.label) for im in fx.images]
+
+
+def _check(fx: Fixture, pixels: bool = True) -> None:
+    """Compares ``fx`` with what independent readers find in its files."""
+    if fx.name.startswith("cifar"):
+        return _check_cifar(fx)
+    classes, found = _read_back(fx)
+    assert classes == list(fx.classes), (classes, fx.classes)
+    for split in ("train", "test"):
+        assert found[split] == [(im.relpath, im.label, im.boxes) for im in fx.split(split)], split
+        for im in fx.split(split):
+            h, w = im.size
+            assert all(0 <= b[0] < b[2] <= w and 0 <= b[1] < b[3] <= h for b in im.boxes)
+            with Image.open(fx.dataset_dir / im.relpath) as img:
+                assert (img.mode, img.size) == (im.mode, (w, h)), im
+                rgb = np.asarray(img.convert("RGB"))
+            assert not pixels or _objects_match(rgb, im.mode, im.boxes), im
+    return None
+
+
+def _check_torchvision(tmp: Path) -> None:
+    """torchvision's own readers accept the CIFAR, ImageFolder and Stanford Cars fixtures."""
+    from torchvision import datasets
+
+    def same(fx: Fixture, split: str, ds: Any, samples: list[tuple[str, int]]) -> None:
+        assert ds.classes == list(fx.classes) and [
+            (Path(p).relative_to(fx.dataset_dir).as_posix(), t) for p, t in samples] == [
+            (im.relpath, im.label) for im in fx.split(split)], (fx.name, split)
+        assert all(ds[i][0].mode == "RGB" for i in range(len(ds)))
+
+    for which, base in [("cifar10", datasets.CIFAR10), ("cifar100", datasets.CIFAR100)]:
+        fx = make_cifar(tmp / f"tv-{which}", which)  # md5 sums differ from the real files
+        unchecked = type("Unchecked", (base,), {"_check_integrity": lambda self: True,
+                                                "meta": {**base.meta, "md5": None}})
+        for split in ("train", "test"):
+            ds = unchecked(str(fx.root), train=split == "train")
+            paths = [str(fx.dataset_dir / im.relpath) for im in fx.split(split)]
+            same(fx, split, ds, list(zip(paths, ds.targets, strict=True)))
+    fx = make_folder(tmp / "tv-folder")
+    for split in ("train", "test"):
+        ds = datasets.ImageFolder(str(fx.root / split))
+        same(fx, split, ds, ds.samples)
+    fx = make_stanford_cars(tmp / "tv-cars" / "stanford_cars")
+    for split in ("train", "test"):
+        ds = datasets.StanfordCars(str(tmp / "tv-cars"), split=split)
+        same(fx, split, ds, ds._samples)
+
+
+if __name__ == "__main__":
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory() as tmp:
+        built = {}
+        for name, build in BUILDERS.items():
+            start = time.perf_counter()
+            built[name] = build(Path(tmp) / name)
+            took = time.perf_counter() - start
+            assert build(Path(tmp) / f"{name}-again").images == built[name].images and took < 1
+            _check(built[name])
+            print(f"{name:14s} {len(built[name].images):3d} images {took * 1000:5.0f} ms  ok")
+        assert any(len(im.boxes) == 2 for im in built["stanford-dogs"].images)
+        modes = {im.mode for fx in built.values() for im in fx.images}
+        assert modes == {"RGB", "L", "RGBA", "CMYK"}, modes
+        bare = make_folder(Path(tmp) / "folder-bare", with_boxes=False)
+        assert not (bare.root / "boxes.csv").exists() and all(not im.boxes for im in bare.images)
+        assert all((bare.root / im.relpath).read_bytes() == (built["folder"].root / im.relpath)
+                   .read_bytes() for im in bare.images)
+        _check(bare, pixels=False)
+        _check_torchvision(Path(tmp))
+        print("torchvision CIFAR10/CIFAR100, ImageFolder and StanfordCars read the fixtures: ok")
