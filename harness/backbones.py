@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -121,7 +122,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"--pretrained {path}: no such file") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
         raise UserError(f"--pretrained {path}: not a readable state dict "
                         f"({type(err).__name__})") from None
     for wrapper in ("state_dict", "model"):

@@ -97,6 +97,8 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     batches = loader(split, cfg.batch_size, device)
     box_names = [b for b in ("bbox", *split.info.extra_boxes)
                  if split.info.has_boxes or b != "bbox"]
+    if split.info.multi_object:  # every object, for the metrics that use several
+        box_names.append("objects")
 
     # predictions and the causal metrics' perturbed images go through a copy with batch
     # norm folded into the convolutions (same outputs, fewer kernels); explanations and

@@ -255,6 +255,11 @@ def run(args: argparse.Namespace) -> Path:
     seeds = resolve_seeds(args.seed, args.seeds)
     cfg = config_mod.resolve(args.preset, seed=seeds[0], dataset=args.dataset)
     names = resolve_methods(args.methods, cfg.for_methods)
+    other = [n for n in names if cfg.for_methods and n not in cfg.for_methods]
+    if other:  # asked for by name: run, but not silently under another paper's protocol
+        print(f"note: preset {cfg.preset!r} follows the protocol of "
+              f"{', '.join(cfg.for_methods)}; {', '.join(other)} will train under its "
+              "schedule", file=sys.stderr)
     if args.reference is not None:
         METHODS.entry(args.reference)  # raises with close matches
         if args.reference not in names:

@@ -53,9 +53,12 @@ class AttentionBranch(nn.Module):
         self.head = nn.Conv2d(num_classes, num_classes, 1, bias=False)
         self.to_map = nn.Conv2d(num_classes, 1, 3, padding=1, bias=False)
         self.bn_map = nn.BatchNorm2d(1)
-        for name, child in self.named_children():
-            if name != "stage":
-                reset_parameters(child)
+        if not copy_weights:
+            reset_parameters(self)
+        else:  # the stage keeps the pretrained weights
+            for name, child in self.named_children():
+                if name != "stage":
+                    reset_parameters(child)
 
     def forward(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (class maps ``[B,K,h,w]``, attention logits ``[B,K]``, M ``[B,1,h,w]``).

@@ -33,6 +33,8 @@ def pointing_game(saliency: torch.Tensor, boxes: torch.Tensor, tolerance: float 
     strictly closer than ``tolerance`` pixels (centre to centre) to a box pixel.
 
     Args:
+        boxes: ``[B,4]``, or ``[B,K,4]`` every object of each image (NaN rows pad):
+            a hit on any object counts.
         original_sizes: ``[B,2]`` (H, W) of each image before it was resized to the
             model input: each map is resized bilinearly (align_corners=False) to its
             image's original size and the box scaled to it, so that ``tolerance`` is
@@ -51,11 +53,16 @@ def pointing_game(saliency: torch.Tensor, boxes: torch.Tensor, tolerance: float 
         maps = torch.nn.functional.interpolate(s[rows].float(), size=(oh, ow),
                                                mode="bilinear", align_corners=False)
         scale = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=boxes.device)
+        if boxes.dim() == 3:
+            scale = scale[None]
         hits[rows] = _pointing_hits(normalize(maps), boxes[rows].float() * scale, tolerance)
     return hits
 
 
 def _pointing_hits(s: torch.Tensor, boxes: torch.Tensor, tolerance: float) -> torch.Tensor:
+    if boxes.dim() == 3:  # several objects: a hit on any of them
+        return torch.stack([_pointing_hits(s, boxes[:, k], tolerance)
+                            for k in range(boxes.shape[1])]).amax(0)
     b, h, w = s.shape
     arg = s.reshape(b, -1).argmax(1)
     r, c = (arg // w).float(), (arg % w).float()

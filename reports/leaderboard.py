@@ -334,6 +334,7 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
         seeds=record.seeds, references=sorted(set(record.analysis.references.values())),
         comparisons=comparisons, stable_tau=STABLE_TAU, alpha=ALPHA,
         paper=paper_frame(record).to_dict("records") if record.paper_values else [],
+        has_distractor="distractor_bbox" in record.gallery_boxes,
         stability=[{"metric": m, "tau": t, "stable": t >= STABLE_TAU}
                    for m, t in stab.items() if not math.isnan(t)],
         curves_png=_png(curves_figure(record)),

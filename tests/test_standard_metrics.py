@@ -150,3 +150,22 @@ def test_images_are_numbered_across_batches_without_indices() -> None:
     m.reset()
     m.update(_batch(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long)))
     assert m.image_ids().tolist() == [0, 1]
+
+
+def test_pointing_game_counts_a_hit_on_any_object() -> None:
+    """Two objects in one image (NaN rows pad the other image's list): the peak is far
+    from the first object and inside the second, a hit; alone, the first is a miss."""
+    sal = torch.zeros(2, 1, 8, 8)
+    sal[:, 0, 6, 6] = 1.0
+    first = torch.tensor([0.0, 0.0, 2.0, 2.0])
+    second = torch.tensor([5.0, 5.0, 8.0, 8.0])
+    nan = torch.full((4,), float("nan"))
+    objects = torch.stack([torch.stack([first, second]), torch.stack([first, nan])])
+    assert pointing_game(sal, objects, 0.0).tolist() == [1.0, 0.0]
+    assert pointing_game(sal, objects[:, :1], 0.0).tolist() == [0.0, 0.0]
+    orig = torch.tensor([[16, 16], [16, 16]])  # and at the original size
+    assert pointing_game(sal, objects, 0.0, original_sizes=orig).tolist() == [1.0, 0.0]
+    m = PointingGame(tolerance=0.0)
+    b = _batch(torch.zeros(2, 2), torch.tensor([0, 1]), sal, objects[:, 0])
+    m.update(dataclasses.replace(b, boxes={"bbox": objects[:, 0], "objects": objects}))
+    assert m.compute().item() == pytest.approx(0.5)  # classes 0 and 1: hit, miss

@@ -1,0 +1,168 @@
+"""Paper presets, the papers' numbers beside ours, pretrained weights, CIFAR ResNets."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness import backbones, config, data, paper_values, run, train
+from harness.analysis import analyse
+from harness.errors import UserError
+from harness.evaluate import MethodResult
+from harness.stats import SeedScores
+from methods import METHODS
+from metrics import METRICS
+from reports.leaderboard import RunRecord, paper_frame, to_frame
+
+PAPER_PRESETS = ("abn-cifar100", "comb-cub200-2010", "comb-stanford-dogs",
+                 "msabn-cub200-2011", "discattn-cifar100", "discattn-cub200-2011")
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_paper_presets_resolve_and_name_their_methods(preset: str) -> None:
+    cfg = config.resolve(preset)
+    assert cfg.dataset in data.DATASETS and cfg.backbone in backbones.BACKBONES
+    assert cfg.for_methods and all(m in METHODS for m in cfg.for_methods)
+    assert run.resolve_methods("all", cfg.for_methods) == [
+        m for m in METHODS.names() if m in cfg.for_methods]
+    for m in cfg.methods:  # per-method overrides name methods the preset runs
+        assert m in cfg.for_methods
+    # the values quoted from its paper name rows and columns that exist, in range
+    for v in paper_values.PAPER_VALUES.get(preset, ()):
+        assert v.method in cfg.for_methods and v.metric in METRICS, v
+        assert 0 < v.value < 1 and v.source and v.quoted
+
+
+def test_schedules_follow_the_papers() -> None:
+    abn = config.resolve("abn-cifar100")
+    assert (abn.train.epochs, abn.train.batch_size, abn.train.lr) == (300, 256, 0.1)
+    assert train.epoch_milestones(abn.train.milestones, 300) == [150, 225]
+    disc = config.resolve("discattn-cifar100")
+    assert train.epoch_milestones(disc.train.milestones, 160) == [81, 122]  # Sec. 4.1
+    assert (disc.train.batch_size, disc.train.weight_decay) == (128, 5e-4)
+    cub = config.resolve("discattn-cub200-2011")
+    assert train.epoch_milestones(cub.train.milestones, 90) == [30, 60]
+    assert cub.needs_pretrained and cub.dataset_kwargs["image_size"] == 448
+    ms = config.resolve("msabn-cub200-2011")
+    assert ms.dataset_kwargs["image_size"] == 352 and ms.pretrained is None  # from scratch
+    assert train.method_config("msabn-cr", ms).train.epochs == 50  # Sec. 4.3
+
+
+def test_another_dataset_keeps_only_the_portable_options() -> None:
+    """The default preset's sizes describe cluttered-digits; on a dataset read from
+    disk they would silently take a subset, so only photo options carry over."""
+    assert config.resolve("default", dataset="cub200-2011").dataset_kwargs == {}
+    smoke = config.resolve("smoke", dataset="cub200-2011").dataset_kwargs
+    assert smoke == {"n_train": 64, "n_test": 32, "image_size": 64}
+    moved = config.resolve("msabn-cub200-2011", dataset="stanford-cars")
+    assert moved.dataset == "stanford-cars" and moved.dataset_kwargs["image_size"] == 352
+    assert config.resolve("default").dataset_kwargs == {"n_train": 5000, "n_test": 1000}
+
+
+def test_a_preset_that_needs_weights_says_so_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = run.main(["--preset", "discattn-cub200-2011", "--out", str(tmp_path / "o"),
+                   "--cache-dir", str(tmp_path / "c"), "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--pretrained FILE" in err
+    rc = run.main(["--preset", "discattn-cub200-2011", "--pretrained", str(tmp_path / "no.pt"),
+                   "--out", str(tmp_path / "o"), "--no-progress", "--device", "cpu"])
+    assert rc == 2 and "no such file" in capsys.readouterr().err
+
+
+def _record(preset: str, values: dict[str, list[float]]) -> RunRecord:
+    results = [MethodResult(m, 0, {"top1": float(np.mean(v))},
+                            {"top1": SeedScores(np.array(v), np.zeros(len(v), int),
+                                                np.arange(len(v)))},
+                            set(), {}, len(v), 0) for m, v in values.items()]
+    pv = paper_values.for_run(preset, "cifar100", "cifar-resnet110", "cifar100",
+                              "cifar-resnet110")
+    return RunRecord(results=results, analysis=analyse(results, n_resamples=200),
+                     gallery_rows=results, meta={"dataset": "cifar100", "backbone": "x",
+                                                 "protocol": "", "git_rev": ""},
+                     method_meta={}, config={}, gallery_images=np.zeros((0, 2, 2, 3)),
+                     paper_values=pv)
+
+
+def test_the_papers_numbers_beside_ours() -> None:
+    """ABN Table 1 (ResNet-110, CIFAR-100): top-1 error 24.14 (plain) and 22.82 (ABN),
+    i.e. accuracies 0.7586 and 0.7718. Ours: 0.76 (inside the baseline's interval) and
+    0.5 (outside ABN's)."""
+    rng = np.random.default_rng(0)
+    base = (rng.random(2000) < 0.76).astype(float)
+    abn = (rng.random(2000) < 0.5).astype(float)
+    rec = _record("abn-cifar100", {"baseline": list(base), "abn": list(abn)})
+    table = paper_frame(rec).set_index("method")
+    assert table.loc["baseline", "paper"] == pytest.approx(0.7586)
+    assert table.loc["abn", "paper"] == pytest.approx(0.7718)
+    assert table.loc["baseline", "inside"] == "yes" and table.loc["abn", "inside"] == "no"
+    assert "Table 1" in table.loc["abn", "source"]
+    assert table.loc["abn", "quoted"] == "top-1 error 22.82 %"
+    frame = to_frame(rec)
+    assert frame["top1_paper"].tolist() == pytest.approx([0.7586, 0.7718])
+    # another dataset or backbone is another experiment: nothing quoted
+    assert paper_values.for_run("abn-cifar100", "cifar10", "cifar-resnet110", "cifar100",
+                                "cifar-resnet110") == ()
+
+
+def test_cifar_resnets_block_types() -> None:
+    """He et al.'s basic-block ResNet-110 has 1.7 M parameters (the discriminative-
+    attention paper's Table 2); ABN's code uses bottleneck blocks from depth 44."""
+    basic = backbones.build("cifar-resnet110-basic", 100)
+    abn = backbones.build("cifar-resnet110", 100)
+    n_basic = sum(p.numel() for p in basic.parameters())
+    assert round(n_basic / 1e6, 1) == 1.7
+    assert isinstance(abn.last_stage[0], backbones.Bottleneck)
+    assert isinstance(basic.last_stage[0], backbones.BasicBlock)
+    assert len(basic.last_stage) == len(abn.last_stage) == 18
+
+
+def test_pretrained_weights_initialise_the_backbone_and_the_branch_copy(
+        tmp_path: Path, smoke_train: data.Split) -> None:
+    cfg = config.resolve("smoke")
+    src = backbones.build(cfg.backbone, 10, **cfg.backbone_kwargs)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.normal_()
+    weights = tmp_path / "w.pt"
+    torch.save(src.state_dict(), weights)
+    pcfg = dataclasses.replace(cfg, pretrained=str(weights))
+    abn = train.build_method("abn", pcfg, smoke_train)
+    own = abn.backbone.state_dict()  # type: ignore[attr-defined]
+    for k, v in src.state_dict().items():
+        if not k.startswith("fc."):  # the classifier is the dataset's own
+            assert torch.equal(own[k], v), k
+    # the attention branch's stride-1 stage starts from the pretrained last stage
+    stage = abn.attention_branch.stage.state_dict()  # type: ignore[attr-defined]
+    for k, v in src.last_stage.state_dict().items():
+        assert torch.equal(stage[k], v), k
+    fresh = train.build_method("abn", cfg, smoke_train)
+    assert not torch.equal(fresh.attention_branch.stage[0].conv1.weight,  # type: ignore[index]
+                           src.last_stage[0].conv1.weight)
+    # the file's content is part of the checkpoint key, wherever it lives
+    k = train.cache_key("abn", pcfg, {})
+    assert k != train.cache_key("abn", cfg, {})
+    moved = tmp_path / "elsewhere.pt"
+    moved.write_bytes(weights.read_bytes())
+    assert train.cache_key("abn", dataclasses.replace(cfg, pretrained=str(moved)), {}) == k
+    other = tmp_path / "other.pt"
+    torch.save({k2: v + 1 for k2, v in src.state_dict().items()}, other)
+    assert train.cache_key("abn", dataclasses.replace(cfg, pretrained=str(other)), {}) != k
+
+
+def test_weights_that_do_not_fit_list_the_first_mismatching_keys(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.pt"
+    torch.save(backbones.build("cifar-resnet20", 10).state_dict(), wrong)
+    with pytest.raises(UserError) as err:
+        backbones.build("cifar-resnet8", 10, pretrained=str(wrong))
+    msg = str(err.value)
+    assert "does not fit backbone 'cifar-resnet8'" in msg and "unexpected" in msg
+    assert "features.1.1" in msg and "\n" not in msg
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a state dict")
+    with pytest.raises(UserError, match="not a readable state dict"):
+        backbones.build("cifar-resnet8", 10, pretrained=str(junk))
