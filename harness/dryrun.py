@@ -140,13 +140,14 @@ def _estimate(p: Plan, name: str, mcfg: RunConfig, info: DatasetInfo, n_train: i
 
 def duration(seconds: float) -> str:
     """``seconds`` as the largest sensible units (``4 d 3 h``, ``12 min``, ``40 s``)."""
-    if seconds >= 86400:
-        return f"{seconds / 86400:.0f} d {seconds % 86400 / 3600:.0f} h"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.0f} h {seconds % 3600 / 60:.0f} min"
-    if seconds >= 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds:.0f} s"
+    s = round(seconds)
+    if s >= 86400:
+        return f"{s // 86400} d {s % 86400 // 3600} h"
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    if s >= 60:
+        return f"{s // 60} min"
+    return f"{s} s"
 
 
 def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[int, int],
