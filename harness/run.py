@@ -169,8 +169,8 @@ def print_registries() -> None:
         arrow = "higher" if me.obj.higher_is_better else "lower"
         print(f"  {me.name:<18} {arrow:>6} is better  {me.obj.description}")
     print("datasets:")
-    for d in data.DATASETS:
-        where = "embedded" if d.meta.get("embedded") else "read from --data-dir"
+    for d in sorted(data.DATASETS, key=lambda e: not e.meta.get("embedded")):
+        where = "embedded (the default)" if d.meta.get("embedded") else "read from --data-dir"
         boxes = "boxes" if d.meta.get("has_boxes") else ("boxes optional"
                                                          if d.meta.get("has_boxes") is None
                                                          else "no boxes")
