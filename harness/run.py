@@ -218,12 +218,15 @@ def check_data(args: argparse.Namespace, cfg: config_mod.RunConfig) -> Path:
     workers = resolve_workers(args.workers, cfg)
     cache = None if args.no_cache else args.cache_dir
 
+    # every image is checked, whatever subset the preset would train on
+    kwargs = {k: v for k, v in cfg.dataset_kwargs.items() if k not in ("n_train", "n_test")}
+
     def build(split: str) -> data.Split:
         return data.build(cfg.dataset, split, cache_dir=cache, data_dir=args.data_dir,
-                          num_workers=workers, **cfg.dataset_kwargs)
+                          num_workers=workers, **kwargs)
 
     summaries = scan(build, workers, progress=not args.no_progress)
-    print(f"{cfg.dataset} ({', '.join(f'{k}={v}' for k, v in cfg.dataset_kwargs.items())})")
+    print(f"{cfg.dataset} ({', '.join(f'{k}={v}' for k, v in kwargs.items()) or 'defaults'})")
     problems = [p for s in summaries for p in s.problems]
     for s in summaries:
         if s.images:

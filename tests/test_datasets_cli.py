@@ -65,11 +65,12 @@ def test_methods_that_need_boxes_are_refused_when_asked_for(
 
 def test_check_data_summarises_and_lists_problems(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    fx = fixtures.make_cub2011(tmp_path / "data")
+    fx = fixtures.make_cub2011(tmp_path / "data", per_class=(30, 2))
     assert _main("--dataset", "cub200-2011", "--data-dir", str(fx.root), "--preset", "smoke",
                  "--check-data", tmp=tmp_path) == 0
     out = capsys.readouterr().out
-    assert "train: 9 images, 3 of 200 classes present" in out
+    # every image, not the preset's subset of 64
+    assert "train: 90 images, 3 of 200 classes present" in out
     assert "test: 6 images" in out and "problems: none" in out and "box area" in out
     assert not (tmp_path / "out").exists()  # nothing trained or written
     # two problems: an image that does not decode and a box outside its image
