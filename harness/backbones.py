@@ -139,7 +139,10 @@ def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], path: str, na
     """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key (other
     than those starting with ``ignore``) is a one-line UserError listing the first."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith(ignore)]
+    # batch-norm step counters are absent from older model-zoo files; they do not
+    # change any output
+    missing = [k for k in own if k not in state and not k.startswith(ignore)
+               and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
               if k in own and state[k].shape != own[k].shape]

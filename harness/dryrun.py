@@ -22,7 +22,8 @@ from harness import data, train
 from harness import device as dev
 from harness.config import RunConfig
 from harness.data import DatasetInfo, Split
-from harness.errors import UserError
+from harness.data.core import DataDirMissing
+from harness.progress import duration
 from methods.base import METHODS
 
 #: timed training steps per method, after one untimed step
@@ -138,18 +139,6 @@ def _estimate(p: Plan, name: str, mcfg: RunConfig, info: DatasetInfo, n_train: i
                                   * min(ev.causal_n, n_test))
 
 
-def duration(seconds: float) -> str:
-    """``seconds`` as the largest sensible units (``4 d 3 h``, ``12 min``, ``40 s``)."""
-    s = round(seconds)
-    if s >= 86400:
-        return f"{s // 86400} d {s % 86400 // 3600} h"
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    if s >= 60:
-        return f"{s // 60} min"
-    return f"{s} s"
-
-
 def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[int, int],
            official: bool, device: torch.device, seeds: int,
            say: Callable[[str], None] = print) -> None:
@@ -183,7 +172,7 @@ def dataset_sizes(cfg: RunConfig, build: Callable[[str], Split]
     try:
         tr, te = build("train"), build("test")
         return te.info, (len(tr), len(te)), False
-    except UserError as err:
+    except DataDirMissing as err:  # only a missing folder: bad data stay errors
         meta = data.DATASETS.entry(cfg.dataset).meta
         if "official" not in meta:
             raise

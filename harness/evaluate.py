@@ -22,6 +22,7 @@ from harness import device as dev
 from harness import fold
 from harness.config import EvalConfig
 from harness.data import Split, loader
+from harness.progress import bars
 from harness.stats import SeedScores
 from methods.base import Method, Output
 from metrics.base import METRICS, EvalBatch, PerImageMetric
@@ -121,7 +122,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
 
     seen = 0
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
-    for batch in tqdm(batches, desc=f"{name} eval", leave=False, disable=not progress,
+    for batch in tqdm(batches, desc=f"{name} eval", leave=False, disable=not bars(progress),
                       dynamic_ncols=True):
         batch = dev.to_device(batch, device)
         x, y = batch["image"], batch["label"]

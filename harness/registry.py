@@ -57,8 +57,11 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            lower = {n.lower(): n for n in self._entries}
+            close = ([lower[name.lower()]] if name.lower() in lower else [])
+            close += [lower[c] for c in difflib.get_close_matches(
+                name.lower(), list(lower), n=3, cutoff=0.5) if lower[c] not in close]
+            hint = f"; did you mean {', '.join(close[:3])}?" if close else ""
             known = ", ".join(sorted(self._entries))
             raise UserError(f"unknown {self.kind} {name!r}{hint} (known: {known})") from None
 

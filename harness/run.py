@@ -12,26 +12,35 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import inspect
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+try:  # Ctrl-C while the libraries load (seconds): one line, not a traceback
+    import numpy as np
+    import torch
 
-import metrics  # noqa: F401  (registers metrics)
-from harness import backbones, data, paper_values, train
-from harness import config as config_mod
-from harness import device as dev
-from harness.errors import UserError, message
-from harness.evaluate import MethodResult, evaluate, misclassified
-from methods.base import METHODS
-from metrics.base import METRICS
+    import metrics  # noqa: F401  (registers metrics)
+    from harness import backbones, data, paper_values, train
+    from harness import config as config_mod
+    from harness import device as dev
+    from harness.errors import UserError, message
+    from harness.evaluate import MethodResult, evaluate, misclassified
+    from harness.progress import duration
+    from harness.safeio import probe_writable
+    from methods.base import METHODS
+    from metrics.base import METRICS
+except KeyboardInterrupt:  # pragma: no cover - timing-dependent, tested in a subprocess
+    print("interrupted while starting", file=sys.stderr)
+    sys.exit(130)
 
 DEFAULT_CACHE = Path(os.environ.get("ATTNBENCH_CACHE", ".attnbench-cache"))
 
@@ -70,16 +79,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the method every row is compared with, paired on images and seeds "
                         "(default: baseline on accuracy columns, gradcam on explanation "
                         "columns)")
-    p.add_argument("--out", type=Path, default=Path("runs/latest"),
+    p.add_argument("--out", default="runs/latest",
                    help="output directory (default runs/latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--precision", default="auto", choices=dev.PRECISIONS,
                    help="auto (bfloat16 autocast where the device has native bf16, else "
                         "fp32; the default), fp32 or bf16")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE),
                    help="checkpoint cache (default .attnbench-cache, or $ATTNBENCH_CACHE)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write checkpoints")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--debug", action="store_true",
+                   help="print the full traceback of an unexpected error (default: one line "
+                        "and a log file in --out)")
     p.add_argument("--cr-sweep", nargs="?", const="auto", default=None, metavar="LAMBDAS",
                    help="also fine-tune msabn-cr for each lambda_out and plot top-1 against "
                         "the annotated share: comma-separated values, 'paper' "
@@ -126,6 +138,9 @@ def resolve_methods(spec: str, for_methods: Sequence[str] = ()) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise UserError("--methods is empty: give method ids or 'all'")
+    if "all" in names:
+        raise UserError(f"--methods {spec!r}: 'all' stands alone (every method); to pick "
+                        "methods, list them without it")
     for n in names:
         METHODS.entry(n)  # raises with close matches
     return list(dict.fromkeys(names))
@@ -187,6 +202,20 @@ def print_registries() -> None:
         print(f"  {name:<22} {what}, {bb}{extra}")
 
 
+def portable_options(cfg: config_mod.RunConfig, preset: str) -> config_mod.RunConfig:
+    """On another dataset than the preset's, keep only the carried-over options the
+    dataset takes (a photo preset's crops mean nothing to CIFAR), saying which not."""
+    if cfg.dataset == config_mod.PRESETS[preset].get("dataset", config_mod.RunConfig.dataset):
+        return cfg
+    params = inspect.signature(data.DATASETS.get(cfg.dataset)).parameters
+    kept = {k: v for k, v in cfg.dataset_kwargs.items() if k in params}
+    dropped = sorted(set(cfg.dataset_kwargs) - set(kept))
+    if dropped:
+        print(f"note: {cfg.dataset} takes no {', '.join(dropped)}: preset {preset!r}'s "
+              "values for them are not used", file=sys.stderr)
+    return dataclasses.replace(cfg, dataset_kwargs=kept)
+
+
 def resolve_workers(requested: int | None, cfg: config_mod.RunConfig) -> int:
     """Decoding processes: ``--workers``, else the preset's, else 0 for in-memory
     datasets and min(8, CPUs) for datasets decoded from files."""
@@ -208,7 +237,7 @@ def dry_run(args: argparse.Namespace, names: list[str], cfg: config_mod.RunConfi
     names = drop_unsupported(names, info, explicit=args.methods.strip() != "all")
     plans = dryrun.plan(names, cfg, info, sizes[0], sizes[1], device)
     dryrun.report(plans, cfg, info, sizes, official, device, n_seeds)
-    return args.out
+    return Path(args.out)
 
 
 def check_data(args: argparse.Namespace, cfg: config_mod.RunConfig) -> Path:
@@ -216,7 +245,7 @@ def check_data(args: argparse.Namespace, cfg: config_mod.RunConfig) -> Path:
     from harness.data.check import scan
 
     workers = resolve_workers(args.workers, cfg)
-    cache = None if args.no_cache else args.cache_dir
+    cache = None if args.no_cache else probe_writable(args.cache_dir, "--cache-dir")
 
     # every image is checked, whatever subset the preset would train on
     kwargs = {k: v for k, v in cfg.dataset_kwargs.items() if k not in ("n_train", "n_test")}
@@ -239,7 +268,7 @@ def check_data(args: argparse.Namespace, cfg: config_mod.RunConfig) -> Path:
     if problems:
         raise UserError(f"{len(problems)} problem(s) in {cfg.dataset}; the first: "
                         f"{problems[0]}")
-    return args.out
+    return Path(args.out)
 
 
 def git_rev() -> str:
@@ -256,7 +285,8 @@ def run(args: argparse.Namespace) -> Path:
     from reports.leaderboard import RunRecord, write_all
 
     seeds = resolve_seeds(args.seed, args.seeds)
-    cfg = config_mod.resolve(args.preset, seed=seeds[0], dataset=args.dataset)
+    cfg = portable_options(config_mod.resolve(args.preset, seed=seeds[0],
+                                              dataset=args.dataset), args.preset)
     names = resolve_methods(args.methods, cfg.for_methods)
     other = [n for n in names if cfg.for_methods and n not in cfg.for_methods]
     if other:  # asked for by name: run, but not silently under another paper's protocol
@@ -286,7 +316,10 @@ def run(args: argparse.Namespace) -> Path:
     cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(args.precision, device))
     eval_precision = dev.resolve_precision(cfg.eval.precision, device)
     progress = not args.no_progress
-    cache = None if args.no_cache else args.cache_dir
+    if not args.dry_run:  # where results and checkpoints go: writable, before any work
+        args.out = probe_writable(args.out, "--out")
+    cache = None if args.no_cache or args.dry_run else probe_writable(args.cache_dir,
+                                                                      "--cache-dir")
     t_start = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     seeds_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
@@ -322,6 +355,12 @@ def run(args: argparse.Namespace) -> Path:
             n_comb[seed] = int(comb_subset.sum())
         for name in names:
             t0 = time.perf_counter()
+            done = len(results)
+            total = len(names) * len(seeds)
+            elapsed = t0 - t_start
+            eta = (f", ETA {duration(elapsed / done * (total - done))}" if done else "")
+            say(f"method {done + 1} of {total}: {name} (seed {seed}), elapsed "
+                f"{duration(elapsed)}{eta}", flush=True)
             trained = train.obtain(name, scfg, train_split, device, cache, progress=progress,
                                    _memo=memo)
             res = evaluate(trained.method, name, test_split, trained.cfg.eval, device,
@@ -405,10 +444,17 @@ def run(args: argparse.Namespace) -> Path:
                            config_mod.PRESETS[cfg.preset].get("backbone", "")))
     paths = write_all(record, args.out)
     say(f"wrote {paths['csv']} and {paths['html']} in {time.perf_counter() - t_start:.0f}s")
-    return args.out
+    return Path(args.out)
+
+
+#: the log an unexpected error's traceback goes to (in --out)
+ERROR_LOG = "attnbench-error.log"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: exit 0 on success, 2 on bad input or data (one line), 1 on an
+    unexpected error (one line; the traceback in ``--out``'s error log, or printed with
+    ``--debug``), 130 when interrupted."""
     args = parse_args(argv)
     try:
         if args.list:
@@ -421,10 +467,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished checkpoints are kept; rerun to resume", file=sys.stderr)
         return 130
-    except OSError as err:  # unwritable --out / --cache-dir, full disk, ...
-        print(f"error: {err.strerror or err}: {err.filename or ''}", file=sys.stderr)
+    except Exception as err:  # anything else: one line, the traceback kept
+        if args.debug:
+            traceback.print_exc()
+        else:
+            where = write_error_log(args.out)
+            what = f"{type(err).__name__}: {err}".splitlines()[0]
+            print(f"error: {what} (full traceback in {where}; --debug prints it)",
+                  file=sys.stderr)
         return 1
     return 0
+
+
+def write_error_log(out: str | Path) -> Path:
+    """The current exception's traceback in ``out`` (or the temporary directory when
+    ``out`` cannot take it); returns the log's path."""
+    text = f"{_dt.datetime.now().isoformat(timespec='seconds')} attnbench {' '.join(sys.argv)}\n"
+    text += traceback.format_exc()
+    for folder in (Path(str(out) or "."), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / ERROR_LOG
+            path.write_text(text)
+            return path.resolve()
+        except OSError:
+            continue
+    return Path("(nowhere: no writable directory)")
 
 
 if __name__ == "__main__":

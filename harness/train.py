@@ -15,7 +15,6 @@ import hashlib
 import inspect
 import math
 import os
-import pickle
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,9 +26,11 @@ from tqdm.auto import tqdm
 
 from harness import backbones, data
 from harness import device as dev
+from harness import progress as progress_mod
 from harness.config import RunConfig, config_hash, with_train_overrides
 from harness.data import Split
 from harness.errors import UserError
+from harness.safeio import atomic_path, key_lock
 from methods.base import METHODS, Method
 
 #: bump when a change invalidates cached checkpoints
@@ -137,20 +138,41 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
     mcfg = method_config(name, cfg)
     model = build_method(name, mcfg, train_split, **options)
     path = cache_dir / f"{name}-{key}.pt" if cache_dir else None
-    if path is not None and path.exists():
-        try:
-            blob = _load(path)
-            model.load_state_dict(blob["state_dict"])
-        except (RuntimeError, KeyError, EOFError, IndexError, ValueError,
-                pickle.UnpicklingError) as err:
-            print(f"warning: unreadable checkpoint {path} ({type(err).__name__}); "
-                  "training again", file=sys.stderr)
-        else:
-            dev.prepare(model, device).eval()
-            result = Trained(model, key, mcfg, True, blob["train_seconds"], blob["history"],
-                             blob.get("facts", {}))
-            memo[key] = result
-            return result
+    if path is None or mcfg.train.epochs <= 0:  # nothing to share with another run
+        result = _train(name, model, key, mcfg, cfg, train_split, device, cache_dir, path,
+                        progress, memo)
+    else:
+        # one run trains a key; another sharing the cache waits for it, then loads it
+        with key_lock(path, say=lambda m: print(m, file=sys.stderr)):
+            cached = _load_checkpoint(path, model, key, mcfg, device)
+            result = cached or _train(name, model, key, mcfg, cfg, train_split, device,
+                                      cache_dir, path, progress, memo)
+    memo[key] = result
+    return result
+
+
+def _load_checkpoint(path: Path, model: Method, key: str, mcfg: RunConfig,
+                     device: torch.device) -> Trained | None:
+    """The cached checkpoint, or None when absent or unreadable (one warning line)."""
+    if not path.exists():
+        return None
+    try:
+        blob = _load(path)
+        model.load_state_dict(blob["state_dict"])
+        result = Trained(model, key, mcfg, True, float(blob["train_seconds"]),
+                         list(blob["history"]), dict(blob.get("facts", {})))
+    except Exception as err:  # a torn or foreign file fails in many ways: all mean rebuild
+        print(f"warning: unreadable checkpoint {path} ({type(err).__name__}); "
+              "training again", file=sys.stderr)
+        return None
+    dev.prepare(model, device).eval()
+    return result
+
+
+def _train(name: str, model: Method, key: str, mcfg: RunConfig, cfg: RunConfig,
+           train_split: Split, device: torch.device, cache_dir: Path | None,
+           path: Path | None, progress: bool, memo: dict[str, Trained]) -> Trained:
+    """Train ``model`` (after obtaining its parent) and save its checkpoint."""
     parent = METHODS.entry(name).meta.get("init_from")
     if parent:
         p = obtain(parent, cfg, train_split, device, cache_dir, progress=progress, _memo=memo)
@@ -173,9 +195,7 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
     # a method that trains nothing is exactly as cached as its parent
     cached = mcfg.train.epochs <= 0 and parent is not None and memo[cache_key(
         parent, cfg, method_options(parent, cfg), data_id=train_split.fingerprint)].cached
-    result = Trained(model, key, mcfg, cached, seconds, history, facts)
-    memo[key] = result
-    return result
+    return Trained(model, key, mcfg, cached, seconds, history, facts)
 
 
 @functools.lru_cache(maxsize=8)
@@ -215,28 +235,26 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
     torch.manual_seed(cfg.seed + 1)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = data.loader(split, tc.batch_size, device, shuffle=True, drop_last=True,
-                         generator=gen)
+                         generator=gen, persistent=False)
+    reseed = getattr(split.dataset, "reseed", None)  # per-sample augmentation seeds
     if len(loader) == 0:
         raise UserError(f"training split has {len(split.dataset)} samples, fewer than "  # type: ignore[arg-type]
                         f"one batch of {tc.batch_size}")
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume is not None and resume.exists():
-        state = _load(resume)
-        model.load_state_dict(state["model"])
-        for o, s in zip(optimizers, state["optimizers"], strict=True):
-            o.load_state_dict(s)
-        for sch, s in zip(schedulers, state["schedulers"], strict=True):
-            sch.load_state_dict(s)
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])  # augmentation draws from the global RNG
-        history, start_epoch = state["history"], state["epoch"]
+        restored = _resume(resume, model, optimizers, schedulers, gen)
+        if restored is not None:
+            history, start_epoch = restored
     name = type(model).name or type(model).__name__
     for epoch in range(start_epoch, tc.epochs):
         model.train()
         sums: dict[str, float] = {}
+        t_epoch = time.perf_counter()
+        if reseed is not None:  # from the shuffling generator: restored on resume
+            reseed(int(torch.randint(0, 2**62, (1,), generator=gen)))
         bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{tc.epochs}", leave=False,
-                   disable=not progress, dynamic_ncols=True)
+                   disable=not progress_mod.bars(progress), dynamic_ncols=True)
         for i, batch in enumerate(bar, 1):
             batch = dev.to_device(batch, device)
             if split.batch_transform is not None:
@@ -252,6 +270,11 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
         for sch in schedulers:
             sch.step()
         history.append({"epoch": epoch + 1, **{k: v / len(loader) for k, v in sums.items()}})
+        if progress_mod.lines(progress):  # a log: one line per epoch
+            logs_txt = ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items()
+                                 if k != "epoch")
+            print(f"    {name} epoch {epoch + 1}/{tc.epochs}: {logs_txt} "
+                  f"({time.perf_counter() - t_epoch:.1f} s)", flush=True)
         if resume is not None and epoch + 1 < tc.epochs:
             _atomic_save({"model": model.state_dict(),
                           "optimizers": [o.state_dict() for o in optimizers],
@@ -260,6 +283,32 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
                           "history": history,
                           "epoch": epoch + 1}, resume)
     return history
+
+
+def _resume(path: Path, model: Method, optimizers: list[torch.optim.Optimizer],
+            schedulers: list[Any], gen: torch.Generator
+            ) -> tuple[list[dict[str, float]], int] | None:
+    """Restore an interrupted training from its resume file: (history, next epoch), or
+    None when the file is unreadable or does not fit (one warning line; the training
+    starts over from the initial weights, which ``model`` still holds on failure)."""
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        state = _load(path)
+        model.load_state_dict(state["model"])
+        for o, s in zip(optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)
+        for sch, s in zip(schedulers, state["schedulers"], strict=True):
+            sch.load_state_dict(s)
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # augmentation draws from the global RNG
+        history, epoch = list(state["history"]), int(state["epoch"])
+    except Exception as err:  # a torn or foreign file fails in many ways: all mean rebuild
+        print(f"warning: unreadable resume file {path} ({type(err).__name__}); training "
+              "from the start", file=sys.stderr)
+        model.load_state_dict(initial)
+        path.unlink(missing_ok=True)
+        return None
+    return history, epoch
 
 
 def epoch_milestones(fractions: tuple[float, ...], epochs: int) -> list[int]:
@@ -277,7 +326,5 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -44,8 +44,10 @@ class EvalBatch:
         indices: ``[B]`` the images' indices in the test split (scores are paired across
             methods and seeds by them); None: numbered in the order the metric sees
             them.
-        original_sizes: ``[B,2]`` (H, W) of each image before the test transform, for
-            datasets whose test transform resizes the whole image; None otherwise.
+        original_sizes: ``[B,2]`` (H, W), in original pixels, of the region of each
+            image that the input shows (the whole image when the test transform
+            resizes it, the centre crop's side when it crops), for datasets read from
+            files; None otherwise.
     """
 
     images: torch.Tensor

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from metrics import checks
+
 Model = Callable[[torch.Tensor], torch.Tensor]
 MODES = ("insertion", "deletion")
 SUBSTRATES = ("blur", "zero", "mean")
@@ -96,19 +98,29 @@ def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
         batch_size: perturbed images per forward pass.
 
     Returns:
-        ``[B, n+1]`` probabilities, ``n = ceil(H*W / step)``.
+        ``[B, n+1]`` probabilities, ``n = ceil(H*W / step)`` (``[0, n+1]`` for an empty
+        batch).
+
+    Raises:
+        ValueError: bad ``mode`` / ``step``; ``images`` not ``[B,C,H,W]``; ``saliency``
+            without a batch dimension, with several channels, of another size or with
+            non-finite values; ``classes`` of another length, not integers, or outside
+            the model's classes.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
+    images = checks.images(images)
     b, _, h, w = images.shape
-    if saliency.dim() == 4:
-        saliency = saliency[:, 0]
+    saliency = checks.maps(saliency, n=b)
     if tuple(saliency.shape) != (b, h, w):
         raise ValueError(f"saliency shape {tuple(saliency.shape)} does not match images "
                          f"{tuple(images.shape)}: resize it to the input first")
+    classes = checks.classes(classes, b)
     n = n_steps(h, w, step)
+    if b == 0:
+        return torch.zeros(0, n + 1, device=images.device)
     rank = rank_positions(saliency.to(images.device)).view(b, 1, h, w)
     base = make_substrate(images, substrate)
     start, finish = (images, base) if mode == "deletion" else (base, images)
@@ -120,13 +132,18 @@ def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
         img, k = idx // (n + 1), idx % (n + 1)
         changed = rank[img] < (k * step).view(-1, 1, 1, 1)
         x = torch.where(changed, finish[img], start[img])
-        probs = torch.softmax(model(x).float(), dim=1)
+        logits = model(x).float()
+        if lo == 0:  # the classes exist in the model's output
+            checks.classes(classes, b, logits.shape[1])
+        probs = torch.softmax(logits, dim=1)
         scores[lo : lo + len(idx)] = probs.gather(1, classes[img].view(-1, 1)).squeeze(1)
     return scores.view(b, n + 1)
 
 
 def auc(curves: torch.Tensor) -> torch.Tensor:
     """Trapezoid AUC of ``[B, n+1]`` curves on [0, 1]: ``(sum - s_0/2 - s_n/2) / n``."""
+    if curves.dim() != 2:
+        raise ValueError(f"curves has shape {tuple(curves.shape)}: expected [B, n+1]")
     n = curves.shape[1] - 1
     if n < 1:
         raise ValueError("a curve needs at least two points")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from harness.geometry import most_confusing, soft_iou
+from metrics import checks
 
 __all__ = ["confusing_pair", "most_confusing", "runner_up", "siou_confusion", "target_pair"]
 
@@ -24,6 +25,10 @@ def runner_up(logits: torch.Tensor) -> torch.Tensor:
 
 def target_pair(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``[B,2]``: the target class and the most confusing class (Eq. 6's pair)."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits has shape {tuple(logits.shape)}: expected [B,K]")
+    target = checks.classes(target, len(logits), logits.shape[1], arg="target").to(
+        logits.device)
     return torch.stack([target, most_confusing(logits, target)], 1)
 
 
@@ -44,5 +49,7 @@ def siou_confusion(maps: torch.Tensor) -> torch.Tensor:
     """
     if maps.dim() != 4 or maps.shape[1] != 2:
         raise ValueError(f"siou_confusion needs [B,2,h,w] maps, got {tuple(maps.shape)}")
+    if not bool(torch.isfinite(maps).all()):
+        raise ValueError("maps has non-finite values (NaN or inf)")
     m = maps.float().clamp_min(0)
     return soft_iou(m[:, 0], m[:, 1])

@@ -4,21 +4,42 @@ Saliency is ``[B,H,W]`` or ``[B,1,H,W]`` at image size; each map is min-max norm
 to [0, 1] inside the metric (a constant map becomes all zeros). Boxes are ``[B,4]``
 xyxy in pixels; a pixel (row r, column c) is inside a box when its centre
 ``(c + 0.5, r + 0.5)`` lies in the closed box. A NaN box contains no pixel.
+
+Every function checks its inputs (:mod:`metrics.checks`): a map without a batch
+dimension, with several channels or with non-finite values, or boxes of another
+length, raise ValueError; an empty batch gives an empty result.
 """
 
 from __future__ import annotations
 
 import torch
 
-from harness.geometry import bbox_inside_frac, box_mask, normalize
+from harness import geometry
+from harness.geometry import box_mask, normalize
+from metrics import checks
 
 __all__ = ["bbox_inside_frac", "box_mask", "energy_pointing_game", "normalize",
            "pointing_game"]
 
 
+def bbox_inside_frac(saliency: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.2,
+                     ) -> torch.Tensor:
+    """Share of the map binarised at ``threshold`` (after min-max) inside the box
+    (MSABN, Gupta & Sintorn 2022). Returns ``[B]``."""
+    s = checks.maps(saliency)
+    b = checks.boxes(boxes, len(s))
+    if len(s) == 0:
+        return torch.zeros(0, device=s.device)
+    return geometry.bbox_inside_frac(s, b, threshold)
+
+
 def energy_pointing_game(saliency: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Energy-based pointing game (Score-CAM): sum of the normalised map inside the box
     over its total sum; 0 for an all-zero map. Returns ``[B]``."""
+    saliency = checks.maps(saliency)
+    boxes = checks.boxes(boxes, len(saliency))
+    if len(saliency) == 0:
+        return torch.zeros(0, device=saliency.device)
     s = normalize(saliency)
     inside = (s * box_mask(boxes, *s.shape[-2:])).sum((1, 2))
     total = s.sum((1, 2))
@@ -41,6 +62,14 @@ def pointing_game(saliency: torch.Tensor, boxes: torch.Tensor, tolerance: float 
             in original pixels (TorchRay scores at the original resolution with 15 px).
             None: scored at the map's own resolution.
     """
+    saliency = checks.maps(saliency)
+    boxes = checks.boxes(boxes, len(saliency))
+    if len(saliency) == 0:
+        return torch.zeros(0, device=saliency.device)
+    if original_sizes is not None and tuple(torch.as_tensor(original_sizes).shape) != (
+            len(saliency), 2):
+        raise ValueError(f"original_sizes has shape {tuple(torch.as_tensor(original_sizes).shape)}"
+                         f": expected [{len(saliency)}, 2] (H, W per image)")
     if original_sizes is None:
         return _pointing_hits(normalize(saliency), boxes, tolerance)
     s = saliency if saliency.dim() == 4 else saliency[:, None]

@@ -30,6 +30,7 @@ from matplotlib.patches import Rectangle
 from harness.analysis import ALPHA, STABLE_TAU, Analysis, Row, summarise
 from harness.evaluate import MethodResult
 from harness.paper_values import PaperValue
+from harness.safeio import atomic_path, write_text
 from metrics.base import METRICS
 
 if TYPE_CHECKING:  # the report reads the record only
@@ -200,26 +201,29 @@ def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
              "comparisons": out / "comparisons.csv", "stability": out / "stability.csv",
              "config": out / "config.yaml", "html": out / "leaderboard.html"}
     frame = to_frame(record)
-    frame.to_csv(paths["csv"], index=False, float_format="%.6g")
-    curves_frame(record).to_csv(paths["curves"], index=False, float_format="%.6g")
-    comparisons_frame(record).to_csv(paths["comparisons"], index=False, float_format="%.6g")
-    stability_frame(record).to_csv(paths["stability"], index=False, float_format="%.6g")
+    tables = {"csv": frame, "curves": curves_frame(record),
+              "comparisons": comparisons_frame(record), "stability": stability_frame(record)}
     if record.paper_values:
         paths["paper"] = out / "paper.csv"
-        paper_frame(record).to_csv(paths["paper"], index=False, float_format="%.6g")
-    with open(paths["config"], "w") as fh:
-        yaml.safe_dump({"run": record.meta, "config": record.config,
-                        "references": record.analysis.references,
-                        "methods": record.method_meta}, fh, sort_keys=False)
+        tables["paper"] = paper_frame(record)
     if record.cr_sweep is not None:
         paths["cr_sweep"] = out / "cr_sweep.csv"
-        pd.DataFrame.from_records(record.cr_sweep.rows()).to_csv(
-            paths["cr_sweep"], index=False, float_format="%.6g")
+        tables["cr_sweep"] = pd.DataFrame.from_records(record.cr_sweep.rows())
+    # each file is written whole or not at all (a crash leaves the previous run's)
+    for key, table in tables.items():
+        with atomic_path(paths[key]) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+    write_text(paths["config"], yaml.safe_dump({
+        "run": record.meta, "config": record.config,
+        "references": record.analysis.references, "methods": record.method_meta},
+        sort_keys=False))
+    if record.cr_sweep is not None:
         paths["cr_sweep_png"] = out / "cr_sweep.png"
         fig = sweep_figure(record.cr_sweep)
-        fig.savefig(paths["cr_sweep_png"], dpi=130)
+        with atomic_path(paths["cr_sweep_png"]) as tmp:
+            fig.savefig(tmp, dpi=130)
         plt.close(fig)
-    paths["html"].write_text(render_html(record, frame))
+    write_text(paths["html"], render_html(record, frame))
     return paths
 
 
@@ -314,8 +318,9 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
             pv = papers.get((row["method"], c))
             paper = ""
             if pv is not None:
-                inside = not pd.isna(lo) and lo - 1e-12 <= pv.value <= hi + 1e-12
-                paper = f"paper {_fmt(pv.value, c)} ({'inside' if inside else 'outside'})"
+                verdict = ("n/a" if pd.isna(lo) else "inside"
+                           if lo - 1e-12 <= pv.value <= hi + 1e-12 else "outside")
+                paper = f"paper {_fmt(pv.value, c)} ({verdict})"
             cells.append({"text": _fmt(v, c), "ci": ci, "best": is_best, "paper": paper,
                           "paper_title": "" if pv is None else
                           f"{pv.quoted}: {pv.source}{'; ' + pv.note if pv.note else ''}",

@@ -56,6 +56,9 @@ def test_outputs_written(smoke_run: Path) -> None:
     assert df["comb_insertion_auc"].between(0, 1).all() and df["max_wrong_prob"].between(0, 1).all()
     html = (smoke_run / "leaderboard.html").read_text()
     assert "data:image/png;base64," in html and "★" in html
+    # compact table: intervals on demand (hover, or the toggle); sorting by method id
+    assert 'id="show-ci"' in html and 'class="wide compact"' in html
+    assert 'data-key="abn"' in html and 'title="95 % interval [' in html
     for name in METHODS.names():
         assert f"<b>{name}</b>" in html
     for c in cols:
@@ -103,7 +106,8 @@ def test_unwritable_output_is_a_one_line_error(tmp_path: Path,
     rc = run.main(["--methods", "cam", "--preset", "smoke", "--no-progress",
                    "--cache-dir", str(blocker / "cache")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and len(err) == 1 and str(blocker) in err[0]
+    # found before any work: a bad option (2), naming the file in the way
+    assert rc == 2 and len(err) == 1 and str(blocker) in err[0] and "is a file" in err[0]
 
 
 def test_lineage_and_boxless_datasets() -> None:

@@ -328,3 +328,80 @@ def test_folder_without_boxes_has_none(built: dict[str, Fixture], tmp_path: Path
     s = _build(fx, "test")
     assert not s.info.has_boxes and torch.isnan(s.dataset[0]["bbox"]).all()
     assert s.info.num_classes == 3
+
+
+# --------------------------------------------------------------------------------------
+# conventions as literal known answers, workers, EXIF
+# --------------------------------------------------------------------------------------
+
+
+def test_box_conventions_on_literal_annotations(built: dict[str, Fixture],
+                                                tmp_path: Path) -> None:
+    """Each layout's convention written out by hand: CUB-2011 x, y, w, h (0-based
+    corner); CUB-2010 / VOC / Cars 1-based inclusive pixel indices."""
+    import scipy.io
+
+    from harness.data import cub, stanford
+
+    fx = _copy(built["cub200-2011"], tmp_path / "a")
+    lines = (fx.dataset_dir / "bounding_boxes.txt").read_text().splitlines()
+    lines[0] = "1 3.0 4.0 10.0 5.0"
+    (fx.dataset_dir / "bounding_boxes.txt").write_text("\n".join(lines) + "\n")
+    recs = {r.box_source.split("id ")[-1].rstrip(")"): r for split in ("train", "test")
+            for r in cub.read_cub2011(fx.dataset_dir, split)[0]}
+    assert recs["1"].boxes.tolist() == [[3.0, 4.0, 13.0, 9.0]]
+
+    fx = _copy(built["cub200-2010"], tmp_path / "b")
+    first = fx.split("train")[0]
+    mat = (fx.root / "annotations-mat" / first.relpath[len("images/"):]).with_suffix(".mat")
+    scipy.io.savemat(mat, {"bbox": {"left": 1.0, "top": 2.0, "right": 10.0, "bottom": 20.0}})
+    assert cub.read_cub2010(fx.root, "train")[0][0].boxes.tolist() == [[0.0, 1.0, 10.0, 20.0]]
+
+    fx = _copy(built["stanford-dogs"], tmp_path / "c")
+    first = fx.split("train")[0]
+    xml = fx.root / "Annotation" / first.relpath[len("Images/"):-len(".jpg")]
+    xml.write_text("<annotation><object><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>10</xmax>"
+                   "<ymax>20</ymax></bndbox></object></annotation>")
+    assert stanford.read_dogs(fx.root, "train")[0][0].boxes.tolist() == [[0, 1, 10, 20]]
+
+    fx = _copy(built["stanford-cars"], tmp_path / "d")
+    annos = np.empty((1, 1), dtype=[(f, object) for f in (
+        "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")])
+    annos[0, 0] = (1, 2, 10, 20, 3, "00001.jpg")
+    scipy.io.savemat(fx.root / "devkit" / "cars_train_annos.mat", {"annotations": annos})
+    (rec,), _ = stanford.read_cars(fx.root, "train")
+    assert rec.boxes.tolist() == [[0.0, 1.0, 10.0, 20.0]] and rec.label == 2
+
+
+def test_augmentation_does_not_depend_on_the_worker_count(built: dict[str, Fixture]) -> None:
+    """Each sample's random crop and flip are drawn from (epoch seed, index): the same
+    batches with 0 or 2 decoding processes, and again for the same seed."""
+    fx = built["stanford-dogs"]
+    cpu = torch.device("cpu")
+
+    def epoch(workers: int, seed: int) -> list[torch.Tensor]:
+        s = _build(fx, "train", num_workers=workers)
+        s.dataset.reseed(seed)  # type: ignore[attr-defined]
+        return [b["image"] for b in data.loader(s, 4, cpu, persistent=False)]
+
+    a, b, c = epoch(0, 7), epoch(2, 7), epoch(0, 8)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_folder_photos_follow_their_exif_orientation(tmp_path: Path) -> None:
+    """A phone photo stored 40 x 60 with orientation 6 (turn 90 degrees) is a 60 x 40
+    picture, and its boxes are drawn on the picture."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        folder = tmp_path / split / "cat"
+        folder.mkdir(parents=True)
+        img = Image.new("RGB", (60, 40), (128, 128, 128))
+        exif = img.getexif()
+        exif[0x0112] = 6
+        img.save(folder / "a.jpg", exif=exif)
+    (tmp_path / "boxes.csv").write_text("path,x1,y1,x2,y2\ntest/cat/a.jpg,0,0,40,60\n")
+    s = data.build("folder", "test", data_dir=tmp_path, image_size=32, test_crop="none")
+    assert s.dataset.sizes == [(60, 40)]  # type: ignore[attr-defined]
+    assert s.dataset[0]["orig_size"].tolist() == [60, 40]

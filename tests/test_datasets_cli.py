@@ -152,3 +152,33 @@ def test_durations_read_in_whole_units() -> None:
 
     assert [duration(s) for s in (40.4, 720, 86100, 89700, 4 * 86400 + 3 * 3600 + 59)] == [
         "40 s", "12 min", "23 h 55 min", "1 d 0 h", "4 d 3 h"]
+
+
+def test_dry_run_with_bad_data_is_an_error(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    fx = fixtures.make_cub2011(tmp_path / "data")
+    (fx.dataset_dir / "image_class_labels.txt").write_text("1 999\n")
+    assert _main("--dataset", "cub200-2011", "--data-dir", str(fx.root), "--preset", "smoke",
+                 "--methods", "baseline", "--dry-run", tmp=tmp_path) == 2
+    assert "image_class_labels.txt: no line for image id 2" in capsys.readouterr().err
+
+
+def test_check_data_lists_every_image_problem_of_an_unusable_split(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fx = fixtures.make_cub2011(tmp_path / "data")
+    for im in fx.split("train"):
+        (fx.dataset_dir / im.relpath).unlink()
+    assert _main("--dataset", "cub200-2011", "--data-dir", str(fx.root), "--check-data",
+                 tmp=tmp_path) == 2
+    out = capsys.readouterr().out
+    assert out.count("which does not exist") == 9 and "no usable image" in out
+
+
+def test_a_photo_presets_options_do_not_reach_cifar(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import config
+
+    cfg = run.portable_options(config.resolve("comb-cub200-2010", dataset="cifar100"),
+                               "comb-cub200-2010")
+    assert cfg.dataset_kwargs == {"image_size": 224}
+    assert "cifar100 takes no test_crop, train_crop" in capsys.readouterr().err
+    assert config.resolve("abn-cifar100", dataset="cub200-2011").dataset_kwargs == {}

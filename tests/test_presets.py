@@ -166,3 +166,15 @@ def test_weights_that_do_not_fit_list_the_first_mismatching_keys(tmp_path: Path)
     junk.write_bytes(b"not a state dict")
     with pytest.raises(UserError, match="not a readable state dict"):
         backbones.build("cifar-resnet8", 10, pretrained=str(junk))
+
+
+def test_model_zoo_files_without_batch_norm_counters_load(tmp_path: Path) -> None:
+    """Older torchvision files have no ``num_batches_tracked``; they change no output."""
+    import timm
+
+    src = timm.create_model("resnet18", pretrained=False, num_classes=1000)
+    state = {k: v for k, v in src.state_dict().items() if "num_batches_tracked" not in k}
+    old = tmp_path / "old.pth"
+    torch.save(state, old)
+    bb = backbones.build("resnet18", 7, pretrained=str(old))
+    assert torch.equal(bb.features[0].weight, src.conv1.weight) and bb.pretrained

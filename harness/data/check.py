@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from harness.data.core import Split
 from harness.data.files import DataError, ImageFiles, collecting, decode
+from harness.progress import bars
 
 
 @dataclass
@@ -53,7 +54,7 @@ class _Decoded(Dataset[dict[str, Any]]):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         try:
-            img = decode(self.files.records[i].path)
+            img = decode(self.files.records[i].path, self.files.exif)
         except DataError as err:
             return {"error": str(err)}
         return {"size": tuple(img.shape[-2:])}
@@ -70,7 +71,7 @@ def scan(build: Callable[[str], Split], num_workers: int = 0, progress: bool = T
             try:
                 s = build(split)
             except DataError as err:
-                summary.problems.append(str(err))
+                summary.problems += [*problems, str(err)]
                 out.append(summary)
                 continue
         summary.problems += problems
@@ -87,7 +88,7 @@ def summarise(s: Split, summary: SplitSummary, num_workers: int = 0,
         sizes = np.array(ds.sizes)
         loader = DataLoader(_Decoded(ds), batch_size=None, num_workers=num_workers)
         for i, item in enumerate(tqdm(loader, desc=f"checking {summary.name}", leave=False,
-                                      disable=not progress, dynamic_ncols=True)):
+                                      disable=not bars(progress), dynamic_ncols=True)):
             if "error" in item:
                 summary.problems.append(item["error"])
             elif tuple(item["size"]) != tuple(sizes[i]):

@@ -3,7 +3,9 @@
 Every dataset yields ``{"image": float[3,H,W], "label": int, "bbox": float[4],
 "index": int}`` plus optional extras: other named boxes (``distractor_bbox``), every
 annotated object (``objects``: float[K,4], NaN rows padding to the split's most
-objects) and the image's size before the transform (``orig_size``: int[2], H and W).
+objects) and, in pixels of the original image, the size of the region the test
+transform shows (``orig_size``: int[2], H and W: the whole image when it is resized,
+the centre crop's side when cropped).
 Boxes are xyxy in pixels of the transformed image (NaN when a dataset has none) and
 follow the image through every transform via ``torchvision.transforms.v2`` and
 ``tv_tensors``. This module imports nothing from ``methods``, ``metrics`` or
@@ -85,17 +87,20 @@ class Split:
 
 def loader(split: Split, batch_size: int, device: torch.device, *, shuffle: bool = False,
            drop_last: bool = False, generator: torch.Generator | None = None,
-           dataset: Dataset[dict[str, Any]] | None = None) -> DataLoader[dict[str, Any]]:
+           dataset: Dataset[dict[str, Any]] | None = None,
+           persistent: bool = True) -> DataLoader[dict[str, Any]]:
     """The one way batches are drawn from a split: ``split.num_workers`` decoding
-    processes (kept alive across epochs) and pinned memory on CUDA.
+    processes and pinned memory on CUDA.
 
     Args:
         dataset: another view of the split's samples (e.g. ``split.eval_view()``).
+        persistent: keep the workers alive between passes (training passes False: each
+            epoch's workers then get the dataset with that epoch's augmentation seed).
     """
     workers = split.num_workers
     return DataLoader(split.dataset if dataset is None else dataset, batch_size=batch_size,
                       shuffle=shuffle, drop_last=drop_last, generator=generator,
-                      num_workers=workers, persistent_workers=workers > 0,
+                      num_workers=workers, persistent_workers=persistent and workers > 0,
                       pin_memory=device.type == "cuda")
 
 
@@ -234,6 +239,10 @@ def denormalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
 DATA_ENV = "ATTNBENCH_DATA"
 
 
+class DataDirMissing(UserError):
+    """A dataset read from disk was asked for without ``--data-dir`` (or its variable)."""
+
+
 def build(name: str, split: str, cache_dir: Path | None = None, *,
           data_dir: str | Path | None = None, num_workers: int = 0,
           **kwargs: Any) -> Split:
@@ -271,7 +280,7 @@ def _data_dir(name: str, data_dir: str | Path | None, meta: dict[str, Any]) -> P
     given = data_dir if data_dir not in (None, "") else os.environ.get(DATA_ENV)
     source = meta.get("source", "")
     if not given:
-        raise UserError(f"dataset {name!r} is read from disk: give --data-dir DIR (or set "
+        raise DataDirMissing(f"dataset {name!r} is read from disk: give --data-dir DIR (or set "
                         f"${DATA_ENV}), the folder its archive was extracted into"
                         + (f" ({source})" if source else ""))
     path = Path(given).expanduser()

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import functools
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from harness.data.core import (
     make_transform,
 )
 from harness.errors import UserError
+from harness.safeio import atomic_path
 
 DIGITS_INFO = DatasetInfo(
     name="cluttered-digits", num_classes=10, image_size=(64, 64),
@@ -163,6 +164,29 @@ def generate_digits(n: int, split: str, seed: int, size: int = 64, n_clutter: in
     return out
 
 
+#: what a cached file must hold: array -> (dtype kind, shape after the sample axis)
+_CACHED = {"images": ("u", (3, 64, 64)), "labels": ("i", ()), "bbox": ("f", (4,)),
+           "distractor_bbox": ("f", (4,)), "source": ("i", ())}
+
+
+def _read_cached(path: Path, n: int) -> dict[str, np.ndarray] | None:
+    """The arrays of a cached file, or None (with a one-line warning) when it is not
+    a complete, well-formed file of ``n`` samples: it is then generated again."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as err:  # a torn or foreign file fails in many ways: all mean rebuild
+        problem = f"unreadable ({type(err).__name__})"
+    else:
+        bad = [k for k, (kind, shape) in _CACHED.items() if k not in arrays
+               or arrays[k].dtype.kind != kind or arrays[k].shape != (n, *shape)]
+        if not bad:
+            return arrays
+        problem = f"missing or malformed {bad[0]!r}"
+    print(f"warning: cached data {path} is {problem}; generating it again", file=sys.stderr)
+    return None
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_digits(n: int, split: str, seed: int,
                    cache_dir: Path | None = None) -> dict[str, np.ndarray]:
@@ -172,14 +196,13 @@ def _cached_digits(n: int, split: str, seed: int,
         path = Path(cache_dir) / "data" / (
             f"cluttered-digits-v{GENERATOR_VERSION}-{split}-{n}-{seed}.npz")
         if path.exists():
-            with np.load(path) as z:
-                return {k: z[k] for k in z.files}
+            cached = _read_cached(path, n)
+            if cached is not None:
+                return cached
     arrays = generate_digits(n, split, seed)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays)  # type: ignore[arg-type]
     return arrays
 
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -125,13 +125,20 @@ def id_table(path: Path, columns: int, convert: Callable[[str], Any] = str
     return out
 
 
-def image_size_of(path: Path, where: str = "") -> tuple[int, int]:
-    """(H, W) of an image file from its header (no decoding)."""
+#: EXIF orientations that swap width and height (rotations by 90 degrees)
+_TURNED = (5, 6, 7, 8)
+
+
+def image_size_of(path: Path, where: str = "", exif: bool = False) -> tuple[int, int]:
+    """(H, W) of an image file from its header (no decoding); with ``exif``, as its
+    EXIF orientation turns it."""
     if not path.is_file():
         raise DataError(f"{where or path}: names {path}, which does not exist")
     try:
         with Image.open(path) as im:
             w, h = im.size
+            if exif and im.getexif().get(0x0112) in _TURNED:
+                w, h = h, w
     except (UnidentifiedImageError, OSError) as err:
         raise DataError(f"{path}: not a readable image ({err})") from None
     return h, w
@@ -154,8 +161,8 @@ def collecting() -> Iterator[list[str]]:
         _PROBLEMS.reset(token)
 
 
-def check_records(records: Sequence[Record], num_classes: int, split: str, name: str
-                  ) -> tuple[list[Record], list[tuple[int, int]]]:
+def check_records(records: Sequence[Record], num_classes: int, split: str, name: str,
+                  exif: bool = False) -> tuple[list[Record], list[tuple[int, int]]]:
     """Validate every record; returns the records and each image's (H, W).
 
     Raises:
@@ -170,7 +177,7 @@ def check_records(records: Sequence[Record], num_classes: int, split: str, name:
     kept, sizes = [], []
     for r in records:
         try:
-            sizes.append(_check_record(r, num_classes))
+            sizes.append(_check_record(r, num_classes, exif))
         except DataError as err:
             if problems is None:
                 raise
@@ -182,11 +189,11 @@ def check_records(records: Sequence[Record], num_classes: int, split: str, name:
     return kept, sizes
 
 
-def _check_record(r: Record, num_classes: int) -> tuple[int, int]:
+def _check_record(r: Record, num_classes: int, exif: bool = False) -> tuple[int, int]:
     if not 0 <= r.label < num_classes:
         raise DataError(f"{r.where or r.path}: label {r.label + 1} (1-based) is outside "
                         f"the {num_classes} classes")
-    h, w = image_size_of(r.path, r.where)
+    h, w = image_size_of(r.path, r.where, exif)
     for box in r.boxes:
         x1, y1, x2, y2 = (float(v) for v in box)
         src = r.box_source or r.where or r.path
@@ -204,12 +211,13 @@ def _fmt(box: np.ndarray) -> str:
     return "(" + ", ".join(f"{float(v):g}" for v in box) + ")"
 
 
-def decode(path: Path) -> torch.Tensor:
-    """uint8 ``[3,H,W]`` RGB of any image file (grey, palette, RGBA, CMYK, ...)."""
+def decode(path: Path, exif: bool = False) -> torch.Tensor:
+    """uint8 ``[3,H,W]`` RGB of any image file (grey, palette, RGBA, CMYK, ...); with
+    ``exif``, turned as its EXIF orientation says (as photo viewers show it)."""
     try:
         with Image.open(path) as im:
             im.load()
-            rgb = im.convert("RGB")
+            rgb = (ImageOps.exif_transpose(im) if exif else im).convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(f"{path}: cannot decode the image ({err})") from None
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
@@ -301,20 +309,36 @@ class ImageFiles(Dataset[dict[str, Any]]):
 
     def __init__(self, records: Sequence[Record], sizes: Sequence[tuple[int, int]],
                  transform: v2.Transform, photo: PhotoTransforms,
-                 max_objects: int) -> None:
+                 max_objects: int, exif: bool = False) -> None:
         self.records, self.sizes = list(records), list(sizes)
         self.transform, self.photo, self.max_objects = transform, photo, max_objects
+        self.exif = exif
+        #: set per epoch by the trainer: sample i's random augmentation is drawn from
+        #: (seed, i), the same in any worker process and after a resume
+        self.epoch_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def with_transform(self, transform: v2.Transform) -> ImageFiles:
         """The same samples under another transform."""
-        return ImageFiles(self.records, self.sizes, transform, self.photo, self.max_objects)
+        return ImageFiles(self.records, self.sizes, transform, self.photo, self.max_objects,
+                          self.exif)
+
+    def reseed(self, seed: int) -> None:
+        """Draw the next pass's augmentation of sample i from (``seed``, i)."""
+        self.epoch_seed = seed
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.epoch_seed is None:
+            return self._sample(i)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.epoch_seed + 1_000_003 * i) % 2**63)
+            return self._sample(i)
+
+    def _sample(self, i: int) -> dict[str, Any]:
         r = self.records[i]
-        raw = decode(r.path)
+        raw = decode(r.path, self.exif)
         h, w = raw.shape[-2:]
         if (h, w) != self.sizes[i]:
             raise DataError(f"{r.path}: decoded as {w}x{h} px, its header said "
@@ -377,15 +401,16 @@ def fingerprint(records: Iterable[Record], sizes: Sequence[tuple[int, int]],
 
 def image_split(records: list[Record], info: DatasetInfo, split: str, root: Path, *,
                 photo: PhotoTransforms, augment: bool, n: int | None,
-                multi_object: bool = False) -> Split:
+                multi_object: bool = False, exif: bool = False) -> Split:
     """A checked :class:`Split` of ``records``: the ``n``-subset, validated, decoded
-    per sample under the photo transforms (training ones when ``augment``)."""
+    per sample under the photo transforms (training ones when ``augment``); ``exif``:
+    images are turned as their EXIF orientation says before anything else."""
     records, sizes = check_records(subset(records, n, split), info.num_classes, split,
-                                   info.name)
+                                   info.name, exif)
     max_objects = max((len(r.boxes) for r in records), default=0) if multi_object else 1
     train_tf = photo.train_transform() if split == "train" and augment else None
     test_tf = photo.test_transform()
-    ds = ImageFiles(records, sizes, train_tf or test_tf, photo, max(max_objects, 1))
+    ds = ImageFiles(records, sizes, train_tf or test_tf, photo, max(max_objects, 1), exif)
     # the options (size, crops, subset) are in the checkpoint key already: the
     # fingerprint says which files, labels and boxes
     fp = fingerprint(records, sizes, root, {"split": split})
@@ -409,7 +434,7 @@ Reader = Callable[[Path, str], tuple[list[Record], list[str]]]
 def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[str],
                    source: str, has_boxes: bool | None = True, multi_object: bool = False,
                    num_classes: int | None = None, official: tuple[int, int] | None = None,
-                   version: int = 1) -> None:
+                   exif: bool = False, version: int = 1) -> None:
     """Register photo dataset ``name`` read by ``reader`` from the folder holding
     ``marker`` (``data_dir`` itself or one of ``data_dir/<subdirs>``).
 
@@ -418,6 +443,8 @@ def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[
         has_boxes: whether the dataset has boxes; None: when any image of the split has.
         num_classes: the dataset's class count when fixed (else ``reader``'s classes).
         official: the official (train, test) sizes (``--dry-run`` without the data).
+        exif: apply the images' EXIF orientation (your own photos; the published
+            datasets' boxes are in the stored pixels).
     """
 
     def factory(split: str, data_dir: Path, image_size: int = 224,
@@ -435,7 +462,7 @@ def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[
         info = photo_info(name, k, photo, boxed, multi_object)
         return image_split(records, info, split, root, photo=photo, augment=augment,
                            n=n_train if split == "train" else n_test,
-                           multi_object=multi_object)
+                           multi_object=multi_object, exif=exif)
 
     factory.__doc__ = (f"{name}, read from disk ({source}).\n\n"
                        "Args: image_size (crop side), resize (shorter side before the "

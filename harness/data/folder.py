@@ -80,5 +80,6 @@ def read_folder(root: Path, split: str) -> tuple[list[Record], list[str]]:
 
 
 register_photo("folder", reader=read_folder, marker="train", subdirs=(),
-               has_boxes=None, multi_object=True, source="your own images: DIR/train/<class>/*, "
-                                      "DIR/test/<class>/*, optional DIR/boxes.csv")
+               has_boxes=None, multi_object=True, exif=True,
+               source="your own images: DIR/train/<class>/*, DIR/test/<class>/*, optional "
+                      "DIR/boxes.csv")
