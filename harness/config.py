@@ -9,10 +9,17 @@ what its checkpoint cache key hashes, and what ``config.yaml`` records.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from harness.errors import UserError
 
@@ -89,6 +96,12 @@ class RunConfig:
     #: a local timm / torchvision state dict initialising the backbone (its SHA-256 is
     #: part of every checkpoint key)
     pretrained: str | None = None
+    #: the protocol's own dataset and backbone (before ``--dataset``): the papers'
+    #: numbers apply on these only
+    preset_dataset: str = "cluttered-digits"
+    preset_backbone: str = "cifar-resnet8"
+    #: the ``--config`` file the run was configured from, if any
+    config_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML/JSON-serialisable view."""
@@ -103,154 +116,207 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-#: a photo dataset's kwargs that carry over when ``--dataset`` replaces a preset's
-PORTABLE = ("image_size", "resize", "train_crop", "test_crop", "flip", "augment",
-            "extra_augment")
-#: the comparison rows every paper preset runs besides its own methods
-_REFERENCE_ROWS = ("baseline", "cam", "gradcam")
+#: the preset files (``harness/presets/<name>.yaml``), one per protocol
+PRESET_DIR = Path(__file__).with_name("presets")
+#: keys of a preset file besides the :class:`RunConfig` fields
+_PRESET_KEYS = ("portable", "extends")
+#: fields a preset or config file may not set (they come from the command line)
+_NOT_SETTABLE = ("preset", "seed", "pretrained")
 
 
-def _comb_preset(dataset: str, sigma: float) -> dict[str, Any]:
-    finetune = {"train": {"epochs": 300, "lr": 0.01}}
-    return {
-        "dataset": dataset,
-        # not stated in AMB/COMB; chosen: the ImageNet recipe at 224 px
-        "dataset_kwargs": {"image_size": 224, "train_crop": "random", "test_crop": "center"},
-        "backbone": "resnet50",
-        "backbone_kwargs": {}, "train": {"epochs": 300, "batch_size": 16},
-        "eval": {"causal_n": 1_000_000},
-        "methods": {"abn-amb": {**finetune, "options": {"sigma": sigma, "alpha": 1e-4}},
-                    "abn-comb": {**finetune, "options": {"sigma": sigma, "alpha": 1e-4}},
-                    "abn-cot": finetune, "abn-hk": finetune},
-        "for_methods": [*_REFERENCE_ROWS, "abn", "abn-amb", "abn-cot", "abn-comb", "abn-hk"],
-        "portable": PORTABLE,
-    }
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Tiny: a few seconds end to end, for tests.
-    "smoke": {
-        "dataset_kwargs": {"n_train": 64, "n_test": 32, "image_size": 64},
-        "portable": ("n_train", "n_test", "image_size"),
-        "backbone": "cifar-resnet8",
-        "backbone_kwargs": {"stem_stride": 2},
-        "train": {"epochs": 1, "batch_size": 16},
-        "eval": {"causal_n": 8, "batch_size": 16, "bootstrap": 50, "gallery_n": 4,
-                 "timing_batches": 1, "causal_step": 256},
-        "methods": {m: {"train": {"epochs": 1}}
-                    for m in ("abn-amb", "abn-cot", "abn-comb", "abn-hk")},
-    },
-    # The embedded default: all 14 methods train and evaluate in under 10 minutes on a
-    # 2-core CPU (README, "The default"). ResNet-8 (one block per stage) because MSABN's
-    # attention branch runs a stride-1 copy of stage 3 at stage-1 resolution (about 5x
-    # ABN's branch). 7 epochs: at 5 the discriminative-attention variants stayed below
-    # 0.90 top-1. Fine-tuned methods use their registered schedule (1 epoch at lr 0.01).
-    "default": {
-        "dataset_kwargs": {"n_train": 5000, "n_test": 1000},
-        "backbone": "cifar-resnet8",
-        "backbone_kwargs": {"stem_stride": 2},
-        "train": {"epochs": 7, "batch_size": 64, "lr": 0.1},
-        "eval": {},
-    },
-    # AMB / COMB protocol (AMB Sec. 4.1, COMB Sec. 4.1): ResNet-50, batch 16, 300 epochs
-    # of ABN pre-training and 300 of fine-tuning, alpha 1e-4, sigma 0.78 (CUB-200-2010).
-    # The papers give no learning rate: pre-training keeps ABN's 0.1 with steps at 50/75 %,
-    # fine-tuning starts at a tenth of it (0.01), as on the embedded default.
-    "comb-cub200-2010": _comb_preset("cub200-2010", 0.78),
-    "comb-stanford-dogs": _comb_preset("stanford-dogs", 0.40),
-    # ABN Sec. 4.1-4.2: ResNet-110 on CIFAR-100 (ABN's code: bottleneck blocks from
-    # depth 44), 32 px, 4 px zero padding + random crop + horizontal flip, SGD with
-    # momentum, 300 epochs, batch 256, lr 0.1 divided by 10 at 50 % and 75 %. Not stated,
-    # chosen: momentum 0.9 and weight decay 1e-4 (the authors' code); the code's default
-    # batch is 128, the paper's 256 is used.
-    "abn-cifar100": {
-        "dataset": "cifar100", "dataset_kwargs": {"image_size": 32},
-        "backbone": "cifar-resnet110", "backbone_kwargs": {},
-        "train": {"epochs": 300, "batch_size": 256, "lr": 0.1, "momentum": 0.9,
-                  "weight_decay": 1e-4, "milestones": [0.5, 0.75]},
-        "eval": {"causal_n": 1000},
-        "for_methods": [*_REFERENCE_ROWS, "abn"],
-    },
-    # MSABN Sec. 4.2: ResNet-50 from scratch (Kaiming init), 352 x 352 px, horizontal
-    # flip, colour jitter, Gaussian blur and noise, solarize; SGD momentum 0.9, weight
-    # decay 1e-4, 300 epochs, batch 16, lr 0.1 divided by 10 at 50 % and 75 %.
-    # Copy-replace fine-tuning (Sec. 4.3): 50 epochs, same optimiser; the paper retrains
-    # without augmentation, here the split's augmentation stays on (data options are per
-    # run, not per method). Not stated, chosen: the augmentation magnitudes
-    # (harness.data.files.EXTRA_AUGMENT), the test transform (the same 352 x 352 resize).
-    "msabn-cub200-2011": {
-        "dataset": "cub200-2011",
-        "dataset_kwargs": {"image_size": 352, "train_crop": "none", "test_crop": "none",
-                           "extra_augment": "msabn"},
-        "backbone": "resnet50", "backbone_kwargs": {},
-        "train": {"epochs": 300, "batch_size": 16, "lr": 0.1, "momentum": 0.9,
-                  "weight_decay": 1e-4, "milestones": [0.5, 0.75]},
-        "eval": {"causal_n": 1000},
-        "methods": {"msabn-cr": {"train": {"epochs": 50, "lr": 0.1}}},
-        "for_methods": [*_REFERENCE_ROWS, "abn", "msabn", "msabn-puzzle", "msabn-cr"],
-        "portable": PORTABLE,
-    },
-    # Discriminative attention Sec. 4.1: He et al.'s ResNet-110 (basic blocks), 4 px
-    # zero padding + random 32 px crop + flip, batch 128, weight decay 5e-4, momentum
-    # 0.9, lr 0.1 divided by 10 at epochs 81 and 122, 160 epochs.
-    "discattn-cifar100": {
-        "dataset": "cifar100", "dataset_kwargs": {"image_size": 32},
-        "backbone": "cifar-resnet110-basic", "backbone_kwargs": {},
-        "train": {"epochs": 160, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
-                  "weight_decay": 5e-4, "milestones": [81 / 160, 122 / 160]},
-        "eval": {"causal_n": 1000},
-        "for_methods": [*_REFERENCE_ROWS, "discattn-ch", "discattn-px", "discattn-gradcam"],
-    },
-    # Discriminative attention Sec. 4.2: ResNet-50 (ImageNet weights: the pipeline of
-    # MAMC it follows, --pretrained), 448 px for training and testing, mirror and random
-    # crop, batch 10, lr 0.001 divided by 10 after 30 and 60 epochs, 90 epochs. Not
-    # stated, chosen: shorter side 512 then a random (train) / centre (test) 448 crop,
-    # momentum 0.9, weight decay 1e-4.
-    "discattn-cub200-2011": {
-        "dataset": "cub200-2011",
-        "dataset_kwargs": {"image_size": 448, "resize": 512, "train_crop": "random",
-                           "test_crop": "center"},
-        "backbone": "resnet50", "backbone_kwargs": {},
-        "train": {"epochs": 90, "batch_size": 10, "lr": 0.001, "momentum": 0.9,
-                  "weight_decay": 1e-4, "milestones": [30 / 90, 60 / 90]},
-        "eval": {"causal_n": 1000},
-        "for_methods": [*_REFERENCE_ROWS, "discattn-ch"],
-        "needs_pretrained": True,
-        "portable": PORTABLE,
-    },
-}
+def _load_presets() -> dict[str, dict[str, Any]]:
+    """Every preset file, the embedded benchmark's first, then by name."""
+    files = sorted(PRESET_DIR.glob("*.yaml"),
+                   key=lambda p: (p.stem not in ("smoke", "default"), p.stem != "smoke", p.stem))
+    out = {}
+    for f in files:
+        spec = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        check_spec(spec, f"preset file {f.name}")
+        out[f.stem] = spec
+    return out
 
 
 def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
-            overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Build the :class:`RunConfig` for ``preset`` with optional overrides.
+            config_file: str | Path | None = None, sets: Sequence[str] = ()) -> RunConfig:
+    """Build the :class:`RunConfig` of ``preset`` (or of ``config_file``, a preset-shaped
+    YAML file that may ``extends:`` a preset), then ``--set key=value`` overrides, then
+    ``dataset`` (only the preset's portable data options carry over to another dataset).
 
     Raises:
-        UserError: unknown preset, or an override naming an unknown field.
+        UserError: unknown preset; an unknown or mistyped field (naming the field and the
+            file or ``--set``).
     """
+    if config_file is not None:
+        own = read_config(config_file)
+        preset = own.pop("extends", preset)
     if preset not in PRESETS:
         raise UserError(f"unknown --preset {preset!r} (known: {', '.join(PRESETS)})")
     spec: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
+    if config_file is not None:
+        _merge(spec, own)
+    for item in sets:
+        _merge(spec, parse_set(item))
     portable = spec.pop("portable", ())
-    if dataset is not None and dataset != spec.get("dataset", RunConfig.dataset):
+    spec.pop("extends", None)
+    own_dataset = spec.get("dataset", RunConfig.dataset)
+    own_backbone = spec.get("backbone", RunConfig.backbone)
+    if dataset is not None and dataset != own_dataset:
         # the preset's data options describe its own dataset; only the portable ones
         # (a photo's size and transforms) apply to another
         spec["dataset"] = dataset
         spec["dataset_kwargs"] = {k: v for k, v in spec.get("dataset_kwargs", {}).items()
                                   if k in portable}
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict) and isinstance(spec.get(key), dict):
-            spec[key].update(value)
-        else:
-            spec[key] = value
     try:
         train = TrainConfig(**_tuples(spec.pop("train", {})))
         ev = EvalConfig(**spec.pop("eval", {}))
         spec["for_methods"] = tuple(spec.get("for_methods", ()))
-        cfg = RunConfig(preset=preset, train=train, eval=ev, seed=seed, **spec)
-    except TypeError as err:
+        cfg = RunConfig(preset=preset, train=train, eval=ev, seed=seed,
+                        preset_dataset=own_dataset, preset_backbone=own_backbone,
+                        config_file=None if config_file is None else str(config_file),
+                        **spec)
+    except TypeError as err:  # pragma: no cover - check_spec catches these first
         raise UserError(f"bad configuration for preset {preset!r}: {err}") from None
     return cfg
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A checked preset-shaped YAML file (see :func:`check_spec`)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"--config {p}: no such file")
+    try:
+        spec = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--config {p}: not valid YAML ({first})") from None
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise UserError(f"--config {p}: expected a mapping of fields, got "
+                        f"{type(spec).__name__}")
+    check_spec(spec, f"--config {p}")
+    return spec
+
+
+def parse_set(item: str) -> dict[str, Any]:
+    """``--set a.b.c=value`` as ``{"a": {"b": {"c": value}}}`` (value read as YAML:
+    numbers, booleans, lists), checked like a config file."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip() or not raw.strip():
+        raise UserError(f"--set {item!r}: expected key=value (e.g. train.epochs=10)")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = [k.strip() for k in key.split(".")]
+    for k in parts[:-1]:
+        node = node.setdefault(k, {})
+    node[parts[-1]] = value
+    check_spec(out, f"--set {item}")
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def check_spec(spec: dict[str, Any], where: str) -> None:
+    """Check a preset-shaped mapping against the dataclasses' fields and types.
+
+    Raises:
+        UserError: one line naming ``where`` and the first unknown or mistyped field.
+    """
+    hints = typing.get_type_hints(RunConfig)
+    allowed = [f.name for f in dataclasses.fields(RunConfig)
+               if f.name not in (*_NOT_SETTABLE, "preset_dataset", "preset_backbone",
+                                 "config_file")]
+    for k, v in spec.items():
+        if k in ("train", "eval"):
+            _check_section(v, TrainConfig if k == "train" else EvalConfig, f"{k}.", where)
+        elif k == "methods":
+            if not isinstance(v, dict):
+                raise UserError(f"{where}: methods must map method ids to {{train, options}}")
+            for m, mv in v.items():
+                if not isinstance(mv, dict) or set(mv) - {"train", "options"}:
+                    bad = sorted(set(mv) - {"train", "options"}) if isinstance(mv, dict) else []
+                    raise UserError(f"{where}: methods.{m} takes 'train' and 'options' only"
+                                    + (f", not {bad[0]!r}" if bad else ""))
+                _check_section(mv.get("train", {}), TrainConfig, f"methods.{m}.train.", where)
+                if not isinstance(mv.get("options", {}), dict):
+                    raise UserError(f"{where}: methods.{m}.options must be a mapping")
+        elif k == "portable":
+            if not isinstance(v, list | tuple):
+                raise UserError(f"{where}: portable must be a list of dataset options")
+        elif k == "extends":
+            if not isinstance(v, str):
+                raise UserError(f"{where}: extends must name a preset")
+        elif k in allowed:
+            if not _fits(v, hints[k]):
+                raise UserError(f"{where}: {k} must be {_describe(hints[k])}, got {v!r}")
+        else:
+            raise UserError(f"{where}: unknown field {k!r}{_close(k, [*allowed, *_PRESET_KEYS])}")
+
+
+def _check_section(section: Any, cls: type, prefix: str, where: str) -> None:
+    if not isinstance(section, dict):
+        raise UserError(f"{where}: {prefix.rstrip('.')} must be a mapping of fields")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k, v in section.items():
+        if k not in names:
+            raise UserError(f"{where}: unknown field {prefix}{k}{_close(k, names)}")
+        if not _fits(v, hints[k]):
+            raise UserError(f"{where}: {prefix}{k} must be {_describe(hints[k])}, got {v!r}")
+
+
+def _close(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, list | tuple) and all(_fits(x, args[0]) for x in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return True  # pragma: no cover - no other field types
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        plural = {int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {plural.get(args[0], 'values')}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(hint, str(hint))
+
+
+PRESETS: dict[str, dict[str, Any]] = _load_presets()
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ time is measured separately, side by side with a plain forward pass on the same 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,19 @@ class MethodResult:
     n_test: int
     n_causal: int
     gallery: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def finite(maps: torch.Tensor, what: str) -> torch.Tensor:
+    """``maps`` with NaN / inf values set to 0 and one warning line: a method whose maps
+    break in places is scored on the rest rather than ending the run (the metric
+    functions refuse non-finite maps)."""
+    ok = torch.isfinite(maps)
+    if bool(ok.all()):
+        return maps
+    n = int((~ok.flatten(1).all(1)).sum())
+    print(f"warning: {what}: {n} map(s) with NaN or inf values in this batch; those values "
+          "are scored as 0", file=sys.stderr)
+    return torch.where(ok, maps, torch.zeros_like(maps))
 
 
 def applicable_metrics(split: Split, cfg: EvalConfig) -> dict[str, PerImageMetric]:
@@ -118,7 +132,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     def class_maps(z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
         with torch.no_grad():  # in float32, as the explanations
             maps = method.class_maps(z, classes)
-        return None if maps is None else maps.float()
+        return None if maps is None else finite(maps.float(), f"{name} class maps")
 
     seen = 0
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
@@ -129,7 +143,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         with torch.no_grad():
             out = forward(x)
             logits = out.logits.float()
-            sal = method.explain(x, y).float()
+            sal = finite(method.explain(x, y).float(), f"{name} explanations")
             with dev.autocast(device, precision):  # as the logits they are compared to
                 fixed = (scoring.fixed_attention_logits(out, batch["bbox"], tuple(x.shape[-2:]))
                          if "bbox" in box_names else None)

@@ -71,6 +71,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "in-memory datasets, else up to 8)")
     p.add_argument("--preset", default="default",
                    help=f"one of {', '.join(config_mod.PRESETS)} (default: default)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a preset-shaped YAML file (it may 'extends: PRESET'); checked "
+                        "field by field")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   dest="sets", help="override one field, e.g. train.epochs=10 or "
+                                     "methods.abn-amb.options.sigma=0.5 (repeatable)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     p.add_argument("--seeds", default=None, metavar="SEEDS",
                    help="train and evaluate every method once per seed: comma-separated "
@@ -202,10 +208,29 @@ def print_registries() -> None:
         print(f"  {name:<22} {what}, {bb}{extra}")
 
 
-def portable_options(cfg: config_mod.RunConfig, preset: str) -> config_mod.RunConfig:
+def check_method_settings(cfg: config_mod.RunConfig, config_file: str | None) -> None:
+    """The per-method settings name registered methods and options they take."""
+    where = f"--config {config_file}" if config_file else f"preset {cfg.preset!r}"
+    for m, mv in cfg.methods.items():
+        if m not in METHODS:
+            try:
+                METHODS.entry(m)
+            except UserError as err:
+                raise UserError(f"{where} / --set: methods.{m}: {err}") from None
+        params = inspect.signature(METHODS.get(m)).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        for opt in mv.get("options", {}):
+            if not takes_any and opt not in params:
+                known = [n for n in params if n not in ("backbone", "info")]
+                raise UserError(f"{where} / --set: methods.{m}.options.{opt}: {m} has no "
+                                f"option {opt!r} (options: {', '.join(known) or 'none'})")
+
+
+def portable_options(cfg: config_mod.RunConfig) -> config_mod.RunConfig:
     """On another dataset than the preset's, keep only the carried-over options the
     dataset takes (a photo preset's crops mean nothing to CIFAR), saying which not."""
-    if cfg.dataset == config_mod.PRESETS[preset].get("dataset", config_mod.RunConfig.dataset):
+    preset = cfg.preset
+    if cfg.dataset == cfg.preset_dataset:
         return cfg
     params = inspect.signature(data.DATASETS.get(cfg.dataset)).parameters
     kept = {k: v for k, v in cfg.dataset_kwargs.items() if k in params}
@@ -286,7 +311,9 @@ def run(args: argparse.Namespace) -> Path:
 
     seeds = resolve_seeds(args.seed, args.seeds)
     cfg = portable_options(config_mod.resolve(args.preset, seed=seeds[0],
-                                              dataset=args.dataset), args.preset)
+                                              dataset=args.dataset, config_file=args.config,
+                                              sets=args.sets))
+    check_method_settings(cfg, args.config)
     names = resolve_methods(args.methods, cfg.for_methods)
     other = [n for n in names if cfg.for_methods and n not in cfg.for_methods]
     if other:  # asked for by name: run, but not silently under another paper's protocol
@@ -439,9 +466,8 @@ def run(args: argparse.Namespace) -> Path:
                        gallery_boxes=boxes,
                        gallery_labels=np.array([s["label"] for s in samples]),
                        cr_sweep=sweep, paper_values=paper_values.for_run(
-                           cfg.preset, cfg.dataset, cfg.backbone,
-                           config_mod.PRESETS[cfg.preset].get("dataset", ""),
-                           config_mod.PRESETS[cfg.preset].get("backbone", "")))
+                           cfg.preset, cfg.dataset, cfg.backbone, cfg.preset_dataset,
+                           cfg.preset_backbone))
     paths = write_all(record, args.out)
     say(f"wrote {paths['csv']} and {paths['html']} in {time.perf_counter() - t_start:.0f}s")
     return Path(args.out)
@@ -484,13 +510,13 @@ def write_error_log(out: str | Path) -> Path:
     ``out`` cannot take it); returns the log's path."""
     text = f"{_dt.datetime.now().isoformat(timespec='seconds')} attnbench {' '.join(sys.argv)}\n"
     text += traceback.format_exc()
-    for folder in (Path(str(out) or "."), Path(tempfile.gettempdir())):
+    for folder in (Path(str(out) or ".").expanduser(), Path(tempfile.gettempdir())):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / ERROR_LOG
-            path.write_text(text)
+            path.write_text(text, encoding="utf-8", errors="replace")
             return path.resolve()
-        except OSError:
+        except Exception:  # the log is best effort: try the next folder
             continue
     return Path("(nowhere: no writable directory)")
 

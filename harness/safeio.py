@@ -58,14 +58,20 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: the locks this process holds
+_HELD: set[Path] = set()
+
+
 @contextlib.contextmanager
 def key_lock(path: Path, say: Callable[[str], None] = print) -> Iterator[None]:
     """Hold the advisory lock of ``path`` (``path.lock``) for the block; if another
     process holds it, say so and wait for it."""
+    lock = path.with_name(path.name + ".lock")
+    if lock in _HELD:  # flock is per open file: a second hold here would wait forever
+        raise RuntimeError(f"{lock} is already held by this process")
     if fcntl is None:  # pragma: no cover
         yield
         return
-    lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
     try:
@@ -74,8 +80,10 @@ def key_lock(path: Path, say: Callable[[str], None] = print) -> Iterator[None]:
         except BlockingIOError:
             say(f"waiting for another run that is training {path.name} ...")
             fcntl.flock(fd, fcntl.LOCK_EX)
+        _HELD.add(lock)
         yield
     finally:
+        _HELD.discard(lock)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
@@ -102,6 +110,7 @@ def probe_writable(given: str | Path, option: str) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise UserError(f"{option} {folder}: cannot write there ({err.strerror or err})"
-                        ) from None
+        raise UserError(f"{option} {folder}: cannot write there ({err.strerror or err}); "
+                        "give a writable folder" + (" or --no-cache" if "cache" in option
+                                                   else "")) from None
     return folder

@@ -226,26 +226,36 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
     tc = cfg.train
     if tc.epochs <= 0:
         return []
-    optimizers = model.configure_optimizers(tc)
     milestones = epoch_milestones(tc.milestones, tc.epochs)
-    schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, milestones, tc.gamma)
-                  for o in optimizers]
-    # Shuffling has its own generator; augmentation draws from the global RNG, seeded
-    # here so that the result depends only on (config, seed), not on what ran before.
-    torch.manual_seed(cfg.seed + 1)
-    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def start() -> tuple[list[torch.optim.Optimizer], list[Any], torch.Generator]:
+        optimizers = model.configure_optimizers(tc)
+        schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, milestones, tc.gamma)
+                      for o in optimizers]
+        # Shuffling has its own generator; augmentation draws from the global RNG,
+        # seeded here so that the result depends only on (config, seed), not on what ran
+        # before.
+        torch.manual_seed(cfg.seed + 1)
+        return optimizers, schedulers, torch.Generator().manual_seed(cfg.seed)
+
+    has_resume = resume is not None and resume.exists()
+    initial = {k: v.clone() for k, v in model.state_dict().items()} if has_resume else {}
+    optimizers, schedulers, gen = start()
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if has_resume and resume is not None:
+        restored = _resume(resume, model, optimizers, schedulers, gen)
+        if restored is not None:
+            history, start_epoch = restored
+        else:  # whatever the file restored in part is undone: a fresh start
+            model.load_state_dict(initial)
+            optimizers, schedulers, gen = start()
     loader = data.loader(split, tc.batch_size, device, shuffle=True, drop_last=True,
                          generator=gen, persistent=False)
     reseed = getattr(split.dataset, "reseed", None)  # per-sample augmentation seeds
     if len(loader) == 0:
         raise UserError(f"training split has {len(split.dataset)} samples, fewer than "  # type: ignore[arg-type]
                         f"one batch of {tc.batch_size}")
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    if resume is not None and resume.exists():
-        restored = _resume(resume, model, optimizers, schedulers, gen)
-        if restored is not None:
-            history, start_epoch = restored
     name = type(model).name or type(model).__name__
     for epoch in range(start_epoch, tc.epochs):
         model.train()
@@ -289,9 +299,8 @@ def _resume(path: Path, model: Method, optimizers: list[torch.optim.Optimizer],
             schedulers: list[Any], gen: torch.Generator
             ) -> tuple[list[dict[str, float]], int] | None:
     """Restore an interrupted training from its resume file: (history, next epoch), or
-    None when the file is unreadable or does not fit (one warning line; the training
-    starts over from the initial weights, which ``model`` still holds on failure)."""
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    None when the file is unreadable or does not fit (one warning line; the caller then
+    undoes whatever was restored in part and starts over)."""
     try:
         state = _load(path)
         model.load_state_dict(state["model"])
@@ -305,7 +314,6 @@ def _resume(path: Path, model: Method, optimizers: list[torch.optim.Optimizer],
     except Exception as err:  # a torn or foreign file fails in many ways: all mean rebuild
         print(f"warning: unreadable resume file {path} ({type(err).__name__}); training "
               "from the start", file=sys.stderr)
-        model.load_state_dict(initial)
         path.unlink(missing_ok=True)
         return None
     return history, epoch

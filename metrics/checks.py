@@ -38,13 +38,13 @@ def maps(saliency: Any, arg: str = "saliency", n: int | None = None) -> torch.Te
     return s
 
 
-def boxes(value: Any, n: int, arg: str = "boxes") -> torch.Tensor:
-    """Float ``[B,4]`` (or ``[B,K,4]``: several objects) xyxy boxes for ``n`` images;
-    NaN rows mean no box."""
+def boxes(value: Any, n: int, arg: str = "boxes", objects: bool = False) -> torch.Tensor:
+    """Float ``[B,4]`` xyxy boxes for ``n`` images (with ``objects`` also ``[B,K,4]``:
+    several per image); NaN rows mean no box."""
     b = torch.as_tensor(value)
-    if b.dim() not in (2, 3) or b.shape[-1] != 4:
-        raise ValueError(f"{arg} has shape {_shape(b)}: expected [B,4] (or [B,K,4]) xyxy "
-                         "boxes")
+    if b.dim() not in ((2, 3) if objects else (2,)) or b.shape[-1] != 4:
+        raise ValueError(f"{arg} has shape {_shape(b)}: expected [B,4]"
+                         + (" (or [B,K,4])" if objects else "") + " xyxy boxes")
     if b.shape[0] != n:
         raise ValueError(f"{arg} has {b.shape[0]} rows (shape {_shape(b)}) for {n} images")
     return b.float()

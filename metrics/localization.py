@@ -63,7 +63,7 @@ def pointing_game(saliency: torch.Tensor, boxes: torch.Tensor, tolerance: float 
             None: scored at the map's own resolution.
     """
     saliency = checks.maps(saliency)
-    boxes = checks.boxes(boxes, len(saliency))
+    boxes = checks.boxes(boxes, len(saliency), objects=True)
     if len(saliency) == 0:
         return torch.zeros(0, device=saliency.device)
     if original_sizes is not None and tuple(torch.as_tensor(original_sizes).shape) != (

@@ -177,8 +177,7 @@ def test_check_data_lists_every_image_problem_of_an_unusable_split(
 def test_a_photo_presets_options_do_not_reach_cifar(capsys: pytest.CaptureFixture[str]) -> None:
     from harness import config
 
-    cfg = run.portable_options(config.resolve("comb-cub200-2010", dataset="cifar100"),
-                               "comb-cub200-2010")
+    cfg = run.portable_options(config.resolve("comb-cub200-2010", dataset="cifar100"))
     assert cfg.dataset_kwargs == {"image_size": 224}
     assert "cifar100 takes no test_crop, train_crop" in capsys.readouterr().err
     assert config.resolve("abn-cifar100", dataset="cub200-2011").dataset_kwargs == {}

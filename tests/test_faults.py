@@ -162,6 +162,32 @@ def test_resume_after_a_corrupt_resume_file_starts_over(tmp_path: Path,
         assert torch.equal(va, vb), k
 
 
+def test_a_resume_file_that_loads_in_part_is_undone(tmp_path: Path,
+                                                   smoke_train: data.Split) -> None:
+    """A real resume file missing one field: the weights, optimiser and random state it
+    restored before failing are undone, so the training equals a fresh one."""
+    import dataclasses
+
+    from harness import config
+
+    cfg = config.resolve("smoke")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
+    cpu = torch.device("cpu")
+    resume = tmp_path / "r.partial"
+    first = train.build_method("baseline", cfg, smoke_train)
+    train.fit(first, cfg, smoke_train, cpu, progress=False, resume=resume)
+    state = torch.load(resume, weights_only=True)
+    del state["history"]  # everything else restores, then this fails
+    torch.save(state, resume)
+    a = train.build_method("baseline", cfg, smoke_train)
+    ha = train.fit(a, cfg, smoke_train, cpu, progress=False, resume=resume)
+    b = train.build_method("baseline", cfg, smoke_train)
+    hb = train.fit(b, cfg, smoke_train, cpu, progress=False)
+    assert ha == hb and len(ha) == 2
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+
+
 # --------------------------------------------------------------------------------------
 # concurrent runs, atomic outputs, unexpected errors, interrupts
 # --------------------------------------------------------------------------------------
@@ -169,22 +195,23 @@ def test_resume_after_a_corrupt_resume_file_starts_over(tmp_path: Path,
 
 def _cli(tmp: Path, out: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.run", *SMOKE, "--methods", "abn", "--cache-dir",
+        [sys.executable, "-m", "harness.run", *SMOKE, "--methods", "abn-amb", "--cache-dir",
          str(tmp / "cache"), "--out", str(tmp / out), *args], cwd=ROOT, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.mark.slow
 def test_two_runs_sharing_a_cache_train_each_checkpoint_once(tmp_path: Path) -> None:
+    """Both runs need abn-amb and its parent abn (a child's lock, then its parent's)."""
     procs = [_cli(tmp_path, f"out{i}") for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    cached = [bool(pd.read_csv(tmp_path / f"out{i}" / "leaderboard.csv")["cached"].iloc[0])
-              for i in range(2)]
+    frames = [pd.read_csv(tmp_path / f"out{i}" / "leaderboard.csv") for i in range(2)]
+    cached = [bool(f["cached"].iloc[0]) for f in frames]
     assert sorted(cached) == [False, True]  # one trained, the other loaded its checkpoint
-    a, b = (pd.read_csv(tmp_path / f"out{i}" / "leaderboard.csv") for i in range(2))
-    assert a["top1"].tolist() == b["top1"].tolist()
-    assert len(list((tmp_path / "cache").glob("abn-*.pt"))) == 1
+    assert frames[0]["top1"].tolist() == frames[1]["top1"].tolist()
+    names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache").glob("*.pt"))
+    assert names == ["abn", "abn-amb"]  # one checkpoint each
     for i in range(2):  # no temporary files left behind
         assert not [p for p in (tmp_path / f"out{i}").iterdir() if ".tmp" in p.name]
 
@@ -192,14 +219,21 @@ def test_two_runs_sharing_a_cache_train_each_checkpoint_once(tmp_path: Path) -> 
 def test_a_crash_while_writing_keeps_the_previous_outputs_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
+    """The HTML is written in full to a temporary file, then the rename fails (a full
+    disk, a kill): the previous page stays whole and the temporary file goes."""
     assert _run(tmp_path, "--methods", "baseline") == 0
     html = (tmp_path / "out" / "leaderboard.html").read_text()
-    import reports.leaderboard as lb
+    from harness import safeio
 
-    def broken(*a: object, **k: object) -> str:
-        raise RuntimeError("disk on fire")
+    real = os.replace
 
-    monkeypatch.setattr(lb, "render_html", broken)
+    def broken(src: object, dst: object) -> None:
+        if str(dst).endswith("leaderboard.html"):
+            assert Path(str(src)).stat().st_size > 1000  # the new page, written whole
+            raise RuntimeError("disk on fire")
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(safeio.os, "replace", broken)
     capsys.readouterr()
     rc = _run(tmp_path, "--methods", "baseline")
     line = _one_line(capsys)
@@ -221,7 +255,9 @@ def test_ctrl_c_while_starting_is_one_line() -> None:
     if proc.returncode == 0:  # pragma: no cover - finished before the signal
         pytest.skip("the start-up finished before the interrupt")
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert proc.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], err
+    if lines == ["interrupted: finished checkpoints are kept; rerun to resume"]:
+        pytest.skip("the interrupt came after the start-up")  # pragma: no cover
+    assert proc.returncode == 130 and lines == ["interrupted while starting"], err
 
 
 def test_progress_in_a_log_is_one_line_per_epoch(tmp_path: Path) -> None:
@@ -256,6 +292,7 @@ def _model(x: torch.Tensor) -> torch.Tensor:
     (lambda s, b: localization.energy_pointing_game(s[0, 0], b), "without a batch"),
     (lambda s, b: localization.pointing_game(s, b[:1]), "1 rows"),
     (lambda s, b: localization.pointing_game(s, b[:, :3]), "expected [B,4]"),
+    (lambda s, b: localization.energy_pointing_game(s, b[:, None]), "expected [B,4] xyxy"),
     (lambda s, b: causal.causal_curves(_model, torch.rand(2, 3, 8, 8), s, torch.tensor([0]),
                                        mode="deletion", step=8, substrate="zero"),
      "expected [2]"),
@@ -282,6 +319,30 @@ def test_metric_functions_refuse_misuse(call: object, words: str) -> None:
     with pytest.raises(ValueError) as err:
         call(sal, boxes)  # type: ignore[operator]
     assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_lock_is_not_taken_twice_by_one_process(tmp_path: Path) -> None:
+    from harness.safeio import key_lock
+
+    with key_lock(tmp_path / "x.pt"), pytest.raises(RuntimeError, match="already held"):
+        with key_lock(tmp_path / "x.pt"):
+            pass
+    with key_lock(tmp_path / "x.pt"):  # released: taken again
+        pass
+
+
+def test_the_evaluator_scores_broken_maps_with_a_warning(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.evaluate import finite
+
+    maps = torch.ones(3, 1, 4, 4)
+    maps[1, 0, 2, 2] = float("nan")
+    maps[2, 0, 0, 0] = float("inf")
+    fixed = finite(maps, "abn explanations")
+    assert torch.isfinite(fixed).all() and fixed[1, 0, 2, 2] == 0 and fixed[0].eq(1).all()
+    line = _one_line(capsys)
+    assert line.startswith("warning: abn explanations: 2 map(s) with NaN or inf")
+    assert finite(torch.ones(2, 4), "x").eq(1).all() and capsys.readouterr().err == ""
 
 
 def test_metric_functions_on_an_empty_batch_return_empty_results() -> None:
