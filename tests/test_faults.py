@@ -249,14 +249,10 @@ def test_a_crash_while_writing_keeps_the_previous_outputs_whole(
 def test_ctrl_c_while_starting_is_one_line() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "harness.run", "--list"], cwd=ROOT,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.6)  # inside the imports (torch takes seconds)
+    time.sleep(0.5)  # inside the imports: torch alone takes seconds
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:  # pragma: no cover - finished before the signal
-        pytest.skip("the start-up finished before the interrupt")
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    if lines == ["interrupted: finished checkpoints are kept; rerun to resume"]:
-        pytest.skip("the interrupt came after the start-up")  # pragma: no cover
     assert proc.returncode == 130 and lines == ["interrupted while starting"], err
 
 
