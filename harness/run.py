@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +254,7 @@ def resolve_workers(requested: int | None, cfg: config_mod.RunConfig) -> int:
 
 
 def dry_run(args: argparse.Namespace, names: list[str], cfg: config_mod.RunConfig,
-            build: Any, device: torch.device, n_seeds: int) -> Path:
+            build: Callable[[str], data.Split], device: torch.device, n_seeds: int) -> Path:
     """``--dry-run``: the plan and its time estimate, nothing trained or written."""
     from harness import dryrun
 
@@ -263,6 +263,16 @@ def dry_run(args: argparse.Namespace, names: list[str], cfg: config_mod.RunConfi
     plans = dryrun.plan(names, cfg, info, sizes[0], sizes[1], device)
     dryrun.report(plans, cfg, info, sizes, official, device, n_seeds)
     return Path(args.out)
+
+
+def split_builder(args: argparse.Namespace, cfg: config_mod.RunConfig, cache: Path | None,
+                  workers: int, kwargs: dict[str, Any]) -> Callable[[str], data.Split]:
+    """``split -> Split`` of the run's dataset with these data options."""
+    def build(split: str) -> data.Split:
+        return data.build(cfg.dataset, split, cache_dir=cache, data_dir=args.data_dir,
+                          num_workers=workers, **kwargs)
+
+    return build
 
 
 def check_data(args: argparse.Namespace, cfg: config_mod.RunConfig) -> Path:
@@ -275,10 +285,7 @@ def check_data(args: argparse.Namespace, cfg: config_mod.RunConfig) -> Path:
     # every image is checked, whatever subset the preset would train on
     kwargs = {k: v for k, v in cfg.dataset_kwargs.items() if k not in ("n_train", "n_test")}
 
-    def build(split: str) -> data.Split:
-        return data.build(cfg.dataset, split, cache_dir=cache, data_dir=args.data_dir,
-                          num_workers=workers, **kwargs)
-
+    build = split_builder(args, cfg, cache, workers, kwargs)
     summaries = scan(build, workers, progress=not args.no_progress)
     print(f"{cfg.dataset} ({', '.join(f'{k}={v}' for k, v in kwargs.items()) or 'defaults'})")
     problems = [p for s in summaries for p in s.problems]
@@ -353,11 +360,7 @@ def run(args: argparse.Namespace) -> Path:
     say(f"attnbench: {len(names)} methods on {cfg.dataset} ({cfg.preset}), "
         f"backbone {cfg.backbone}, device {device}, training in {cfg.precision}, "
         f"evaluation in {eval_precision}, {seeds_txt}")
-
-    def build(split: str) -> data.Split:
-        return data.build(cfg.dataset, split, cache_dir=cache, data_dir=args.data_dir,
-                          num_workers=workers, **cfg.dataset_kwargs)
-
+    build = split_builder(args, cfg, cache, workers, cfg.dataset_kwargs)
     if args.dry_run:
         return dry_run(args, names, cfg, build, device, len(seeds))
     train_split, test_split = build("train"), build("test")

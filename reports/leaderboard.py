@@ -126,6 +126,14 @@ def to_frame(record: RunRecord) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def paper_verdict(lo: float, hi: float, value: float) -> str:
+    """Whether a paper's value lies in our interval: "inside", "outside", or "n/a"
+    without an interval."""
+    if lo is None or math.isnan(lo):
+        return "n/a"
+    return "inside" if lo - 1e-12 <= value <= hi + 1e-12 else "outside"
+
+
 def paper_frame(record: RunRecord) -> pd.DataFrame:
     """Each number the preset's paper reports beside ours: our value and interval, the
     paper's value (as a number and as printed), its source, and whether it falls
@@ -135,13 +143,12 @@ def paper_frame(record: RunRecord) -> pd.DataFrame:
     for p in record.paper_values:
         row = rows.get(p.method)
         e = row.estimates.get(p.metric) if row else None
-        inside = (None if e is None or math.isnan(e.lo)
-                  else bool(e.lo - 1e-12 <= p.value <= e.hi + 1e-12))
+        verdict = "n/a" if e is None else paper_verdict(e.lo, e.hi, p.value)
         out.append({"method": p.method, "metric": p.metric,
                     "ours": e.value if e else math.nan, "ours_lo": e.lo if e else math.nan,
                     "ours_hi": e.hi if e else math.nan, "paper": p.value,
                     "paper_sd": math.nan if p.sd is None else p.sd,
-                    "inside": "n/a" if inside is None else ("yes" if inside else "no"),
+                    "inside": {"inside": "yes", "outside": "no"}.get(verdict, "n/a"),
                     "quoted": p.quoted, "source": p.source, "note": p.note})
     return pd.DataFrame.from_records(out, columns=[
         "method", "metric", "ours", "ours_lo", "ours_hi", "paper", "paper_sd", "inside",
@@ -318,9 +325,7 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
             pv = papers.get((row["method"], c))
             paper = ""
             if pv is not None:
-                verdict = ("n/a" if pd.isna(lo) else "inside"
-                           if lo - 1e-12 <= pv.value <= hi + 1e-12 else "outside")
-                paper = f"paper {_fmt(pv.value, c)} ({verdict})"
+                paper = f"paper {_fmt(pv.value, c)} ({paper_verdict(lo, hi, pv.value)})"
             cells.append({"text": _fmt(v, c), "ci": ci, "best": is_best, "paper": paper,
                           "paper_title": "" if pv is None else
                           f"{pv.quoted}: {pv.source}{'; ' + pv.note if pv.note else ''}",
