@@ -64,10 +64,11 @@ class Analysis:
 
 
 def by_method(results: Sequence[MethodResult]) -> dict[str, list[MethodResult]]:
-    """The results grouped by method (first-appearance order), each sorted by seed."""
+    """The results grouped by row, (method, explainer), in first-appearance order, each
+    sorted by seed."""
     out: dict[str, list[MethodResult]] = {}
     for r in results:
-        out.setdefault(r.method, []).append(r)
+        out.setdefault(r.row, []).append(r)
     return {k: sorted(v, key=lambda r: r.seed) for k, v in out.items()}
 
 

@@ -26,6 +26,8 @@ from harness.data import Split, loader
 from harness.progress import bars
 from harness.stats import SeedScores
 from methods.base import Method, Output
+from methods.explainers import Explainer
+from methods.explainers import build as build_explainer
 from metrics.base import METRICS, EvalBatch, PerImageMetric
 from metrics.confusion import target_pair
 from metrics.localization import normalize
@@ -55,6 +57,22 @@ class MethodResult:
     n_test: int
     n_causal: int
     gallery: dict[str, np.ndarray] = field(default_factory=dict)
+    explainer: str = "native"
+
+    @property
+    def row(self) -> str:
+        """The leaderboard row's id: the method, or ``method+explainer`` for another
+        explainer applied to the method's trained model."""
+        return row_id(self.method, self.explainer)
+
+
+def row_id(method: str, explainer: str = "native") -> str:
+    """``method`` for its own explanation, ``method+explainer`` otherwise."""
+    return method if explainer == "native" else f"{method}+{explainer}"
+
+
+#: what a result holds besides the metrics: the timing columns and the gallery
+TIMING, GALLERY = "timing", "gallery"
 
 
 def finite(maps: torch.Tensor, what: str) -> torch.Tensor:
@@ -70,14 +88,17 @@ def finite(maps: torch.Tensor, what: str) -> torch.Tensor:
     return torch.where(ok, maps, torch.zeros_like(maps))
 
 
-def applicable_metrics(split: Split, cfg: EvalConfig) -> dict[str, PerImageMetric]:
-    """Fresh accumulators for every registered metric the dataset supports."""
+def applicable_metrics(split: Split, cfg: EvalConfig,
+                       only: set[str] | None = None) -> dict[str, PerImageMetric]:
+    """Fresh accumulators for every registered metric the dataset supports (those in
+    ``only``, when given)."""
     have = {"bbox"} if split.info.has_boxes else set()
     have |= set(split.info.extra_boxes)
     out = {}
     for entry in METRICS:
         spec = entry.obj
-        if spec.factory is not None and set(spec.needs_boxes) <= have:
+        if spec.factory is not None and set(spec.needs_boxes) <= have and (
+                only is None or spec.name in only):
             out[spec.name] = spec.factory(cfg)
     return out
 
@@ -98,17 +119,26 @@ def misclassified(method: Method, split: Split, device: torch.device,
 def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: torch.device,
              *, progress: bool = True, seed: int = 0,
              comb_subset: torch.Tensor | None = None,
-             precision: str = "fp32") -> MethodResult:
-    """Score ``method`` on the test ``split`` with every applicable metric.
+             precision: str = "fp32", explainer: str = "native",
+             only: set[str] | None = None,
+             parts: tuple[str, ...] = (TIMING, GALLERY)) -> MethodResult:
+    """Score ``method``, explained by ``explainer``, on the test ``split`` with every
+    applicable metric.
 
     Args:
         comb_subset: bool ``[N]`` over the test samples, the ``comb`` insertion
             protocol's images (those the reference method misclassifies).
         precision: the forward passes' arithmetic (:func:`harness.device.autocast`);
             explanations are computed in float32.
+        explainer: a registered explainer (:mod:`methods.explainers`) applied to the
+            trained model; ``native`` is the method's own.
+        only: compute these metrics alone (None: every applicable one); the
+            evaluation cache asks for what it does not hold.
+        parts: which of the timing columns and the gallery to produce.
     """
     method.eval()
-    metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg).items()}
+    ex: Explainer = build_explainer(explainer, method)
+    metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg, only).items()}
     batches = loader(split, cfg.batch_size, device)
     box_names = [b for b in ("bbox", *split.info.extra_boxes)
                  if split.info.has_boxes or b != "bbox"]
@@ -127,23 +157,28 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     def logits_of(z: torch.Tensor) -> torch.Tensor:
         return forward(z).logits
 
-    has_class_maps = type(method).class_maps is not Method.class_maps
+    has_class_maps = ex.class_maps is not None
+    label = row_id(name, explainer)
 
     def class_maps(z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
+        assert ex.class_maps is not None
         with torch.no_grad():  # in float32, as the explanations
-            maps = method.class_maps(z, classes)
-        return None if maps is None else finite(maps.float(), f"{name} class maps")
+            maps = ex.class_maps(z, classes)
+        return None if maps is None else finite(maps.float(), f"{label} class maps")
 
     seen = 0
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
-    for batch in tqdm(batches, desc=f"{name} eval", leave=False, disable=not bars(progress),
+    gallery_n = cfg.gallery_n if GALLERY in parts else 0
+    for batch in tqdm(batches, desc=f"{label} eval", leave=False, disable=not bars(progress),
                       dynamic_ncols=True):
+        if not metrics and seen >= gallery_n:
+            break
         batch = dev.to_device(batch, device)
         x, y = batch["image"], batch["label"]
         with torch.no_grad():
             out = forward(x)
             logits = out.logits.float()
-            sal = finite(method.explain(x, y).float(), f"{name} explanations")
+            sal = finite(ex.explain(x, y).float(), f"{label} explanations")
             with dev.autocast(device, precision):  # as the logits they are compared to
                 fixed = (scoring.fixed_attention_logits(out, batch["bbox"], tuple(x.shape[-2:]))
                          if "bbox" in box_names else None)
@@ -162,11 +197,11 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
             wrong = pred != y[:n_c]
             if wrong.any():
                 with torch.no_grad():
-                    sal_c[wrong] = method.explain(x[:n_c][wrong], pred[wrong]).float()
+                    sal_c[wrong] = ex.explain(x[:n_c][wrong], pred[wrong]).float()
             ev.causal_images, ev.causal_saliency, ev.causal_classes = x[:n_c], sal_c, pred
         for m in metrics.values():
             m.update(ev)
-        need = cfg.gallery_n - sum(len(s) for s in gallery["saliency"])
+        need = gallery_n - sum(len(s) for s in gallery["saliency"])
         if need > 0:
             gallery["saliency"].append(normalize(sal[:need]).cpu())
             if has_class_maps:
@@ -184,13 +219,16 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         values[k] = m.aggregate(scores, classes)
         if isinstance(m, CausalAUC) and m.curves:
             curves[k] = m.mean_curve()
-    timing = time_explanation(method, batches, device, cfg.timing_batches)
-    values.update(timing)
+    if TIMING in parts:
+        values.update(time_explanation(method, ex.explain, batches, device,
+                                       cfg.timing_batches))
+    n_test = len(split.dataset)  # type: ignore[arg-type]
     return MethodResult(name, seed, values, per_image,
-                        {k for k, m in metrics.items() if m.per_class}, curves, n_test=seen,
-                        n_causal=min(seen, cfg.causal_n),
+                        {k for k, m in metrics.items() if m.per_class}, curves, n_test=n_test,
+                        n_causal=min(n_test, cfg.causal_n),
                         gallery={k: torch.cat(v).numpy() if v else np.zeros((0, 1, 1))
-                                 for k, v in gallery.items()})
+                                 for k, v in gallery.items()} if GALLERY in parts else {},
+                        explainer=explainer)
 
 
 class ClassMapMemo:
@@ -237,7 +275,8 @@ def confusion_gallery(class_maps: Callable[[torch.Tensor, torch.Tensor], torch.T
     return {"confusion_maps": m.cpu(), "confusion_classes": classes.cpu()}
 
 
-def time_explanation(method: Method, loader: DataLoader, device: torch.device,  # type: ignore[type-arg]
+def time_explanation(method: Method, explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                     loader: DataLoader, device: torch.device,  # type: ignore[type-arg]
                      n_batches: int) -> dict[str, float]:
     """``explain_ms`` (per image, batched) and ``explain_overhead`` (explain / forward),
     measured alternately on the same batches after one warm-up of each."""
@@ -251,13 +290,13 @@ def time_explanation(method: Method, loader: DataLoader, device: torch.device,  
         with torch.no_grad():
             if i == 0:
                 method(x)
-                method.explain(x, y)
+                explain(x, y)
             sync()
             t0 = time.perf_counter()
             method(x)
             sync()
             t1 = time.perf_counter()
-            method.explain(x, y)
+            explain(x, y)
             sync()
             t2 = time.perf_counter()
         fwd_t += t1 - t0

@@ -5,6 +5,7 @@ from methods import abn  # noqa: F401
 from methods import abn_finetune  # noqa: F401
 from methods import msabn  # noqa: F401
 from methods import discattn  # noqa: F401
+from methods import explainers  # noqa: F401
 from methods.base import METHODS, Method, Output, register_method
 
 __all__ = ["METHODS", "Method", "Output", "register_method"]

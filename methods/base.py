@@ -57,6 +57,9 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     #: registry id of the method whose trained checkpoint this one starts from
     init_from: ClassVar[str | None] = None
+    #: the registered explainer computing exactly this method's own explanation (so
+    #: that explainer is not applied to it a second time), if there is one
+    native_explainer: ClassVar[str | None] = None
 
     def __init__(self, backbone: SplitBackbone, info: DatasetInfo) -> None:
         super().__init__()

@@ -131,6 +131,7 @@ class DiscAttnCh(DiscriminativeAttention):
 
     name = "discattn-ch"
     kind = "ch"
+    native_explainer = "att-ch"
 
 
 class DiscAttnPx(DiscriminativeAttention):
@@ -138,6 +139,7 @@ class DiscAttnPx(DiscriminativeAttention):
 
     name = "discattn-px"
     kind = "px"
+    native_explainer = "att-px"
 
 
 class DiscAttnGradCAM(DiscriminativeAttention):
@@ -145,6 +147,7 @@ class DiscAttnGradCAM(DiscriminativeAttention):
 
     name = "discattn-gradcam"
     kind = "gradcam"
+    native_explainer = "gradcam"
 
 
 _PAPER = "Wang et al., 2019 (discriminative attention)"

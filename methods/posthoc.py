@@ -48,6 +48,7 @@ class CAM(Baseline):
 
     name = "cam"
     init_from = "baseline"
+    native_explainer = "cam"
 
     def class_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         fmap = self.backbone.last_stage(self.backbone.features(x))
@@ -69,6 +70,7 @@ class GradCAM(Baseline):
 
     name = "gradcam"
     init_from = "baseline"
+    native_explainer = "gradcam"
 
     def class_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Grad-CAM maps of ``classes`` ``[B,C]`` at the last stage's resolution."""

@@ -11,6 +11,7 @@ a method.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import math
 from dataclasses import dataclass, field
@@ -184,7 +185,7 @@ def mean_curves(record: RunRecord) -> dict[str, dict[str, np.ndarray]]:
     out: dict[str, dict[str, list[np.ndarray]]] = {}
     for r in record.results:
         for metric, curve in r.curves.items():
-            out.setdefault(r.method, {}).setdefault(metric, []).append(curve)
+            out.setdefault(r.row, {}).setdefault(metric, []).append(curve)
     return {m: {k: np.mean(v, axis=0) for k, v in d.items()} for m, d in out.items()}
 
 
@@ -347,13 +348,39 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
         has_distractor="distractor_bbox" in record.gallery_boxes,
         stability=[{"metric": m, "tau": t, "stable": t >= STABLE_TAU}
                    for m, t in stab.items() if not math.isnan(t)],
-        curves_png=_png(curves_figure(record)),
-        gallery_png=_png(gallery_figure(record)) if len(record.gallery_images) else "",
-        confusion_png=_png(fig) if (fig := confusion_figure(record)) is not None else "",
+        groups=[{"title": title, "curves": _png(curves_figure(sub)),
+                 "gallery": _png(gallery_figure(sub)) if len(sub.gallery_images)
+                 and sub.gallery_rows else "",
+                 # the class maps of the other explainers are scored in the columns; one
+                 # figure of them (the methods' own) keeps the page's size in check
+                 "confusion": _png(fig) if i == 0 and (fig := confusion_figure(sub))
+                 is not None else ""}
+                for i, (title, sub) in enumerate(by_explainer(record))],
         sweep=record.cr_sweep,
         sweep_png=_png(sweep_figure(record.cr_sweep)) if record.cr_sweep else "",
         metrics=[{"id": c, **vars(METRICS.get(c))} for c in cols],
         config_yaml=yaml.safe_dump(record.config, sort_keys=False))
+
+
+def by_explainer(record: RunRecord) -> list[tuple[str, RunRecord]]:
+    """The record's rows in one group per explainer (each method's own first), each as
+    a record of its own: one set of figures per group keeps each figure readable."""
+    kinds = sorted(dict.fromkeys(r.explainer for r in record.results),
+                   key=lambda k: k != "native")
+    if len(kinds) == 1:
+        return [("each method's own explanation" if kinds[0] == "native" else kinds[0],
+                 record)]
+    out = []
+    for kind in kinds:
+        keep = {r.row for r in record.results if r.explainer == kind}
+        title = ("each method's own explanation" if kind == "native"
+                 else f"{kind} applied to each trained model")
+        out.append((title, dataclasses.replace(
+            record, results=[r for r in record.results if r.row in keep],
+            gallery_rows=[r for r in record.gallery_rows if r.row in keep],
+            analysis=dataclasses.replace(record.analysis, rows=[
+                r for r in record.analysis.rows if r.method in keep]))))
+    return out
 
 
 def curves_figure(record: RunRecord) -> plt.Figure:
@@ -435,7 +462,7 @@ def gallery_figure(record: RunRecord) -> plt.Figure:
                     ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
                                            edgecolor=color, linestyle=style, linewidth=1.2))
             if i == 0:
-                ax.set_title("image" if j == 0 else rows[j - 1].method, fontsize=8)
+                ax.set_title("image" if j == 0 else rows[j - 1].row, fontsize=8)
             if j == 0 and record.gallery_labels is not None:
                 ax.text(1, 7, str(int(record.gallery_labels[i])), color="white", fontsize=7,
                         bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
@@ -473,7 +500,7 @@ def confusion_figure(record: RunRecord) -> plt.Figure | None:
                 if k:
                     title += f" · sIoU {float(r.per_image['siou_confusion'].scores[j]):.2f}"
                 ax.set_title(title, fontsize=7)
-        axes[i, 0].set_ylabel(r.method, fontsize=8)
+        axes[i, 0].set_ylabel(r.row, fontsize=8)
     return fig
 
 

@@ -1,0 +1,275 @@
+"""Explainers: how a trained model's explanation is read out, one registry entry each.
+
+``native`` is the method's own read-out (:meth:`Method.explain`,
+:meth:`Method.class_maps`). Every other explainer reads the *scored layer*, the
+backbone's last stage, on any trained model whose prediction is
+``fc(GAP(last_stage(.)))`` with that stage run once per forward pass: the plain
+backbone, the perception branch of the ABN family (the attention branch has its own
+stride-1 copy of the stage, which is not the scored layer) and the
+discriminative-attention models. That is how "Grad-CAM of ABN" is asked beside "ABN's
+own attention" on the same trained weights.
+
+Each explainer's ``explain(x, target)`` is ``[B,1,H,W]``, >= 0, at input size, and
+``class_maps(x, classes)`` is ``[B,C,h,w]`` for ``classes`` ``[B,C]`` at the scored
+layer's resolution (``None`` where an explainer has none). Hooks are registered for
+one call and removed when it returns or raises; parameters and their ``.grad`` are
+left as they were (gradients are taken with ``torch.autograd.grad``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from captum.attr import LayerGradCam
+from torch import nn
+
+from harness.registry import Registry
+from methods.base import Method, upsample
+from methods.discattn_core import ATTENTION
+
+Maps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ClassMaps = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class Explainer:
+    """An explanation read-out bound to one trained model."""
+
+    name: str
+    explain: Maps
+    class_maps: ClassMaps | None
+
+
+#: factory ``(method) -> Explainer``; raises :class:`NotApplicable` where it does not fit
+ExplainerFactory = Callable[[Method], Explainer]
+EXPLAINERS: Registry[ExplainerFactory] = Registry("explainer")
+
+
+class NotApplicable(Exception):
+    """The explainer does not fit this model (the reason is the message)."""
+
+
+def register_explainer(name: str, *, paper: str = "", description: str = ""
+                       ) -> Callable[[ExplainerFactory], ExplainerFactory]:
+    return EXPLAINERS.register(name, paper=paper, description=description)
+
+
+def build(name: str, method: Method) -> Explainer:
+    """The explainer ``name`` bound to ``method``; :class:`NotApplicable` if it does
+    not fit the model."""
+    if name != "native" and name == native_equivalent(method):
+        raise NotApplicable(f"{method.name}'s own explanation is {name}")
+    return EXPLAINERS.get(name)(method)
+
+
+def native_equivalent(method: Method) -> str | None:
+    """The explainer that computes exactly what ``method``'s own read-out computes."""
+    return getattr(type(method), "native_explainer", None)
+
+
+class _Logits(nn.Module):
+    """``method`` as a module returning logits (what captum and TorchCAM call)."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method(x).logits
+
+
+@contextmanager
+def evaluation_mode(method: Method) -> Iterator[None]:
+    """``method`` in eval mode for the block, each module's own mode restored after."""
+    modes = [(m, m.training) for m in method.modules()]
+    method.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
+def _capture(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The outputs of ``layer`` during the block (one forward hook, always removed)."""
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def scored_layer(method: Method) -> nn.Module:
+    """The layer every non-native explainer reads: the backbone's last stage, which the
+    prediction must run exactly once (checked on a probe image; NotApplicable if not)."""
+    layer = method.backbone.last_stage
+    h, w = method.info.image_size
+    probe = torch.zeros(1, 3, h, w, device=next(method.parameters()).device)
+    with evaluation_mode(method), torch.no_grad(), _capture(layer) as seen:
+        method(probe)
+    if len(seen) != 1:
+        raise NotApplicable(f"{method.name}'s forward runs the backbone's last stage "
+                            f"{len(seen)} times; the scored layer is ambiguous")
+    return layer
+
+
+def stage_output(method: Method, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the scored layer's output ``[B,C,h,w]``, logits ``[B,K]``) of one forward pass,
+    both in the autograd graph when gradients are enabled."""
+    with _capture(method.backbone.last_stage) as seen:
+        logits = method(x).logits
+    return seen[0], logits
+
+
+def per_class(one: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Maps:
+    """``class_maps`` from a one-class map function ``(x, classes [B]) -> [B,h,w]``."""
+    def maps(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return torch.stack([one(x, classes[:, j]) for j in range(classes.shape[1])], 1)
+    return maps
+
+
+def explain_from(class_maps: Maps) -> Maps:
+    """``explain`` from ``class_maps``: the target's map, >= 0, upsampled to the input."""
+    def explain(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        m = class_maps(x, target.view(-1, 1)).float().clamp_min(0)
+        return upsample(m, tuple(x.shape[-2:]))
+    return explain
+
+
+@register_explainer("native", description="the method's own explanation")
+def native(method: Method) -> Explainer:
+    own_maps = type(method).class_maps is not Method.class_maps
+    return Explainer("native", method.explain, method.class_maps if own_maps else None)
+
+
+@register_explainer("cam", paper="Zhou et al., CVPR 2016, Eq. 2",
+                    description="CAM: the head's weights times the scored layer's maps "
+                                "(models whose head is GAP + linear)")
+def cam(method: Method) -> Explainer:
+    """M_c = sum_k w_k^c A^k of the scored layer A (bias not added); the explanation
+    clips negative evidence, the class maps do not (as the ``cam`` method). Applies
+    where the logits equal fc(mean_ij A) (checked on a probe image)."""
+    layer = scored_layer(method)
+    fc = method.backbone.fc
+    if not isinstance(fc, nn.Linear):
+        raise NotApplicable(f"{method.name}'s head is not linear")
+    h, w = method.info.image_size
+    probe = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0)).to(fc.weight)
+    with evaluation_mode(method), torch.no_grad():
+        fmap, logits = stage_output(method, probe)
+        gap_linear = torch.allclose(fc(fmap.mean((2, 3))), logits, atol=1e-4, rtol=1e-4)
+    if not gap_linear:
+        raise NotApplicable(f"{method.name}'s logits are not GAP + linear of {layer}")
+
+    def class_maps(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            fmap, _ = stage_output(method, x)
+            return torch.einsum("bck,bkhw->bchw", fc.weight[classes], fmap)
+
+    return Explainer("cam", explain_from(class_maps), class_maps)
+
+
+@register_explainer("gradcam", paper="Selvaraju et al., ICCV 2017, Eqs. 1-2",
+                    description="Grad-CAM (captum LayerGradCam) of the scored layer")
+def gradcam(method: Method) -> Explainer:
+    """captum's ``LayerGradCam`` on the scored layer, raw logits, ReLU (as the
+    ``gradcam`` method on the baseline)."""
+    layer = scored_layer(method)
+    gc = LayerGradCam(_Logits(method), layer)
+
+    def one(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            return gc.attribute(x.detach(), target=classes.tolist(),
+                                relu_attributions=True).detach()[:, 0]
+
+    return Explainer("gradcam", explain_from(per_class(one)), per_class(one))
+
+
+def gradient_map(name: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                 ) -> ExplainerFactory:
+    """An explainer ``fn(dY/dA, A) -> [B,h,w]`` of the scored layer's output A and the
+    gradient of the class's raw logit Y (one ``torch.autograd.grad``, no hook left)."""
+    def factory(method: Method) -> Explainer:
+        scored_layer(method)
+
+        def one(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                fmap, logits = stage_output(method, x.detach())
+                (grad,) = torch.autograd.grad(logits.gather(1, classes.view(-1, 1)).sum(),
+                                              fmap)
+            return fn(grad.detach(), fmap.detach())
+
+        return Explainer(name, explain_from(per_class(one)), per_class(one))
+
+    return factory
+
+
+def _attention(kind: str) -> ExplainerFactory:
+    """A_ch / A_px of the discriminative-attention paper on the scored layer."""
+    return gradient_map(f"att-{kind}", ATTENTION[kind])
+
+
+def gradcampp_map(grad: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018, Eqs. 10 and 19 with the exponential
+    of the logit, whose higher derivatives are powers of the first):
+    alpha_kij = g^2 / (2 g^2 + sum_ab A_kab g^3), w_k = sum_ij alpha_kij ReLU(g_kij),
+    map = ReLU(sum_k w_k A^k); alpha = 0 where its denominator is 0.
+
+    Written here rather than taken from a library: TorchCAM 0.5.0's ``GradCAMpp``
+    leaves alpha = g^2 (its in-place division acts on a copy), and pytorch-grad-cam
+    adds 1e-6 to the denominator, the size of g^2 itself on small models' logits."""
+    g2 = grad.pow(2)
+    denom = 2 * g2 + fmap.sum((2, 3), keepdim=True) * grad.pow(3)
+    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)),
+                        torch.zeros_like(g2))
+    weights = (alpha * torch.relu(grad)).sum((2, 3), keepdim=True)
+    return torch.relu((weights * fmap).sum(1))
+
+
+register_explainer("att-ch", paper="Wang et al., 2019, Eqs. 3-4",
+                   description="channel-wise attention A_ch = ReLU(sum_k mean_ij "
+                               "ReLU(dY/dA^k) A^k) of the scored layer")(_attention("ch"))
+register_explainer("att-px", paper="Wang et al., 2019, Eq. 5",
+                   description="pixel-wise attention A_px = ReLU(mean_k dY/dA^k * A^k) "
+                               "of the scored layer")(_attention("px"))
+
+
+def _torchcam(name: str, cls_name: str, **kwargs: Any) -> ExplainerFactory:
+    """A TorchCAM extractor on the scored layer (raw maps: ``normalized=False``)."""
+    def factory(method: Method) -> Explainer:
+        import torchcam.methods as tcm
+
+        layer = scored_layer(method)
+        model = _Logits(method)
+        cls = getattr(tcm, cls_name)
+
+        def one(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+            h, w = x.shape[-2:]
+            with torch.enable_grad(), cls(model, target_layer=layer, input_shape=(3, h, w),
+                                          **kwargs) as extractor:
+                scores = model(x.detach())
+                (maps,) = extractor(classes.tolist(), scores, normalized=False)
+            return maps.detach()
+
+        return Explainer(name, explain_from(per_class(one)), per_class(one))
+
+    return factory
+
+
+register_explainer("gradcampp", paper="Chattopadhay et al., WACV 2018, Eqs. 10, 19",
+                   description="Grad-CAM++ of the scored layer"
+                   )(gradient_map("gradcampp", gradcampp_map))
+register_explainer("scorecam", paper="Wang et al., CVPR-W 2020",
+                   description="Score-CAM (TorchCAM ScoreCAM) of the scored layer; one "
+                               "forward pass per channel and image"
+                   )(_torchcam("scorecam", "ScoreCAM", batch_size=64))
+
+
+__all__ = ["EXPLAINERS", "Explainer", "NotApplicable", "build", "native_equivalent",
+           "register_explainer", "scored_layer", "stage_output"]
