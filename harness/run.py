@@ -29,14 +29,17 @@ try:  # Ctrl-C while the libraries load (seconds): one line, not a traceback
     import torch
 
     import metrics  # noqa: F401  (registers metrics)
-    from harness import backbones, data, paper_values, train
+    from harness import backbones, data, evalcache, paper_values, train
     from harness import config as config_mod
     from harness import device as dev
+    from harness import store as store_mod
     from harness.errors import UserError, message
-    from harness.evaluate import MethodResult, evaluate, misclassified
+    from harness.evaluate import MethodResult, row_id
     from harness.progress import duration
     from harness.safeio import probe_writable
     from methods.base import METHODS
+    from methods.explainers import EXPLAINERS, NotApplicable, native_equivalent
+    from methods.explainers import build as build_explainer
     from metrics.base import METRICS
 except KeyboardInterrupt:  # pragma: no cover - timing-dependent, tested in a subprocess
     print("interrupted while starting", file=sys.stderr)
@@ -50,6 +53,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 description="Train and compare visual-explanation methods.")
     p.add_argument("--methods", default="all",
                    help="comma-separated method ids, or 'all' (default)")
+    p.add_argument("--explainers", default="native", metavar="NAMES",
+                   help="comma-separated explainers applied to every trained model that "
+                        "they fit (default native: each method's own); e.g. "
+                        "native,gradcam,cam,att-ch,att-px")
     p.add_argument("--list", action="store_true", help="list every registry and exit")
     p.add_argument("--dataset", default=None, help="dataset id (default: the preset's)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
@@ -93,7 +100,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "fp32; the default), fp32 or bf16")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE),
                    help="checkpoint cache (default .attnbench-cache, or $ATTNBENCH_CACHE)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write checkpoints")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write checkpoints, and recompute every evaluation")
+    p.add_argument("--db", default=str(store_mod.default_path()), metavar="PATH",
+                   help="the results database every run appends to (default "
+                        f"{store_mod.DEFAULT_DB}, or ${store_mod.DB_ENV})")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true",
                    help="print the full traceback of an unexpected error (default: one line "
@@ -152,6 +163,16 @@ def resolve_methods(spec: str, for_methods: Sequence[str] = ()) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def resolve_explainers(spec: str) -> list[str]:
+    """Explainer ids from ``--explainers``."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise UserError("--explainers is empty: give explainer ids, e.g. native,gradcam")
+    for n in names:
+        EXPLAINERS.entry(n)  # raises with close matches
+    return list(dict.fromkeys(names))
+
+
 def lineage(names: list[str]) -> set[str]:
     """The methods in ``names`` and every ``init_from`` ancestor they are trained from."""
     out: set[str] = set()
@@ -196,6 +217,9 @@ def print_registries() -> None:
                                                          if d.meta.get("has_boxes") is None
                                                          else "no boxes")
         print(f"  {d.name:<18} {where}, {boxes}")
+    print("explainers:")
+    for x in EXPLAINERS:
+        print(f"  {x.name:<14} {x.meta.get('description', '')}")
     print("backbones:")
     for b in backbones.BACKBONES:
         desc = b.meta.get("description") or b.meta.get("split", "")
@@ -312,9 +336,9 @@ def git_rev() -> str:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from harness.analysis import STABLE_TAU, analyse, default_references
-    from harness.sweep import parse_lambdas, run_cr_sweep
-    from reports.leaderboard import RunRecord, write_all
+    from harness.analysis import STABLE_TAU
+    from harness.sweep import parse_lambdas
+    from reports.leaderboard import write_all
 
     seeds = resolve_seeds(args.seed, args.seeds)
     cfg = portable_options(config_mod.resolve(args.preset, seed=seeds[0],
@@ -322,6 +346,7 @@ def run(args: argparse.Namespace) -> Path:
                                               sets=args.sets))
     check_method_settings(cfg, args.config)
     names = resolve_methods(args.methods, cfg.for_methods)
+    explainers = sorted(resolve_explainers(args.explainers), key=lambda e: e != "native")
     other = [n for n in names if cfg.for_methods and n not in cfg.for_methods]
     if other:  # asked for by name: run, but not silently under another paper's protocol
         print(f"note: preset {cfg.preset!r} follows the protocol of "
@@ -349,13 +374,15 @@ def run(args: argparse.Namespace) -> Path:
     device = dev.select(args.device)
     cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(args.precision, device))
     eval_precision = dev.resolve_precision(cfg.eval.precision, device)
-    progress = not args.no_progress
     if not args.dry_run:  # where results and checkpoints go: writable, before any work
         args.out = probe_writable(args.out, "--out")
+        if not str(args.db).strip():
+            raise UserError("--db is empty: give the results database's path")
+        probe_writable(Path(args.db).expanduser().parent, "--db's folder")
     cache = None if args.no_cache or args.dry_run else probe_writable(args.cache_dir,
                                                                       "--cache-dir")
     t_start = time.perf_counter()
-    say = print if progress else (lambda *a, **k: None)
+    say = print if not args.no_progress else (lambda *a, **k: None)
     seeds_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
     say(f"attnbench: {len(names)} methods on {cfg.dataset} ({cfg.preset}), "
         f"backbone {cfg.backbone}, device {device}, training in {cfg.precision}, "
@@ -364,116 +391,213 @@ def run(args: argparse.Namespace) -> Path:
     if args.dry_run:
         return dry_run(args, names, cfg, build, device, len(seeds))
     train_split, test_split = build("train"), build("test")
-    memo: dict[str, train.Trained] = {}
-    results: list[MethodResult] = []
     names = drop_unsupported(names, test_split.info, explicit=args.methods.strip() != "all",
                              say=print)  # a result: shown without progress output too
     if sweep_on and not test_split.info.has_boxes:
         raise UserError(f"--cr-sweep needs bounding boxes; dataset {test_split.info.name!r} "
                         "has none")
+    meta_run: dict[str, Any] = {
+        "dataset": cfg.dataset, "preset": cfg.preset, "backbone": cfg.backbone,
+        "seeds": seeds, "device": str(device), "precision": cfg.precision,
+        "eval_precision": eval_precision, "explainers": explainers,
+        "reference": args.reference,
+        "test_split_id": evalcache.split_id(test_split, cfg.dataset_kwargs),
+        "protocol": "rise (insertion: blur 11/5 substrate; deletion: zero substrate; "
+                    "predicted class; softmax score; one row of pixels per step; "
+                    "maps min-max normalised per image for localisation; "
+                    f"training in {cfg.precision}, evaluation forward passes in "
+                    f"{eval_precision}, explanations in fp32)",
+        "data_dir": None if args.data_dir is None else str(args.data_dir),
+        "workers": workers, "pretrained": cfg.pretrained,
+        "pretrained_sha256": train.file_digest(cfg.pretrained) if cfg.pretrained else None,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "git_rev": git_rev(), "torch": str(torch.__version__),
+        "python": platform.python_version()}
+    with store_mod.Store(args.db) as store:
+        run_id = store.begin_run(meta=meta_run, config=cfg.to_dict(), argv=sys.argv[1:])
+        try:
+            record = evaluate_all(args, cfg, names, explainers, seeds, lambdas, train_split,
+                                  test_split, device, cache, store, run_id, meta_run,
+                                  eval_precision, t_start, say)
+        except KeyboardInterrupt:
+            mark(store, run_id, "interrupted")
+            raise
+        except BaseException:
+            mark(store, run_id, "failed")
+            raise
+    if len(seeds) > 1:  # a result, printed also without progress output
+        print("ranking stability (mean Kendall tau between the seeds' rankings):")
+        for metric, tau in record.analysis.stability.items():
+            flag = "" if tau >= STABLE_TAU else "  (not stable)"
+            print(f"  {metric:<22} {tau:+.3f}{flag}")
+    paths = write_all(record, args.out)
+    say(f"wrote {paths['csv']} and {paths['html']} (run {run_id} in {args.db}) in "
+        f"{time.perf_counter() - t_start:.0f}s")
+    return Path(args.out)
+
+
+def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: list[str],
+                 explainers: list[str], seeds: list[int], lambdas: list[float] | None,
+                 train_split: data.Split, test_split: data.Split, device: torch.device,
+                 cache: Path | None, store: store_mod.Store, run_id: int,
+                 meta_run: dict[str, Any], eval_precision: str, t_start: float,
+                 say: Callable[..., None]) -> Any:
+    """Train (or load) and evaluate every (method, explainer, seed) into run ``run_id``
+    of ``store``; returns the run's report record, read back from the store."""
+    from harness.analysis import default_references
+    from harness.report import build_record
+    from harness.sweep import run_cr_sweep
+
+    progress = not args.no_progress
+    memo: dict[str, train.Trained] = {}
+    results: list[MethodResult] = []
     method_meta: dict[str, dict[str, Any]] = {}
     n_comb: dict[int, int] = {}
+    split_key = meta_run["test_split_id"]
+    read = cache is not None
+    n_read = n_parts = 0
+    told: set[tuple[str, str]] = set()
+
+    def note(name: str, explainer: str, why: str) -> None:
+        if (name, explainer) not in told:
+            say(f"  no {name}+{explainer} row: {why}")
+            told.add((name, explainer))
+
     for seed in seeds:
         scfg = dataclasses.replace(cfg, seed=seed)
         comb_subset = None
         if scfg.comb_reference in lineage(names):  # the comb insertion protocol's images
             ref = train.obtain(scfg.comb_reference, scfg, train_split, device, cache,
                                progress=progress, _memo=memo)
-            comb_subset = misclassified(ref.method, test_split, device,
-                                        batch_size=scfg.eval.batch_size,
-                                        precision=eval_precision)
+            comb_subset = evalcache.misclassified_cached(
+                store, ref.method, test_split, device, split_key=split_key, read=read,
+                batch_size=scfg.eval.batch_size, precision=eval_precision)
             n_comb[seed] = int(comb_subset.sum())
-        for name in names:
+        # (weights, explainer) pairs already in a row: a model explained the same way
+        # twice (cam and gradcam load baseline's weights) is one row
+        made: dict[tuple[str, str], str] = {}
+        plan = [(n, e) for e in explainers for n in names]  # the methods' own rows first
+        for i, (name, explainer) in enumerate(plan):
             t0 = time.perf_counter()
-            done = len(results)
-            total = len(names) * len(seeds)
-            elapsed = t0 - t_start
-            eta = (f", ETA {duration(elapsed / done * (total - done))}" if done else "")
-            say(f"method {done + 1} of {total}: {name} (seed {seed}), elapsed "
-                f"{duration(elapsed)}{eta}", flush=True)
             trained = train.obtain(name, scfg, train_split, device, cache, progress=progress,
                                    _memo=memo)
-            res = evaluate(trained.method, name, test_split, trained.cfg.eval, device,
-                           progress=progress, seed=seed, comb_subset=comb_subset,
-                           precision=eval_precision)
-            results.append(res)
+            digest = evalcache.weights_digest(trained.method)
+            kind = (native_equivalent(trained.method) or f"native:{name}"
+                    if explainer == "native" else explainer)
+            if (digest, kind) in made:
+                note(name, explainer, f"the same model and explanation as {made[digest, kind]}")
+                continue
+            if explainer != "native":
+                try:
+                    build_explainer(explainer, trained.method)
+                except NotApplicable as why:
+                    note(name, explainer, str(why))
+                    continue
+            made[digest, kind] = row_id(name, explainer)
+            done = i + len(plan) * seeds.index(seed)
+            total = len(plan) * len(seeds)
+            elapsed = t0 - t_start
+            eta = (f", ETA {duration(elapsed / done * (total - done))}" if done else "")
+            what = ("method", "") if explainers == ["native"] else ("row", "at most ")
+            say(f"{what[0]} {done + 1} of {what[1]}{total}: {row_id(name, explainer)} (seed "
+                f"{seed}), elapsed {duration(elapsed)}{eta}", flush=True)
+            res, keys, n_hit = evalcache.evaluate_cached(
+                store, trained.method, name, test_split, trained.cfg.eval, device,
+                checkpoint=trained.key, split_key=split_key, read=read, explainer=explainer,
+                seed=seed, comb_subset=comb_subset, precision=eval_precision,
+                progress=progress, weights=digest)
+            n_read += n_hit
+            n_parts += len(keys)
             meta = METHODS.entry(name).meta
-            mm = method_meta.setdefault(name, {
-                "paper": meta.get("paper", ""), "description": meta.get("description", ""),
-                "init_from": meta.get("init_from"),
-                "explainer": meta.get("explainer", "native"),
-                "reference": bool(meta.get("reference", False)),
+            if explainer == "native":
+                row_meta = {"paper": meta.get("paper", ""),
+                            "description": meta.get("description", ""),
+                            "explainer": meta.get("explainer", "native"),
+                            "reference": bool(meta.get("reference", False))}
+            else:
+                xm = EXPLAINERS.entry(explainer).meta
+                row_meta = {"paper": xm.get("paper", ""),
+                            "description": f"{xm.get('description', explainer)}, applied "
+                                           f"to the trained {name}",
+                            "explainer": explainer, "reference": False}
+            mm = method_meta.setdefault(res.row, {
+                "method": name, **row_meta, "init_from": meta.get("init_from"),
                 "train": trained.cfg.to_dict()["train"], "seeds": {}})
             mm["seeds"][seed] = {"key": trained.key, "cached": trained.cached,
                                  "train_seconds": round(trained.train_seconds, 2),
-                                 "facts": trained.facts, "history": trained.history}
-            say(f"  {name:<16} seed {seed}  top1 {res.values.get('top1', float('nan')):.3f}  "
+                                 "facts": trained.facts, "history": trained.history,
+                                 "eval_cached": n_hit == len(keys)}
+            store.add_row(run_id, res, checkpoint_key=trained.key, eval_keys=keys,
+                          method_meta=method_meta)
+            results.append(res)
+            how = "cached" if trained.cached else f"trained {trained.train_seconds:.0f}s"
+            if n_hit:
+                how += ", evaluation cached" if n_hit == len(keys) else (
+                    f", {n_hit} of {len(keys)} evaluation parts cached")
+            say(f"  {res.row:<16} seed {seed}  "
+                f"top1 {res.values.get('top1', float('nan')):.3f}  "
                 f"ins {res.values.get('insertion_auc', float('nan')):.3f}  "
                 f"del {res.values.get('deletion_auc', float('nan')):.3f}  "
-                f"({'cached' if trained.cached else f'trained {trained.train_seconds:.0f}s'}"
-                f", {time.perf_counter() - t0:.0f}s)")
-    for mm in method_meta.values():  # the run-level view of each method's seeds
+                f"({how}, {time.perf_counter() - t0:.0f}s)")
+    if not results:
+        raise UserError("no (method, explainer) row to evaluate: every requested "
+                        "explainer is the methods' own or does not fit them")
+    for mm in method_meta.values():  # the run-level view of each row's seeds
         runs = list(mm["seeds"].values())
         mm.update(key=",".join(r["key"] for r in runs), cached=all(r["cached"] for r in runs),
                   train_seconds=round(sum(r["train_seconds"] for r in runs), 2),
                   facts=runs[0]["facts"])
+    if n_parts:
+        say(f"evaluation: {n_read} of {n_parts} parts read from the store, "
+            f"{n_parts - n_read} computed")
     sweep = None
-    if sweep_on:
+    if args.cr_sweep is not None:
         say("copy-replace sweep over lambda_out = "
             + (", ".join(f"{v:g}" for v in lambdas) if lambdas else "auto"))
         sweep = run_cr_sweep(lambdas, cfg, train_split, test_split, device, cache,
                              progress=progress, memo=memo, say=say)
-    reference_rows = {n for n, m in method_meta.items() if m["reference"]}
     for missing in sorted(set(default_references(results, args.reference).values())):
         if missing not in method_meta:
-            say(f"  no paired comparisons against {missing}: it is not among the methods")
-    analysis = analyse(results, reference=args.reference, reference_rows=reference_rows,
-                       n_resamples=cfg.eval.bootstrap, seed=seeds[0])
-    if len(seeds) > 1:  # a result, printed also without progress output
-        print("ranking stability (mean Kendall tau between the seeds' rankings):")
-        for metric, tau in analysis.stability.items():
-            flag = "" if tau >= STABLE_TAU else "  (not stable)"
-            print(f"  {metric:<22} {tau:+.3f}{flag}")
-    n_gal = min(cfg.eval.gallery_n, len(test_split.dataset))  # type: ignore[arg-type]
+            say(f"  no paired comparisons against {missing}: it is not among the rows")
+    n_gal = min(cfg.eval.gallery_n, len(test_split))
     samples = [test_split.dataset[i] for i in range(n_gal)]
-    images = torch.stack([s["image"] for s in samples])
-    boxes = {b: np.stack([s[b].numpy() for s in samples])
-             for b in ("bbox", *test_split.info.extra_boxes) if b in samples[0]}
-    meta_run = {"dataset": cfg.dataset, "preset": cfg.preset, "backbone": cfg.backbone,
-                "seeds": seeds, "device": str(device), "precision": cfg.precision,
-                "eval_precision": eval_precision,
-                "n_test": results[0].n_test,
-                "n_causal": results[0].n_causal,
-                "comb_reference": cfg.comb_reference if n_comb else None,
-                "n_comb": n_comb or None,
-                "protocol": "rise (insertion: blur 11/5 substrate; deletion: zero substrate; "
-                            "predicted class; softmax score; one row of pixels per step; "
-                            "maps min-max normalised per image for localisation; "
-                            f"training in {cfg.precision}, evaluation forward passes in "
-                            f"{eval_precision}, explanations in fp32)",
-                "data_dir": None if args.data_dir is None else str(args.data_dir),
-                "workers": workers, "pretrained": cfg.pretrained,
-                "pretrained_sha256": train.file_digest(cfg.pretrained) if cfg.pretrained
-                else None,
-                "no_boxes": "" if test_split.info.has_boxes else ", ".join(
-                    e.name for e in METRICS if e.obj.needs_boxes),
-                "created": _dt.datetime.now().isoformat(timespec="seconds"),
-                "git_rev": git_rev(), "torch": str(torch.__version__),
-                "python": platform.python_version(),
-                "wall_seconds": round(time.perf_counter() - t_start, 1)}
-    first = [r for r in results if r.seed == seeds[0]]
-    record = RunRecord(results=results, analysis=analysis, gallery_rows=first, meta=meta_run,
-                       method_meta=method_meta, config=cfg.to_dict(),
-                       gallery_images=data.denormalize(images, test_split.info)
-                       .permute(0, 2, 3, 1).numpy(),
-                       gallery_boxes=boxes,
-                       gallery_labels=np.array([s["label"] for s in samples]),
-                       cr_sweep=sweep, paper_values=paper_values.for_run(
-                           cfg.preset, cfg.dataset, cfg.backbone, cfg.preset_dataset,
-                           cfg.preset_backbone))
-    paths = write_all(record, args.out)
-    say(f"wrote {paths['csv']} and {paths['html']} in {time.perf_counter() - t_start:.0f}s")
-    return Path(args.out)
+    extras: dict[str, np.ndarray] = {}
+    if samples:
+        images = torch.stack([s["image"] for s in samples])
+        extras = {"gallery_images": data.denormalize(images, test_split.info)
+                  .permute(0, 2, 3, 1).numpy(),
+                  "gallery_labels": np.array([s["label"] for s in samples])}
+    for b in ("bbox", *test_split.info.extra_boxes):
+        if samples and b in samples[0]:
+            extras[f"box_{b}"] = np.stack([s[b].numpy() for s in samples])
+    meta_run = dict(meta_run, n_test=results[0].n_test, n_causal=results[0].n_causal,
+                    comb_reference=cfg.comb_reference if n_comb else None,
+                    n_comb=n_comb or None,
+                    no_boxes="" if test_split.info.has_boxes else ", ".join(
+                        e.name for e in METRICS if e.obj.needs_boxes),
+                    wall_seconds=round(time.perf_counter() - t_start, 1))
+    pv = paper_values.for_run(cfg.preset, cfg.dataset, cfg.backbone, cfg.preset_dataset,
+                              cfg.preset_backbone)
+    store.finish_run(run_id, status="running", meta=meta_run, method_meta=method_meta,
+                     extras=extras, paper_values=[dataclasses.asdict(p) for p in pv],
+                     cr_sweep=None if sweep is None else dataclasses.asdict(sweep))
+    (run,) = store.runs(run_ids=[run_id], status=None)
+    record = build_record(store, [run], store.rows([run_id]), reference=args.reference)
+    store.finish_run(run_id, status="done", estimates=[
+        (row.method, metric, e.value, e.lo, e.hi, e.seed_sd)
+        for row in record.analysis.rows for metric, e in row.estimates.items()],
+        paper_values=[dataclasses.asdict(p) for p in pv],
+        cr_sweep=None if sweep is None else dataclasses.asdict(sweep))
+    return record
+
+
+def mark(store: store_mod.Store, run_id: int, status: str) -> None:
+    """Record why a run stopped, without hiding the error that stopped it."""
+    try:
+        store.set_status(run_id, status)
+    except Exception as err:  # the store may be what failed: say so, keep the cause
+        print(f"warning: could not mark run {run_id} {status} in {store.path}: {err}",
+              file=sys.stderr)
 
 
 #: the log an unexpected error's traceback goes to (in --out)

@@ -157,6 +157,13 @@ class MetricSpec:
     ranked: bool = True
     #: the values a score can take (intervals are clipped to it); None: unbounded
     bounds: tuple[float, float] | None = (0.0, 1.0)
+    #: the evaluation options its scores depend on (:class:`harness.config.EvalConfig`
+    #: fields, or ``comb_subset``: which images the reference misclassifies); the
+    #: evaluation cache recomputes the metric when one of them changes
+    options: tuple[str, ...] = ()
+    #: measures the model whatever explains it (the attention mechanism's fixed-box
+    #: gains): shown in the method's own row only, as the accuracy columns
+    of_model: bool = False
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")

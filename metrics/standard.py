@@ -253,9 +253,14 @@ def _all(batch: EvalBatch) -> Rows:
 
 def _spec(name: str, hib: bool, desc: str, factory: Any = None, needs: tuple[str, ...] = (),
           paper: str = "", unit: str = "", explanation: bool = True,
-          ranked: bool = True, bounds: tuple[float, float] | None = (0.0, 1.0)) -> None:
+          ranked: bool = True, bounds: tuple[float, float] | None = (0.0, 1.0),
+          options: tuple[str, ...] = (), of_model: bool = False) -> None:
     register_metric(MetricSpec(name, hib, desc, paper, needs, factory, unit, explanation,
-                               ranked, bounds))
+                               ranked, bounds, options, of_model))
+
+
+#: what the causal metrics' scores depend on besides the model and its explanation
+_CAUSAL = ("causal_n", "causal_step")
 
 
 _spec("top1", True, "top-1 accuracy", lambda cfg: TopK(1), explanation=False)
@@ -266,11 +271,11 @@ _spec("balanced_acc", True, "balanced accuracy: mean over classes of the per-cla
 _spec("insertion_auc", True, "insertion AUC (RISE protocol: predicted class, blur substrate, "
       "one row per step)", lambda cfg: InsertionAUC(step=cfg.causal_step,
                                                     forward_batch=cfg.forward_batch),
-      paper="Petsiuk et al., BMVC 2018")
+      paper="Petsiuk et al., BMVC 2018", options=_CAUSAL)
 _spec("deletion_auc", False, "deletion AUC (RISE protocol: predicted class, zero substrate, "
       "one row per step)", lambda cfg: DeletionAUC(step=cfg.causal_step,
                                                    forward_batch=cfg.forward_batch),
-      paper="Petsiuk et al., BMVC 2018")
+      paper="Petsiuk et al., BMVC 2018", options=_CAUSAL)
 _spec("bbox_inside_frac", True, "share of the map binarised at 0.2 inside the target box",
       lambda cfg: BoxMetric("inside"), ("bbox",), paper="Gupta & Sintorn (MSABN), 2022")
 _spec("energy_pg", True, "share of map energy inside the target box",
@@ -289,7 +294,7 @@ _spec("distractor_frac", False, "share of map energy on the distractor object",
 _spec("comb_insertion_auc", True, "insertion AUC, COMB protocol: ground-truth class, only "
       "images the reference method (abn) misclassifies, top-p% kept, rest zero, 5% steps",
       lambda cfg: CombInsertionAUC(forward_batch=cfg.forward_batch),
-      paper="Iwayoshi et al., VISAPP 2023")
+      paper="Iwayoshi et al., VISAPP 2023", options=("comb_subset",))
 _spec("max_wrong_prob", False, "highest incorrect-class probability", lambda cfg: MaxWrongProb(),
       explanation=False, paper="Iwayoshi et al., VISAPP 2023")
 _FIX = ("attn_fix_gain: change of {what} when the attention outside the target box is "
@@ -300,17 +305,18 @@ _ON_ALL = ", on every test image with a box"
 _spec("attn_fix_gain_wrong_prob", False, _FIX.format(
       what="max_wrong_prob (negative: the outside attention fed a wrong class)",
       where=_ON_SUBSET), lambda cfg: AttnFixGain("max_wrong_prob"), ("bbox",),
-      paper="Iwayoshi et al., VISAPP 2023", ranked=False, bounds=(-1.0, 1.0))
+      paper="Iwayoshi et al., VISAPP 2023", ranked=False, bounds=(-1.0, 1.0), of_model=True,
+      options=("comb_subset",))
 _spec("attn_fix_gain_top1", True, _FIX.format(what="top-1", where=_ON_SUBSET),
       lambda cfg: AttnFixGain("top1"), ("bbox",), paper="Iwayoshi et al., VISAPP 2023",
-      ranked=False, bounds=(-1.0, 1.0))
+      ranked=False, bounds=(-1.0, 1.0), of_model=True, options=("comb_subset",))
 _spec("attn_fix_gain_wrong_prob_all", False, _FIX.format(what="max_wrong_prob",
                                                          where=_ON_ALL),
       lambda cfg: AttnFixGain("max_wrong_prob", subset=False), ("bbox",),
-      paper="Iwayoshi et al., VISAPP 2023", ranked=False, bounds=(-1.0, 1.0))
+      paper="Iwayoshi et al., VISAPP 2023", ranked=False, bounds=(-1.0, 1.0), of_model=True)
 _spec("attn_fix_gain_top1_all", True, _FIX.format(what="top-1", where=_ON_ALL),
       lambda cfg: AttnFixGain("top1", subset=False), ("bbox",),
-      paper="Iwayoshi et al., VISAPP 2023", ranked=False, bounds=(-1.0, 1.0))
+      paper="Iwayoshi et al., VISAPP 2023", ranked=False, bounds=(-1.0, 1.0), of_model=True)
 _spec("siou_confusion", False, "soft IoU (Eq. 6, no mask) between the maps of the target "
       "class and of the most confusing class (highest non-target logit), negatives clipped; "
       "n/a without class maps", lambda cfg: SiouConfusion("target"),

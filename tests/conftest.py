@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -37,6 +40,21 @@ def all_hooks(module: nn.Module) -> int:
     n += len(mod._global_forward_hooks) + len(mod._global_forward_pre_hooks)
     n += len(mod._global_backward_hooks) + len(mod._global_backward_pre_hooks)
     return n
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _results_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs started by the tests append to a database of their own, not the
+    checkout's ``runs/attnbench.sqlite``."""
+    from harness.store import DB_ENV
+
+    old = os.environ.get(DB_ENV)
+    os.environ[DB_ENV] = str(tmp_path_factory.mktemp("db") / "attnbench.sqlite")
+    yield
+    if old is None:
+        os.environ.pop(DB_ENV, None)
+    else:
+        os.environ[DB_ENV] = old
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,14 @@ import torch
 from harness.analysis import Analysis
 from harness.evaluate import MethodResult, confusion_gallery
 from harness.stats import SeedScores
-from reports.leaderboard import CONFUSION_IMAGES, RunRecord, best_values, confusion_figure
+from reports.leaderboard import (
+    CONFUSION_IMAGES,
+    GAP,
+    RunRecord,
+    best_values,
+    confusion_figure,
+    overlay,
+)
 
 
 def test_reference_rows_rank_on_accuracy_only() -> None:
@@ -56,7 +63,17 @@ def test_confusion_gallery_and_figure() -> None:
          "confusion_classes": np.zeros((6, 2), int)}
     rec = record([row("baseline", {}), row("cam", g), row("abn", g)], np.random.rand(6, 4, 4, 3))
     fig = confusion_figure(rec)
-    assert fig is not None and len(fig.axes) == 2 * 2 * CONFUSION_IMAGES
-    assert [fig.axes[0].get_ylabel(), fig.axes[2 * CONFUSION_IMAGES].get_ylabel()] == ["cam", "abn"]
-    assert fig.axes[3].get_title() == "conf. 0 · sIoU 0.20"  # image 2's per-image score
+    assert fig is not None and len(fig.axes) == 1  # one mosaic: rows cam, abn
+    (ax,) = fig.axes
+    texts = [t.get_text() for t in ax.texts]
+    assert [t for t in texts if t in ("cam", "abn", "baseline")] == ["cam", "abn"]
+    assert texts[1:1 + 2 * CONFUSION_IMAGES][3] == "conf. 0 · sIoU 0.20"  # image 2's score
+    tile, vgap = 4, max(GAP, 4 // 6)
+    mosaic_px = ax.images[0].get_array()
+    assert mosaic_px.shape == (2 * tile + vgap, 2 * CONFUSION_IMAGES * (tile + GAP) - GAP, 3)
+    # abn's second tile: image 0's grey version under the confusing class's map
+    grey = np.repeat(rec.gallery_images[:1].mean(-1, keepdims=True), 3, -1)
+    want = overlay(grey, g["confusion_maps"][:1, 1], 0.55)[0]
+    got = mosaic_px[tile + vgap:, tile + GAP:2 * tile + GAP]
+    np.testing.assert_allclose(got, want, atol=1e-6)
     assert confusion_figure(record([row("baseline", {})], np.zeros((6, 4, 4, 3)))) is None

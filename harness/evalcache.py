@@ -1,0 +1,205 @@
+"""The evaluation cache: a row's numbers are computed once per thing they depend on.
+
+Each part of an evaluated row — every metric, the timing columns, the gallery — has a
+key: a hash of the trained checkpoint's key and of the weights themselves (a model
+trained again under the same key, e.g. after ``--no-cache``, is evaluated again), the
+explainer, the test split, the device kind and the evaluation precision, the versions
+of the libraries that compute or decode (torch, torchvision, captum, TorchCAM, timm,
+numpy, Pillow), the source code of everything that computes the numbers (metrics,
+methods and explainers, the evaluator, the statistics, the data pipeline; hashed once
+when this module is imported, so code edited during a run does not label that run's
+numbers), and the evaluation options that part depends on
+(:attr:`metrics.base.MetricSpec.options`; the timing: ``timing_batches`` and
+``batch_size``; the gallery: ``gallery_n``). A part whose key is in the store is read
+from it; only the others are computed. ``bootstrap`` is not in any key (the intervals
+are recomputed from the stored per-image scores), nor are ``forward_batch`` and
+``batch_size`` in a metric's key: they decide how many images go through one forward
+pass, not what is computed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.config import EvalConfig
+from harness.data import Split
+from harness.evaluate import (
+    GALLERY,
+    TIMING,
+    MethodResult,
+    applicable_metrics,
+    evaluate,
+    misclassified,
+)
+from harness.store import Store
+from methods.base import Method
+from metrics.base import METRICS
+
+_ROOT = Path(__file__).resolve().parent.parent
+#: the code an evaluated number depends on (a change to any of it is a cache miss)
+CODE = ("metrics", "methods", "harness/data", "harness/evaluate.py", "harness/fold.py",
+        "harness/geometry.py", "harness/device.py", "harness/backbones.py",
+        "harness/stats.py")
+#: libraries whose version can change an evaluated number
+LIBRARIES = ("torch", "torchvision", "captum", "torchcam", "timm", "numpy", "pillow",
+             "torchmetrics")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """SHA-256 over the source of :data:`CODE`."""
+    h = hashlib.sha256()
+    for part in CODE:
+        p = _ROOT / part
+        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(_ROOT)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = "absent"
+    return out
+
+
+def weights_digest(method: torch.nn.Module) -> str:
+    """SHA-256 over the model's state (names, shapes, dtypes, values): the same
+    digest means the same model."""
+    h = hashlib.sha256()
+    for name, t in sorted(method.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:24]
+
+
+def mask_digest(mask: torch.Tensor | None) -> str | None:
+    """A digest of a bool mask over the test images (the comb subset)."""
+    if mask is None:
+        return None
+    return hashlib.sha256(mask.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def part_keys(*, checkpoint: str, explainer: str, split_id: str, device: torch.device,
+              precision: str, cfg: EvalConfig, metrics: Iterable[str],
+              comb_subset: torch.Tensor | None, weights: str = "") -> dict[str, str]:
+    """The key of each part of one evaluated row."""
+    base = {"checkpoint": checkpoint, "weights": weights, "explainer": explainer,
+            "split": split_id, "device": device.type, "precision": precision,
+            "libraries": library_versions(), "code": code_version()}
+    options = dict(vars(cfg), comb_subset=mask_digest(comb_subset))
+    out = {m: _digest({**base, "part": m,
+                       "options": {o: options[o] for o in METRICS.get(m).options}})
+           for m in metrics}
+    out[TIMING] = _digest({**base, "part": TIMING, "options": {
+        "timing_batches": cfg.timing_batches, "batch_size": cfg.batch_size}})
+    out[GALLERY] = _digest({**base, "part": GALLERY, "options": {"gallery_n": cfg.gallery_n}})
+    return out
+
+
+def split_id(split: Split, dataset_kwargs: dict[str, Any]) -> str:
+    """What the test split is: dataset, its options and, for files on disk, the
+    fingerprint of its files, labels and boxes."""
+    return _digest({"dataset": split.info.name, "kwargs": dataset_kwargs,
+                    "fingerprint": split.fingerprint, "n": len(split)})
+
+
+def misclassified_cached(store: Store | None, reference: Method, split: Split,
+                         device: torch.device, *, split_key: str, read: bool = True,
+                         batch_size: int = 250, precision: str = "fp32") -> torch.Tensor:
+    """:func:`harness.evaluate.misclassified` (the comb reference's wrong test images),
+    read from ``store`` when it holds the mask for these weights and this split."""
+    key = _digest({"part": "misclassified", "weights": weights_digest(reference),
+                   "split": split_key, "device": device.type, "precision": precision,
+                   "libraries": library_versions(), "code": code_version()})
+    if store is not None and read:
+        mask = store.mask(key)
+        if mask is not None:
+            return torch.from_numpy(mask.astype(bool))
+    wrong = misclassified(reference, split, device, batch_size=batch_size,
+                          precision=precision)
+    if store is not None:
+        store.put_mask(key, wrong.numpy())
+    return wrong
+
+
+def row_metrics(split: Split, cfg: EvalConfig, explainer: str) -> list[str]:
+    """The columns of a row: every applicable metric for a method's own explanation;
+    for another explainer those that score the explanation (the model's accuracy and
+    attention-mechanism columns are in its own row)."""
+    names = list(applicable_metrics(split, cfg))
+    if explainer == "native":
+        return names
+    return [m for m in names if METRICS.get(m).explanation and not METRICS.get(m).of_model]
+
+
+def evaluate_cached(store: Store | None, method: Method, name: str, split: Split,
+                    cfg: EvalConfig, device: torch.device, *, checkpoint: str,
+                    split_key: str, read: bool = True, explainer: str = "native",
+                    seed: int = 0, comb_subset: torch.Tensor | None = None,
+                    precision: str = "fp32", progress: bool = True, weights: str = ""
+                    ) -> tuple[MethodResult, dict[str, str], int]:
+    """:func:`harness.evaluate.evaluate`, reading from ``store`` every part it holds
+    (``read=False``: none). Returns (the row, each part's key, parts read).
+
+    Args:
+        weights: :func:`weights_digest` of ``method`` (computed when not given)."""
+    names = row_metrics(split, cfg, explainer)
+    keys = part_keys(checkpoint=checkpoint, explainer=explainer, split_id=split_key,
+                     device=device, precision=precision, cfg=cfg, metrics=names,
+                     comb_subset=comb_subset, weights=weights or weights_digest(method))
+    hits = store.lookup(keys) if store is not None and read else {}
+    missing = {m for m in names if m not in hits}
+    parts = tuple(p for p in (TIMING, GALLERY) if p not in hits)
+    stored = store.parts(hits) if store is not None and hits else None
+    fresh = None
+    if missing or parts:
+        fresh = evaluate(method, name, split, cfg, device, progress=progress, seed=seed,
+                         comb_subset=comb_subset, precision=precision, explainer=explainer,
+                         only=missing, parts=parts)
+    values: dict[str, float] = {}
+    per_image, curves, gallery = {}, {}, {}
+    per_class: set[str] = set()
+    for src in (stored, fresh):
+        if src is None:
+            continue
+        values.update(src.values)
+        per_image.update(src.per_image)
+        per_class |= src.per_class
+        curves.update(src.curves)
+        gallery.update(src.gallery)
+    order = [*names, "explain_ms", "explain_overhead"]  # the evaluator's column order
+    values = {k: values[k] for k in sorted(values, key=lambda k: order.index(k)
+                                            if k in order else len(order))}
+    n_test = len(split)
+    res = MethodResult(name, seed, values, {k: per_image[k] for k in values if k in per_image},
+                       per_class, curves, n_test=n_test, n_causal=min(n_test, cfg.causal_n),
+                       gallery=gallery, explainer=explainer)
+    return res, keys, len(hits)
+
+
+code_version()  # the code this process runs, hashed before any of it computes a number
+
+__all__ = ["CODE", "LIBRARIES", "code_version", "evaluate_cached", "library_versions",
+           "mask_digest", "misclassified_cached", "part_keys", "row_metrics", "split_id",
+           "weights_digest"]
