@@ -169,9 +169,16 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     seen = 0
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
     gallery_n = cfg.gallery_n if GALLERY in parts else 0
+    # metrics that score the first causal_n images only need no more of the split
+    if not metrics:
+        last = 0
+    elif all("causal_n" in METRICS.get(k).options for k in metrics):
+        last = cfg.causal_n
+    else:
+        last = len(split.dataset)  # type: ignore[arg-type]
     for batch in tqdm(batches, desc=f"{label} eval", leave=False, disable=not bars(progress),
                       dynamic_ncols=True):
-        if not metrics and seen >= gallery_n:
+        if seen >= max(gallery_n, last):
             break
         batch = dev.to_device(batch, device)
         x, y = batch["image"], batch["label"]

@@ -57,7 +57,8 @@ def _same(a: Any, b: Any, skip: tuple[str, ...] = ("explain_ms", "explain_overhe
 
 def test_hits_and_misses(model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     m, split, cfg = model
-    ecfg = dataclasses.replace(cfg.eval, timing_batches=1)
+    # batches of 8 and 8 causal images: a causal-only evaluation stops after one batch
+    ecfg = dataclasses.replace(cfg.eval, timing_batches=1, causal_n=8, batch_size=8)
     spy = Spy(monkeypatch)
     with Store(tmp_path / "db.sqlite") as st:
         def stored(**kw: Any) -> tuple[Any, int]:
@@ -76,9 +77,13 @@ def test_hits_and_misses(model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyP
         np.testing.assert_array_equal(first.gallery["saliency"], again.gallery["saliency"])
 
         # a causal option: only the causal metrics are computed again
-        _, hits = stored(ecfg=dataclasses.replace(ecfg, causal_step=4))
+        changed = dataclasses.replace(ecfg, causal_step=4)
+        mixed, hits = stored(ecfg=changed)
         assert spy.calls[-1] == ({"insertion_auc", "deletion_auc"}, ())
         assert hits == n_parts - 2
+        # and the row is the one a full evaluation with the new option gives
+        _same(mixed, evaluate(m, "abn", split, changed, DEVICE, progress=False))
+        assert mixed.values["insertion_auc"] != first.values["insertion_auc"]
 
         # options that do not change a number: nothing computed
         for change in ({"bootstrap": 50}, {"forward_batch": 7}):
