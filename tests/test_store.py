@@ -178,15 +178,19 @@ def test_not_a_database_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "\n" not in err
 
 
-_KILLED = textwrap.dedent("""
-    import os, sys
-    sys.path.insert(0, {root!r})
-    sys.path.insert(0, {tests!r})
-    from harness.store import Store
-    from test_store import result
-    st = Store(sys.argv[1])
-    rid = st.begin_run(meta={{"dataset": "d", "preset": "p", "backbone": "b"}}, config={{}},
-                       argv=[])
+#: what both subprocess scripts start with: a store at argv[1] and a run in it
+_PRELUDE = """
+import os, sys
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+from harness.store import Store
+from test_store import result
+st = Store(sys.argv[1])
+rid = st.begin_run(meta={{"dataset": "d", "preset": "p", "backbone": "b"}}, config={{}},
+                   argv=[])
+"""
+
+_KILLED = _PRELUDE + textwrap.dedent("""
     st.add_row(rid, result("first"))
     r = result("second")
     class Dying(dict):  # the process dies while the second row's curves are written
@@ -214,15 +218,7 @@ def test_a_killed_run_leaves_complete_rows_or_none(tmp_path: Path) -> None:
         assert st.runs() == []  # neither is a finished run
 
 
-_WRITER = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {root!r})
-    sys.path.insert(0, {tests!r})
-    from harness.store import Store
-    from test_store import result
-    st = Store(sys.argv[1])
-    rid = st.begin_run(meta={{"dataset": "d", "preset": "p", "backbone": "b"}}, config={{}},
-                       argv=[])
+_WRITER = _PRELUDE + textwrap.dedent("""
     for i in range(25):
         st.add_row(rid, result(sys.argv[2] + str(i), n=300))
     st.finish_run(rid)
