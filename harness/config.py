@@ -48,7 +48,10 @@ class EvalConfig:
     Attributes:
         causal_n: number of test images (the first ones) scored with insertion/deletion.
         causal_step: positions changed per step; 0 means one image row (RISE protocol).
-        forward_batch: images per forward pass inside the causal metrics.
+        forward_batch: images per forward pass inside the causal metrics; 0 (the
+            default): the batch with the least time per image for the scored model on
+            this device, timed once per model kind (:func:`metrics.causal.choose_batch`;
+            the scores depend on it by float rounding at most).
         batch_size: test images per evaluation batch.
         bootstrap: resamples for the 95 % intervals.
         gallery_n: test images shown in the HTML attention gallery.
@@ -61,7 +64,7 @@ class EvalConfig:
 
     causal_n: int = 128
     causal_step: int = 0
-    forward_batch: int = 256
+    forward_batch: int = 0
     batch_size: int = 100
     bootstrap: int = 1000
     gallery_n: int = 8

@@ -14,7 +14,8 @@ numbers), and the evaluation options that part depends on
 from it; only the others are computed. ``bootstrap`` is not in any key (the intervals
 are recomputed from the stored per-image scores), nor are ``forward_batch`` and
 ``batch_size`` in a metric's key: they decide how many images go through one forward
-pass, not what is computed.
+pass, not what is computed (kernels chosen by batch size can move a score by float
+rounding, ~1e-7).
 """
 
 from __future__ import annotations

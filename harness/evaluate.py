@@ -8,6 +8,7 @@ time is measured separately, side by side with a plain forward pass on the same 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from harness.stats import SeedScores
 from methods.base import Method, Output
 from methods.explainers import Explainer
 from methods.explainers import build as build_explainer
+from metrics import causal
 from metrics.base import METRICS, EvalBatch, PerImageMetric
 from metrics.confusion import target_pair
 from metrics.localization import normalize
@@ -138,7 +140,6 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     """
     method.eval()
     ex: Explainer = build_explainer(explainer, method)
-    metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg, only).items()}
     batches = loader(split, cfg.batch_size, device)
     box_names = [b for b in ("bbox", *split.info.extra_boxes)
                  if split.info.has_boxes or b != "bbox"]
@@ -156,6 +157,14 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
 
     def logits_of(z: torch.Tensor) -> torch.Tensor:
         return forward(z).logits
+
+    if cfg.forward_batch <= 0:  # the causal metrics' forward batch, timed for this model
+        h, w = split.info.image_size
+        n_params = sum(p.numel() for p in method.parameters())
+        cfg = dataclasses.replace(cfg, forward_batch=causal.choose_batch(
+            logits_of, torch.zeros(3, h, w, device=device),
+            key=(type(method).__name__, n_params, precision)))
+    metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg, only).items()}
 
     has_class_maps = ex.class_maps is not None
     label = row_id(name, explainer)

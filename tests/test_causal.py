@@ -137,3 +137,39 @@ def test_bad_inputs_raise() -> None:
                              torch.tensor([0]), mode="deletion", step=1, substrate="zero")
     with pytest.raises(ValueError, match="substrate"):
         causal.make_substrate(torch.zeros(1, 3, 2, 2), "noise")
+
+
+def test_choose_batch_picks_the_fastest_within_the_budget(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A model whose cost per call is flat up to 32 images and grows after: 32 is the
+    cheapest per image; the budget caps the candidates; the choice is kept per key."""
+    import time
+
+    calls: list[int] = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        time.sleep(0.002 * max(1, len(x) / 32) ** 2)
+        return torch.zeros(len(x), 3)
+
+    monkeypatch.setattr(causal, "_CHOSEN", {})
+    sample = torch.zeros(3, 4, 4)
+    assert causal.choose_batch(model, sample, key=("toy",)) == 32
+    assert max(calls) <= 128  # stopped after two worse candidates
+    n = len(calls)
+    assert causal.choose_batch(model, sample, key=("toy",)) == 32 and len(calls) == n
+    # a budget of 16 images' bytes: nothing larger is tried
+    budget = 16 * sample.numel() * sample.element_size()
+    assert causal.choose_batch(model, sample, key=("small",), budget=budget) == 16
+
+
+def test_scores_depend_on_the_forward_batch_by_rounding_only() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 5)).eval()
+    x, sal = torch.randn(3, 3, 8, 8), torch.rand(3, 8, 8)
+    cls = torch.tensor([0, 2, 4])
+    curves = [causal.causal_curves(net, x, sal, cls, mode="deletion", step=8,
+                                   substrate="zero", batch_size=bs) for bs in (1, 7, 64, 0)]
+    for c in curves[1:]:  # the same up to float rounding (kernels differ by batch size)
+        torch.testing.assert_close(c, curves[0], rtol=0, atol=1e-6)

@@ -1,0 +1,124 @@
+"""Insertion + deletion against TorchCAM's ``DeletionInsertionMetric`` and against the
+bare forward passes both need, side by side in one process, on identical maps and
+images: one row of pixels per step, softmax of the logits, zero substrate for both
+curves (so the AUCs must agree). ``ATTNBENCH_BENCH_IMAGES`` sets the image count
+(default 64)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from benchmarks.conftest import median_seconds, record_ratio
+from harness import backbones, data
+from metrics import causal
+
+N_IMAGES = int(os.environ.get("ATTNBENCH_BENCH_IMAGES", "64"))
+#: TorchCAM's default forward batch (the project's is chosen per model and device)
+TORCHCAM_BATCH = 32
+
+
+class Logits(nn.Module):
+    def __init__(self, backbone: backbones.SplitBackbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+
+def _model(name: str, num_classes: int) -> Logits:
+    torch.manual_seed(0)
+    return Logits(backbones.build(name, num_classes)).eval()
+
+
+@pytest.fixture(scope="module", params=["cifar-resnet8", "resnet18"])
+def setup(request: pytest.FixtureRequest, bench_split: data.Split
+          ) -> tuple[str, Logits, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(name, model, images, maps [B,H,W] (TorchCAM's CAM, resized as it resizes),
+    predicted classes)."""
+    from torchcam.methods import CAM
+
+    model = _model(request.param, bench_split.info.num_classes)
+    x = next(iter(DataLoader(bench_split.dataset, batch_size=N_IMAGES)))["image"]
+    bb = model.backbone
+    with CAM(model, target_layer=bb.last_stage, fc_layer=bb.fc,
+             input_shape=tuple(x.shape[1:])) as extractor, torch.no_grad():
+        scores = model(x)
+        pred = scores.argmax(1)
+        (cam,) = extractor(pred.tolist(), scores)
+    sal = nn.functional.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear",
+                                    align_corners=False)[:, 0]
+    return request.param, model, x, sal, pred
+
+
+def _torchcam_metric(model: Logits, sal: torch.Tensor) -> object:
+    """TorchCAM's metric at its defaults (forward batch 32) with its CAM extractor on
+    the same layer: it computes the same maps as ``setup`` (CAM of the predicted class,
+    min-max normalised, bilinear to the input), one forward pass more than ours."""
+    from torchcam.methods import CAM
+    from torchcam.metrics import DeletionInsertionMetric
+
+    bb = model.backbone
+    extractor = CAM(model, target_layer=bb.last_stage, fc_layer=bb.fc,
+                    input_shape=(3, *sal.shape[-2:]))
+    w = sal.shape[-1]
+    return DeletionInsertionMetric(extractor, functools.partial(torch.softmax, dim=-1),
+                                   steps=sal[0].numel() // w, batch_size=TORCHCAM_BATCH)
+
+
+def _ours(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sal: torch.Tensor,
+          cls: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    w = x.shape[-1]
+    ins = causal.causal_curves(model, x, sal, cls, mode="insertion", step=w,
+                               substrate="zero", batch_size=batch)
+    dele = causal.causal_curves(model, x, sal, cls, mode="deletion", step=w,
+                                substrate="zero", batch_size=batch)
+    return causal.auc(ins), causal.auc(dele)
+
+
+def test_insertion_deletion_vs_torchcam(benchmark, setup) -> None:  # type: ignore[no-untyped-def]
+    name, model, x, sal, pred = setup
+    repeats = 3
+    if getattr(benchmark, "disabled", False):  # a plain test run: the same checks, small
+        x, sal, pred, repeats = x[:2], sal[:2], pred[:2], 1
+    b, _, h, w = x.shape
+    n = causal.n_steps(h, w, w)
+    total = 2 * b * (n + 1)  # the forwards of the two curves
+    fb = causal.choose_batch(model, x[0], key=(name,))  # as the evaluator does
+    benchmark.extra_info["forward_batch"] = fb
+    print(f"\n{name}: forward batch {fb}")
+    fake = torch.randn(fb, *x.shape[1:])
+
+    def plain() -> None:  # the same number of forwards at the same batch
+        with torch.inference_mode():
+            for lo in range(0, total, fb):
+                model(fake[: min(fb, total - lo)])
+
+    theirs = _torchcam_metric(model, sal)
+
+    def torchcam_run() -> dict[str, float]:
+        theirs.reset()  # type: ignore[attr-defined]
+        # TorchCAM computes its own CAM of the predicted class: the same maps as ``sal``
+        theirs.update(x)  # type: ignore[attr-defined]
+        return theirs.summary()  # type: ignore[attr-defined, no-any-return]
+
+    t_plain = median_seconds(plain, repeats=repeats)
+    t_torchcam = median_seconds(torchcam_run, repeats=repeats)
+    ref = torchcam_run()
+    benchmark.group = f"insertion + deletion, {b} images x {n + 1} steps ({name})"
+    ins, dele = benchmark(lambda: _ours(model, x, sal, pred, fb))
+    assert abs(float(ins.mean()) - ref["insertion_auc"]) <= 1e-5
+    assert abs(float(dele.mean()) - ref["deletion_auc"]) <= 1e-5
+    r_peer = record_ratio(benchmark, f"{name}: ours / TorchCAM DeletionInsertion", t_torchcam)
+    r_plain = record_ratio(benchmark, f"{name}: ours / plain forwards", t_plain)
+    benchmark.extra_info["torchcam_over_plain"] = t_torchcam / t_plain
+    print(f"{name}: TorchCAM / plain forwards = {t_torchcam / t_plain:.2f}")
+    assert r_peer is None or r_peer > 0
+    assert r_plain is None or r_plain > 0
