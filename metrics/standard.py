@@ -47,11 +47,12 @@ class CausalAUC(PerImageMetric):
         mode: ``"insertion"`` (higher is better) or ``"deletion"`` (lower is better).
         substrate: defaults to the RISE protocol: blur for insertion, zero for deletion.
         step: positions per step; 0 = one image row (RISE).
-        forward_batch: perturbed images per forward pass.
+        forward_batch: perturbed images per forward pass; 0 (the default): chosen for
+            the model (:func:`metrics.causal.choose_batch`).
     """
 
     def __init__(self, mode: str, substrate: str | None = None, step: int = 0,
-                 forward_batch: int = 256, **kwargs: Any) -> None:
+                 forward_batch: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mode = mode
         self.substrate = substrate or ("blur" if mode == "insertion" else "zero")
