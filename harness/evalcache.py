@@ -127,10 +127,11 @@ def split_id(split: Split, dataset_kwargs: dict[str, Any]) -> str:
 
 def misclassified_cached(store: Store | None, reference: Method, split: Split,
                          device: torch.device, *, split_key: str, read: bool = True,
-                         batch_size: int = 250, precision: str = "fp32") -> torch.Tensor:
+                         batch_size: int = 250, precision: str = "fp32",
+                         weights: str = "") -> torch.Tensor:
     """:func:`harness.evaluate.misclassified` (the comb reference's wrong test images),
     read from ``store`` when it holds the mask for these weights and this split."""
-    key = _digest({"part": "misclassified", "weights": weights_digest(reference),
+    key = _digest({"part": "misclassified", "weights": weights or weights_digest(reference),
                    "split": split_key, "device": device.type, "precision": precision,
                    "libraries": library_versions(), "code": code_version()})
     if store is not None and read:

@@ -457,6 +457,12 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
     read = cache is not None
     n_read = n_parts = 0
     told: set[tuple[str, str]] = set()
+    digests: dict[str, str] = {}  # checkpoint key -> weights digest (fixed during a run)
+
+    def digest_of(trained: train.Trained) -> str:
+        if trained.key not in digests:
+            digests[trained.key] = evalcache.weights_digest(trained.method)
+        return digests[trained.key]
 
     def note(name: str, explainer: str, why: str) -> None:
         if (name, explainer) not in told:
@@ -471,6 +477,7 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
                                progress=progress, _memo=memo)
             comb_subset = evalcache.misclassified_cached(
                 store, ref.method, test_split, device, split_key=split_key, read=read,
+                weights=digest_of(ref),
                 batch_size=scfg.eval.batch_size, precision=eval_precision)
             n_comb[seed] = int(comb_subset.sum())
         # (weights, explainer) pairs already in a row: a model explained the same way
@@ -481,7 +488,7 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
             t0 = time.perf_counter()
             trained = train.obtain(name, scfg, train_split, device, cache, progress=progress,
                                    _memo=memo)
-            digest = evalcache.weights_digest(trained.method)
+            digest = digest_of(trained)
             kind = (native_equivalent(trained.method) or f"native:{name}"
                     if explainer == "native" else explainer)
             if (digest, kind) in made:
@@ -585,9 +592,7 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
     record = build_record(store, [run], store.rows([run_id]), reference=args.reference)
     store.finish_run(run_id, status="done", estimates=[
         (row.method, metric, e.value, e.lo, e.hi, e.seed_sd)
-        for row in record.analysis.rows for metric, e in row.estimates.items()],
-        paper_values=[dataclasses.asdict(p) for p in pv],
-        cr_sweep=None if sweep is None else dataclasses.asdict(sweep))
+        for row in record.analysis.rows for metric, e in row.estimates.items()])
     return record
 
 

@@ -315,20 +315,24 @@ class Store:
                    meta: dict[str, Any] | None = None,
                    method_meta: dict[str, dict[str, Any]] | None = None,
                    extras: dict[str, np.ndarray] | None = None,
-                   paper_values: Sequence[dict[str, Any]] = (),
+                   paper_values: Sequence[dict[str, Any]] | None = None,
                    cr_sweep: dict[str, Any] | None = None,
                    estimates: Sequence[tuple[str, str, float, float, float, float]] = ()
                    ) -> None:
-        """Close the run: its status, end time and what the reports need besides rows."""
+        """Set the run's status (and end time, unless ``running``), add its estimates and
+        store what the reports need besides rows; an argument left None keeps what is
+        stored."""
         with self.transaction() as con:
             con.execute("UPDATE runs SET status = ?, finished = ?, "
                         "meta = COALESCE(?, meta), method_meta = COALESCE(?, method_meta), "
-                        "extras = COALESCE(?, extras), paper_values = ?, cr_sweep = ? "
+                        "extras = COALESCE(?, extras), paper_values = COALESCE(?, paper_values), "
+                        "cr_sweep = COALESCE(?, cr_sweep) "
                         "WHERE id = ?",
                         (status, _now() if status != "running" else None,
                          None if meta is None else _json(meta),
                          None if method_meta is None else _json(method_meta),
-                         None if extras is None else pack(extras), _json(list(paper_values)),
+                         None if extras is None else pack(extras),
+                         None if paper_values is None else _json(list(paper_values)),
                          None if cr_sweep is None else _json(cr_sweep), run_id))
             con.executemany("INSERT OR REPLACE INTO estimates (run_id, row, metric, value, "
                             "lo, hi, seed_sd) VALUES (?, ?, ?, ?, ?, ?, ?)",
