@@ -128,10 +128,11 @@ def n_steps(height: int, width: int, step: int) -> int:
     return math.ceil(height * width / step)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
                   classes: torch.Tensor, *, mode: str, step: int, substrate: str,
-                  batch_size: int = 256) -> torch.Tensor:
+                  batch_size: int = 256, unperturbed: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """Insertion or deletion curves of ``images`` under ``saliency``.
 
     Args:
@@ -143,50 +144,80 @@ def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
         step: positions changed per step (RISE: one image row, ``W``).
         substrate: ``"blur"``, ``"zero"`` or ``"mean"``.
         batch_size: perturbed images per forward pass; 0: :func:`choose_batch`.
+        unperturbed: ``[B]`` the tracked class's probability on the images themselves,
+            when the caller has it (the evaluator does): deletion's first point and
+            insertion's last are then not computed again.
 
     Returns:
         ``[B, n+1]`` probabilities, ``n = ceil(H*W / step)`` (``[0, n+1]`` for an empty
         batch).
 
+    The perturbed images of one forward pass are written into one reused buffer,
+    image by image with the steps broadcast (no per-row copy of whole images), in
+    the memory format of ``images``.
+
     Raises:
         ValueError: bad ``mode`` / ``step``; ``images`` not ``[B,C,H,W]``; ``saliency``
             without a batch dimension, with several channels, of another size or with
             non-finite values; ``classes`` of another length, not integers, or outside
-            the model's classes.
+            the model's classes; ``unperturbed`` not ``[B]``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     images = checks.images(images)
-    b, _, h, w = images.shape
+    b, c, h, w = images.shape
     saliency = checks.maps(saliency, n=b)
     if tuple(saliency.shape) != (b, h, w):
         raise ValueError(f"saliency shape {tuple(saliency.shape)} does not match images "
                          f"{tuple(images.shape)}: resize it to the input first")
     classes = checks.classes(classes, b)
+    if unperturbed is not None and tuple(unperturbed.shape) != (b,):
+        raise ValueError(f"unperturbed has shape {tuple(unperturbed.shape)}: expected [{b}]")
     n = n_steps(h, w, step)
     if b == 0:
         return torch.zeros(0, n + 1, device=images.device)
     if batch_size <= 0:
         batch_size = choose_batch(model, images[0])
-    rank = rank_positions(saliency.to(images.device)).view(b, 1, h, w)
+    dev = images.device
+    rank = rank_positions(saliency.to(dev)).view(b, 1, h, w)
     base = make_substrate(images, substrate)
     start, finish = (images, base) if mode == "deletion" else (base, images)
-    classes = classes.to(images.device).long()
-    total = b * (n + 1)
-    scores = torch.empty(total, device=images.device, dtype=torch.float32)
+    classes = classes.to(dev).long()
+    # the steps computed: all n+1, or all but the one showing the image itself
+    same = 0 if mode == "deletion" else n
+    ks = [k for k in range(n + 1) if unperturbed is None or k != same]
+    m = len(ks)
+    thresholds = (torch.tensor(ks, device=dev) * step).view(-1, 1, 1, 1)
+    total = b * m
+    fmt = (torch.channels_last if images.is_contiguous(memory_format=torch.channels_last)
+           and not images.is_contiguous() else torch.contiguous_format)
+    buffer = torch.empty((min(batch_size, total), c, h, w), dtype=images.dtype,
+                         device=dev).contiguous(memory_format=fmt)
+    scores = torch.empty(total, device=dev, dtype=torch.float32)
     for lo in range(0, total, batch_size):
-        idx = torch.arange(lo, min(lo + batch_size, total), device=images.device)
-        img, k = idx // (n + 1), idx % (n + 1)
-        changed = rank[img] < (k * step).view(-1, 1, 1, 1)
-        x = torch.where(changed, finish[img], start[img])
+        hi = min(lo + batch_size, total)
+        x = buffer[: hi - lo]
+        r = lo
+        while r < hi:  # the rows of each image in this pass, its steps broadcast
+            i, j = divmod(r, m)
+            j1 = min(m, j + hi - r)
+            torch.where(rank[i] < thresholds[j:j1], finish[i], start[i],
+                        out=x[r - lo : r - lo + j1 - j])
+            r += j1 - j
         logits = model(x).float()
         if lo == 0:  # the classes exist in the model's output
             checks.classes(classes, b, logits.shape[1])
+        img = torch.arange(lo, hi, device=dev) // m
         probs = torch.softmax(logits, dim=1)
-        scores[lo : lo + len(idx)] = probs.gather(1, classes[img].view(-1, 1)).squeeze(1)
-    return scores.view(b, n + 1)
+        scores[lo:hi] = probs.gather(1, classes[img].view(-1, 1)).squeeze(1)
+    if unperturbed is None:
+        return scores.view(b, n + 1)
+    out = torch.empty(b, n + 1, device=dev, dtype=torch.float32)
+    out[:, ks] = scores.view(b, m)
+    out[:, same] = unperturbed.to(dev).float()
+    return out
 
 
 def auc(curves: torch.Tensor) -> torch.Tensor:

@@ -93,6 +93,48 @@ def test_batch_at_once_equals_one_at_a_time() -> None:
     assert torch.allclose(whole, single, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["insertion", "deletion"])
+def test_known_unperturbed_point_is_not_computed_again(mode: str) -> None:
+    """Given the images' own probabilities, deletion's first and insertion's last
+    points are those values and the model sees one image fewer per curve; the other
+    points are unchanged."""
+    model = small_model()
+    imgs, sal = torch.randn(4, 3, 6, 5), torch.rand(4, 6, 5)
+    cls = torch.tensor([0, 1, 2, 3])
+    seen = {"n": 0}
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        seen["n"] += len(x)
+        return model(x)
+
+    kw = {"mode": mode, "step": 5, "substrate": "blur", "batch_size": 3}
+    full = causal.causal_curves(counted, imgs, sal, cls, **kw)
+    n_full, seen["n"] = seen["n"], 0
+    with torch.no_grad():
+        own = torch.softmax(model(imgs), 1).gather(1, cls.view(-1, 1)).squeeze(1)
+    fake = own + 0.5  # the given values are used as they are
+    short = causal.causal_curves(counted, imgs, sal, cls, unperturbed=fake, **kw)
+    assert n_full == 4 * 7 and seen["n"] == 4 * 6
+    col = 0 if mode == "deletion" else -1
+    torch.testing.assert_close(full[:, col], own, rtol=0, atol=1e-6)
+    assert torch.equal(short[:, col], fake)
+    keep = [k for k in range(7) if k != (col % 7)]
+    torch.testing.assert_close(short[:, keep], full[:, keep], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="unperturbed"):
+        causal.causal_curves(model, imgs, sal, cls, unperturbed=own[:2], **kw)
+
+
+def test_channels_last_images_give_the_same_curves() -> None:
+    model = small_model()
+    imgs, sal = torch.randn(3, 3, 6, 5), torch.rand(3, 6, 5)
+    cls = torch.tensor([0, 1, 2])
+    kw = {"mode": "insertion", "step": 1, "substrate": "blur", "batch_size": 8}
+    a = causal.causal_curves(model, imgs, sal, cls, **kw)
+    b = causal.causal_curves(model, imgs.contiguous(memory_format=torch.channels_last),
+                             sal, cls, **kw)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 def test_blur_kernel_is_the_rise_kernel() -> None:
     k = causal.blur_kernel()
     imp = np.zeros((11, 11))
