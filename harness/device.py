@@ -17,7 +17,7 @@ cache key and of the run record.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -93,3 +93,24 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
 def pin_memory(device: torch.device) -> bool:
     """Whether DataLoaders should pin host memory."""
     return device.type == "cuda"
+
+
+def compiled_logits(fn: Callable[[torch.Tensor], torch.Tensor], batch: int
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` (images -> logits) through ``torch.compile``, always called with ``batch``
+    images: a shorter input is padded with copies of its first image and the extra
+    rows dropped, so the compiled graph is specialised to one shape and never
+    recompiled (rows are independent in eval mode). A longer input is split."""
+    compiled = torch.compile(fn, dynamic=False)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for lo in range(0, len(x), batch):
+            part = x[lo : lo + batch]
+            n = len(part)
+            if n < batch:
+                part = torch.cat([part, part[:1].expand(batch - n, *part.shape[1:])])
+            outs.append(compiled(part)[:n])
+        return torch.cat(outs) if len(outs) != 1 else outs[0]
+
+    return run

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from harness import distributed
 from harness.config import EvalConfig
 from harness.data import Split
 from harness.evaluate import (
@@ -48,7 +49,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 #: the code an evaluated number depends on (a change to any of it is a cache miss)
 CODE = ("metrics", "methods", "harness/data", "harness/evaluate.py", "harness/fold.py",
         "harness/geometry.py", "harness/device.py", "harness/backbones.py",
-        "harness/stats.py")
+        "harness/stats.py", "harness/distributed.py")
 #: libraries whose version can change an evaluated number
 LIBRARIES = ("torch", "torchvision", "captum", "torchcam", "timm", "numpy", "pillow",
              "torchmetrics")
@@ -134,10 +135,10 @@ def misclassified_cached(store: Store | None, reference: Method, split: Split,
     key = _digest({"part": "misclassified", "weights": weights or weights_digest(reference),
                    "split": split_key, "device": device.type, "precision": precision,
                    "libraries": library_versions(), "code": code_version()})
-    if store is not None and read:
-        mask = store.mask(key)
-        if mask is not None:
-            return torch.from_numpy(mask.astype(bool))
+    # under torchrun rank 0 alone holds the store; the others get what it read
+    mask = distributed.share(lambda: store.mask(key) if store is not None and read else None)
+    if mask is not None:
+        return torch.from_numpy(mask.astype(bool))
     wrong = misclassified(reference, split, device, batch_size=batch_size,
                           precision=precision)
     if store is not None:
@@ -170,7 +171,8 @@ def evaluate_cached(store: Store | None, method: Method, name: str, split: Split
     keys = part_keys(checkpoint=checkpoint, explainer=explainer, split_id=split_key,
                      device=device, precision=precision, cfg=cfg, metrics=names,
                      comb_subset=comb_subset, weights=weights or weights_digest(method))
-    hits = store.lookup(keys) if store is not None and read else {}
+    # under torchrun rank 0 alone holds the store and tells the others what to compute
+    hits = distributed.share(lambda: store.lookup(keys) if store is not None and read else {})
     missing = {m for m in names if m not in hits}
     parts = tuple(p for p in (TIMING, GALLERY) if p not in hits)
     stored = store.parts(hits) if store is not None and hits else None

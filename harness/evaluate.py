@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from harness import device as dev
-from harness import fold
+from harness import distributed, fold
 from harness.config import EvalConfig
 from harness.data import Split, loader
 from harness.progress import bars
@@ -123,7 +123,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
              comb_subset: torch.Tensor | None = None,
              precision: str = "fp32", explainer: str = "native",
              only: set[str] | None = None,
-             parts: tuple[str, ...] = (TIMING, GALLERY)) -> MethodResult:
+             parts: tuple[str, ...] = (TIMING, GALLERY), shard: bool = True) -> MethodResult:
     """Score ``method``, explained by ``explainer``, on the test ``split`` with every
     applicable metric.
 
@@ -137,10 +137,22 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         only: compute these metrics alone (None: every applicable one); the
             evaluation cache asks for what it does not hold.
         parts: which of the timing columns and the gallery to produce.
+        shard: under torchrun, score each rank's share of the test images
+            (:func:`harness.distributed.shard`) and gather the per-image scores back in
+            image order, so that every number, interval and paired test is a single
+            process's; the gallery and the timing are rank 0's (the others return
+            neither). False: this process scores everything it is asked for.
+
+    The causal metrics score the test images with index below ``causal_n`` (in a single
+    process: the first ``causal_n`` of the split).
     """
     method.eval()
     ex: Explainer = build_explainer(explainer, method)
-    batches = loader(split, cfg.batch_size, device)
+    world = distributed.current()
+    sharded = shard and world.size > 1
+    n_split = len(split.dataset)  # type: ignore[arg-type]
+    batches = loader(split, cfg.batch_size, device, dataset=Subset(
+        split.dataset, distributed.shard(n_split)) if sharded else None)
     box_names = [b for b in ("bbox", *split.info.extra_boxes)
                  if split.info.has_boxes or b != "bbox"]
     if split.info.multi_object:  # every object, for the metrics that use several
@@ -164,6 +176,12 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         cfg = dataclasses.replace(cfg, forward_batch=causal.choose_batch(
             logits_of, torch.zeros(3, h, w, device=device),
             key=(type(method).__name__, n_params, precision)))
+    causal_logits: Callable[[torch.Tensor], torch.Tensor] = logits_of
+    if cfg.compile:  # the perturbed images only: predictions stay eager
+        causal_logits = dev.compiled_logits(
+            lambda z: scoring(dev.channels_last(z)).logits, cfg.forward_batch)
+        if precision != "fp32":
+            causal_logits = _under_autocast(causal_logits, device, precision)
     metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg, only).items()}
 
     has_class_maps = ex.class_maps is not None
@@ -175,19 +193,19 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
             maps = ex.class_maps(z, classes)
         return None if maps is None else finite(maps.float(), f"{label} class maps")
 
-    seen = 0
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
-    gallery_n = cfg.gallery_n if GALLERY in parts else 0
+    gallery_n = cfg.gallery_n if GALLERY in parts and not sharded else 0
     # metrics that score the first causal_n images only need no more of the split
     if not metrics:
         last = 0
     elif all("causal_n" in METRICS.get(k).options for k in metrics):
         last = cfg.causal_n
     else:
-        last = len(split.dataset)  # type: ignore[arg-type]
-    for batch in tqdm(batches, desc=f"{label} eval", leave=False, disable=not bars(progress),
-                      dynamic_ncols=True):
-        if seen >= max(gallery_n, last):
+        last = n_split
+    for batch in tqdm(batches, desc=f"{label} eval", leave=False,
+                      disable=not (bars(progress) and world.main), dynamic_ncols=True):
+        # images come in index order, a rank's share too: the rest are not needed
+        if int(batch["index"][0]) >= max(gallery_n, last):
             break
         batch = dev.to_device(batch, device)
         x, y = batch["image"], batch["label"]
@@ -198,10 +216,10 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
             with dev.autocast(device, precision):  # as the logits they are compared to
                 fixed = (scoring.fixed_attention_logits(out, batch["bbox"], tuple(x.shape[-2:]))
                          if "bbox" in box_names else None)
-        n_c = max(0, min(len(y), cfg.causal_n - seen))
+        n_c = int((batch["index"] < cfg.causal_n).sum())  # a prefix of the batch
         ev = EvalBatch(images=x, labels=y, logits=logits, saliency=sal,
                        boxes={b: batch[b] for b in box_names if b in batch},
-                       model=logits_of, pointing_tolerance=split.info.pointing_tolerance,
+                       model=causal_logits, pointing_tolerance=split.info.pointing_tolerance,
                        fixed_logits=None if fixed is None else fixed.float(),
                        comb_mask=None if comb_subset is None
                        else comb_subset.to(device)[batch["index"]],
@@ -224,8 +242,10 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                 for k, v in confusion_gallery(class_maps, x[:need], logits[:need],
                                               y[:need]).items():
                     gallery.setdefault(k, []).append(v)
-        seen += len(y)
 
+    if sharded:
+        for m in metrics.values():
+            m.gather()
     values: dict[str, float] = {}
     per_image: dict[str, SeedScores] = {}
     curves: dict[str, np.ndarray] = {}
@@ -235,16 +255,30 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         values[k] = m.aggregate(scores, classes)
         if isinstance(m, CausalAUC) and m.curves:
             curves[k] = m.mean_curve()
-    if TIMING in parts:
+    if TIMING in parts and world.main:
         values.update(time_explanation(method, ex.explain, batches, device,
                                        cfg.timing_batches))
-    n_test = len(split.dataset)  # type: ignore[arg-type]
+    if sharded and GALLERY in parts and world.main:  # the first test images, unsharded
+        first = evaluate(method, name, split, cfg, device, progress=progress, seed=seed,
+                         precision=precision, explainer=explainer, only=set(),
+                         parts=(GALLERY,), shard=False).gallery
+        gallery = {k: [torch.from_numpy(v)] for k, v in first.items()}
+    n_test = n_split
     return MethodResult(name, seed, values, per_image,
                         {k for k, m in metrics.items() if m.per_class}, curves, n_test=n_test,
                         n_causal=min(n_test, cfg.causal_n),
                         gallery={k: torch.cat(v).numpy() if v else np.zeros((0, 1, 1))
-                                 for k, v in gallery.items()} if GALLERY in parts else {},
+                                 for k, v in gallery.items()}
+                        if GALLERY in parts and (world.main or not sharded) else {},
                         explainer=explainer)
+
+
+def _under_autocast(fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                    precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(z: torch.Tensor) -> torch.Tensor:
+        with dev.autocast(device, precision):
+            return fn(z)
+    return run
 
 
 class ClassMapMemo:

@@ -29,7 +29,7 @@ try:  # Ctrl-C while the libraries load (seconds): one line, not a traceback
     import torch
 
     import metrics  # noqa: F401  (registers metrics)
-    from harness import backbones, data, evalcache, paper_values, train
+    from harness import backbones, data, distributed, evalcache, paper_values, train
     from harness import config as config_mod
     from harness import device as dev
     from harness import store as store_mod
@@ -94,7 +94,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "columns)")
     p.add_argument("--out", default="runs/latest",
                    help="output directory (default runs/latest)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu or cuda[:N] (default auto; under torchrun each rank "
+                        "takes cuda:LOCAL_RANK)")
+    p.add_argument("--compile", action="store_true",
+                   help="score the insertion / deletion images through torch.compile of "
+                        "the scoring model (eval.compile; same AUCs within float rounding; "
+                        "compiling takes a while per model and needs a C++ compiler on "
+                        "CPU)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun, train with batch norm statistics over the global "
+                        "batch (torch.nn.SyncBatchNorm; CUDA only)")
     p.add_argument("--precision", default="auto", choices=dev.PRECISIONS,
                    help="auto (bfloat16 autocast where the device has native bf16, else "
                         "fp32; the default), fp32 or bf16")
@@ -345,6 +355,8 @@ def run(args: argparse.Namespace) -> Path:
                                               dataset=args.dataset, config_file=args.config,
                                               sets=args.sets))
     check_method_settings(cfg, args.config)
+    if args.compile:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, compile=True))
     names = resolve_methods(args.methods, cfg.for_methods)
     explainers = sorted(resolve_explainers(args.explainers), key=lambda e: e != "native")
     other = [n for n in names if cfg.for_methods and n not in cfg.for_methods]
@@ -371,7 +383,11 @@ def run(args: argparse.Namespace) -> Path:
                         "state dict)")
     workers = resolve_workers(args.workers, cfg)
     cfg = dataclasses.replace(cfg, workers=workers)
-    device = dev.select(args.device)
+    world = distributed.init(args.device, sync_bn=args.sync_bn)
+    if args.sync_bn and world.size == 1:
+        print("note: --sync-bn has no effect in one process (start the run with torchrun)",
+              file=sys.stderr)
+    device = dev.select(distributed.device(args.device))
     cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(args.precision, device))
     eval_precision = dev.resolve_precision(cfg.eval.precision, device)
     if not args.dry_run:  # where results and checkpoints go: writable, before any work
@@ -382,7 +398,7 @@ def run(args: argparse.Namespace) -> Path:
     cache = None if args.no_cache or args.dry_run else probe_writable(args.cache_dir,
                                                                       "--cache-dir")
     t_start = time.perf_counter()
-    say = print if not args.no_progress else (lambda *a, **k: None)
+    say = print if not args.no_progress and world.main else (lambda *a, **k: None)
     seeds_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
     say(f"attnbench: {len(names)} methods on {cfg.dataset} ({cfg.preset}), "
         f"backbone {cfg.backbone}, device {device}, training in {cfg.precision}, "
@@ -390,7 +406,8 @@ def run(args: argparse.Namespace) -> Path:
     build = split_builder(args, cfg, cache, workers, cfg.dataset_kwargs)
     if args.dry_run:
         return dry_run(args, names, cfg, build, device, len(seeds))
-    train_split, test_split = build("train"), build("test")
+    with distributed.main_first():  # rank 0 fills a dataset cache before the others read it
+        train_split, test_split = build("train"), build("test")
     names = drop_unsupported(names, test_split.info, explicit=args.methods.strip() != "all",
                              say=print)  # a result: shown without progress output too
     if sweep_on and not test_split.info.has_boxes:
@@ -400,19 +417,26 @@ def run(args: argparse.Namespace) -> Path:
         "dataset": cfg.dataset, "preset": cfg.preset, "backbone": cfg.backbone,
         "seeds": seeds, "device": str(device), "precision": cfg.precision,
         "eval_precision": eval_precision, "explainers": explainers,
+        "world_size": world.size, "backend": world.backend, "sync_bn": world.sync_bn,
         "reference": args.reference,
         "test_split_id": evalcache.split_id(test_split, cfg.dataset_kwargs),
         "protocol": "rise (insertion: blur 11/5 substrate; deletion: zero substrate; "
                     "predicted class; softmax score; one row of pixels per step; "
                     "maps min-max normalised per image for localisation; "
                     f"training in {cfg.precision}, evaluation forward passes in "
-                    f"{eval_precision}, explanations in fp32)",
+                    f"{eval_precision}, explanations in fp32; {world.size} process"
+                    f"{'es' if world.size > 1 else ''}"
+                    f"{f' ({world.backend})' if world.size > 1 else ''})",
         "data_dir": None if args.data_dir is None else str(args.data_dir),
         "workers": workers, "pretrained": cfg.pretrained,
         "pretrained_sha256": train.file_digest(cfg.pretrained) if cfg.pretrained else None,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "git_rev": git_rev(), "torch": str(torch.__version__),
         "python": platform.python_version()}
+    if not world.main:  # rank 0 holds the store and writes the reports
+        evaluate_all(args, cfg, names, explainers, seeds, lambdas, train_split, test_split,
+                     device, cache, None, 0, meta_run, eval_precision, t_start, say)
+        return Path(args.out)
     with store_mod.Store(args.db) as store:
         run_id = store.begin_run(meta=meta_run, config=cfg.to_dict(), argv=sys.argv[1:])
         try:
@@ -439,16 +463,18 @@ def run(args: argparse.Namespace) -> Path:
 def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: list[str],
                  explainers: list[str], seeds: list[int], lambdas: list[float] | None,
                  train_split: data.Split, test_split: data.Split, device: torch.device,
-                 cache: Path | None, store: store_mod.Store, run_id: int,
+                 cache: Path | None, store: store_mod.Store | None, run_id: int,
                  meta_run: dict[str, Any], eval_precision: str, t_start: float,
                  say: Callable[..., None]) -> Any:
     """Train (or load) and evaluate every (method, explainer, seed) into run ``run_id``
-    of ``store``; returns the run's report record, read back from the store."""
+    of ``store``; returns the run's report record, read back from the store. Under
+    torchrun the other ranks than 0 pass no store: they train and score with rank 0
+    and return None."""
     from harness.analysis import default_references
     from harness.report import build_record
     from harness.sweep import run_cr_sweep
 
-    progress = not args.no_progress
+    progress = not args.no_progress and distributed.current().main
     memo: dict[str, train.Trained] = {}
     results: list[MethodResult] = []
     method_meta: dict[str, dict[str, Any]] = {}
@@ -534,8 +560,9 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
                                  "train_seconds": round(trained.train_seconds, 2),
                                  "facts": trained.facts, "history": trained.history,
                                  "eval_cached": n_hit == len(keys)}
-            store.add_row(run_id, res, checkpoint_key=trained.key, eval_keys=keys,
-                          method_meta=method_meta)
+            if store is not None:
+                store.add_row(run_id, res, checkpoint_key=trained.key, eval_keys=keys,
+                              method_meta=method_meta)
             results.append(res)
             how = "cached" if trained.cached else f"trained {trained.train_seconds:.0f}s"
             if n_hit:
@@ -563,6 +590,8 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
             + (", ".join(f"{v:g}" for v in lambdas) if lambdas else "auto"))
         sweep = run_cr_sweep(lambdas, cfg, train_split, test_split, device, cache,
                              progress=progress, memo=memo, say=say)
+    if store is None:
+        return None
     for missing in sorted(set(default_references(results, args.reference).values())):
         if missing not in method_meta:
             say(f"  no paired comparisons against {missing}: it is not among the rows")
@@ -619,6 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_registries()
             return 0
         run(args)
+        distributed.finish()
     except UserError as err:
         print(f"error: {message(err)}", file=sys.stderr)
         return 2

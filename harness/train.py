@@ -9,6 +9,7 @@ interrupted training continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness import backbones, data
+from harness import backbones, data, distributed
 from harness import device as dev
 from harness import progress as progress_mod
 from harness.config import RunConfig, config_hash, with_train_overrides
@@ -143,7 +144,10 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
                         progress, memo)
     else:
         # one run trains a key; another sharing the cache waits for it, then loads it
-        with key_lock(path, say=lambda m: print(m, file=sys.stderr)):
+        # (under torchrun rank 0 holds the lock and reads for every rank)
+        lock = (key_lock(path, say=lambda m: print(m, file=sys.stderr))
+                if distributed.current().main else contextlib.nullcontext())
+        with lock:
             cached = _load_checkpoint(path, model, key, mcfg, device)
             result = cached or _train(name, model, key, mcfg, cfg, train_split, device,
                                       cache_dir, path, progress, memo)
@@ -153,11 +157,20 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
 
 def _load_checkpoint(path: Path, model: Method, key: str, mcfg: RunConfig,
                      device: torch.device) -> Trained | None:
-    """The cached checkpoint, or None when absent or unreadable (one warning line)."""
-    if not path.exists():
+    """The cached checkpoint, or None when absent or unreadable (one warning line).
+    Under torchrun rank 0 reads it and every rank loads what rank 0 read."""
+    def read() -> dict[str, Any] | str | None:
+        try:
+            return _load(path) if path.exists() else None
+        except Exception as err:  # a torn or foreign file fails in many ways
+            return type(err).__name__
+
+    blob = distributed.share(read)
+    if blob is None:
         return None
     try:
-        blob = _load(path)
+        if isinstance(blob, str):
+            raise RuntimeError(blob)
         model.load_state_dict(blob["state_dict"])
         result = Trained(model, key, mcfg, True, float(blob["train_seconds"]),
                          list(blob["history"]), dict(blob.get("facts", {})))
@@ -187,7 +200,7 @@ def _train(name: str, model: Method, key: str, mcfg: RunConfig, cfg: RunConfig,
                   resume=path.with_suffix(".partial") if path else None)
     seconds = time.perf_counter() - t0
     model.eval()
-    if path is not None and mcfg.train.epochs > 0:
+    if path is not None and mcfg.train.epochs > 0 and distributed.current().main:
         _atomic_save({"state_dict": model.state_dict(), "train_seconds": seconds,
                       "history": history, "facts": facts, "method": name,
                       "config": mcfg.to_dict()}, path)
@@ -222,11 +235,21 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
 
     The method's own ``training_step`` does the forward, loss and backward(s); this loop
     only feeds batches, steps the LR schedules and writes the resume file.
+
+    Under torchrun (:mod:`harness.distributed`) each rank trains on its part of every
+    global batch of ``train.batch_size`` images, the steps run through
+    DistributedDataParallel (gradients averaged over the ranks), batch norm optionally
+    synchronised (``--sync-bn``, CUDA), augmentation drawn from a per-rank seed, the
+    epoch logs averaged over the ranks, and every rank ends with rank 0's state. Rank 0
+    alone writes the resume file; a resumed training reads it on rank 0 for all.
     """
     tc = cfg.train
     if tc.epochs <= 0:
         return []
     milestones = epoch_milestones(tc.milestones, tc.epochs)
+    world = distributed.current()
+    if world.size > 1 and world.sync_bn:
+        distributed.sync_batchnorm(model, device)
 
     def start() -> tuple[list[torch.optim.Optimizer], list[Any], torch.Generator]:
         optimizers = model.configure_optimizers(tc)
@@ -235,10 +258,10 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
         # Shuffling has its own generator; augmentation draws from the global RNG,
         # seeded here so that the result depends only on (config, seed), not on what ran
         # before.
-        torch.manual_seed(cfg.seed + 1)
+        torch.manual_seed(cfg.seed + 1 + (world.rank << 32))
         return optimizers, schedulers, torch.Generator().manual_seed(cfg.seed)
 
-    has_resume = resume is not None and resume.exists()
+    has_resume = distributed.share(lambda: resume is not None and resume.exists())
     initial = {k: v.clone() for k, v in model.state_dict().items()} if has_resume else {}
     optimizers, schedulers, gen = start()
     history: list[dict[str, float]] = []
@@ -250,13 +273,32 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
         else:  # whatever the file restored in part is undone: a fresh start
             model.load_state_dict(initial)
             optimizers, schedulers, gen = start()
-    loader = data.loader(split, tc.batch_size, device, shuffle=True, drop_last=True,
-                         generator=gen, persistent=False)
-    reseed = getattr(split.dataset, "reseed", None)  # per-sample augmentation seeds
+    # the global batches of a shuffled pass (this rank's part of each under torchrun)
+    batches = distributed.GlobalBatches(len(split.dataset), tc.batch_size, gen)  # type: ignore[arg-type]
+    loader = data.loader(split, tc.batch_size, device, generator=gen, persistent=False,
+                         batch_sampler=batches)
     if len(loader) == 0:
         raise UserError(f"training split has {len(split.dataset)} samples, fewer than "  # type: ignore[arg-type]
                         f"one batch of {tc.batch_size}")
     name = type(model).name or type(model).__name__
+    with distributed.ddp_engine(model, device) as run:
+        history = _epochs(model, cfg, split, device, run, loader, optimizers, schedulers,
+                          gen, history, start_epoch, name, progress, resume)
+    distributed.broadcast_state(model)
+    if world.size > 1 and world.sync_bn:
+        distributed.plain_batchnorm(model)
+    return history
+
+
+def _epochs(model: Method, cfg: RunConfig, split: Split, device: torch.device,
+            run: distributed.Engine[Any], loader: Any, optimizers: list[torch.optim.Optimizer],
+            schedulers: list[Any], gen: torch.Generator, history: list[dict[str, float]],
+            start_epoch: int, name: str, progress: bool,
+            resume: Path | None) -> list[dict[str, float]]:
+    """The epochs of :func:`fit` from ``start_epoch`` on."""
+    tc = cfg.train
+    world = distributed.current()
+    reseed = getattr(split.dataset, "reseed", None)  # per-sample augmentation seeds
     for epoch in range(start_epoch, tc.epochs):
         model.train()
         sums: dict[str, float] = {}
@@ -264,13 +306,14 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
         if reseed is not None:  # from the shuffling generator: restored on resume
             reseed(int(torch.randint(0, 2**62, (1,), generator=gen)))
         bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{tc.epochs}", leave=False,
-                   disable=not progress_mod.bars(progress), dynamic_ncols=True)
+                   disable=not (progress_mod.bars(progress) and world.main),
+                   dynamic_ncols=True)
         for i, batch in enumerate(bar, 1):
             batch = dev.to_device(batch, device)
             if split.batch_transform is not None:
                 batch = split.batch_transform(batch)
             with dev.autocast(device, cfg.precision):
-                logs = model.training_step(batch, optimizers)
+                logs = model.training_step(batch, optimizers, run)
             for k, v in logs.items():
                 if not math.isfinite(v):
                     raise UserError(f"{name}: training diverged ({k} = {v} in epoch "
@@ -279,8 +322,9 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
             bar.set_postfix({k: f"{v / i:.3f}" for k, v in sums.items()})
         for sch in schedulers:
             sch.step()
+        sums = distributed.mean_over_ranks(sums)
         history.append({"epoch": epoch + 1, **{k: v / len(loader) for k, v in sums.items()}})
-        if progress_mod.lines(progress):  # a log: one line per epoch
+        if progress_mod.lines(progress) and world.main:  # a log: one line per epoch
             logs_txt = ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items()
                                  if k != "epoch")
             print(f"    {name} epoch {epoch + 1}/{tc.epochs}: {logs_txt} "
@@ -302,7 +346,7 @@ def _resume(path: Path, model: Method, optimizers: list[torch.optim.Optimizer],
     None when the file is unreadable or does not fit (one warning line; the caller then
     undoes whatever was restored in part and starts over)."""
     try:
-        state = _load(path)
+        state = distributed.share(lambda: _load(path))
         model.load_state_dict(state["model"])
         for o, s in zip(optimizers, state["optimizers"], strict=True):
             o.load_state_dict(s)
@@ -311,10 +355,13 @@ def _resume(path: Path, model: Method, optimizers: list[torch.optim.Optimizer],
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])  # augmentation draws from the global RNG
         history, epoch = list(state["history"]), int(state["epoch"])
+        if distributed.current().rank:  # the file holds rank 0's augmentation stream
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + distributed.current().rank)
     except Exception as err:  # a torn or foreign file fails in many ways: all mean rebuild
         print(f"warning: unreadable resume file {path} ({type(err).__name__}); training "
               "from the start", file=sys.stderr)
-        path.unlink(missing_ok=True)
+        if distributed.current().main:
+            path.unlink(missing_ok=True)
         return None
     return history, epoch
 
@@ -334,5 +381,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    if not distributed.current().main:  # rank 0 writes for the run
+        return
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

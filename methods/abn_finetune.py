@@ -23,10 +23,11 @@ from torch import nn
 from harness.backbones import SplitBackbone
 from harness.config import TrainConfig
 from harness.data import DatasetInfo, Split
+from harness.distributed import Engine, direct
 from harness.errors import UserError
 from harness.geometry import map_box_mask
 from methods.abn import ABN
-from methods.base import Output, eval_batches, register_method
+from methods.base import Output, descend, eval_batches, register_method
 
 #: the fine-tuning schedule on the embedded default (the paper presets override it)
 FINETUNE = {"epochs": 1, "lr": 0.01}
@@ -161,19 +162,21 @@ class COT(ABNFineTune):
                                 weight_decay=cfg.weight_decay) for _ in range(2)]
 
     def complement_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Step 2's objective on a fresh forward pass."""
+        """Step 2's objective on a fresh forward pass (run after step 1's update)."""
         out = self(batch["image"])
         assert out.att_logits is not None
         y = batch["label"]
         return complement_entropy_loss(out.att_logits, y) + complement_entropy_loss(out.logits, y)
 
     def training_step(self, batch: dict[str, Any],
-                      optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]:
+                      optimizers: Sequence[torch.optim.Optimizer],
+                      run: Engine[Any] = direct) -> dict[str, float]:
         opt_ce, opt_comp = optimizers
-        loss, logs = self.loss(self(batch["image"]), batch)  # step 1: the CE objective
-        _step(opt_ce, loss)
-        comp = self.complement_loss(batch)  # step 2: a fresh forward
-        _step(opt_comp, comp)
+        # step 1: the CE objective
+        loss, logs = run(lambda: self.loss(self(batch["image"]), batch))
+        descend(opt_ce, loss)
+        comp = run(lambda: self.complement_loss(batch))  # step 2: a fresh forward
+        descend(opt_comp, comp)
         logs["l_comp"] = float(comp.detach())
         return logs
 
@@ -274,24 +277,22 @@ class HK(ABNFineTune):
         diff = (m_edit.float() - m.float()).flatten(1)
         return self.gamma * torch.linalg.vector_norm(diff, dim=1).mean()
 
-    def training_step(self, batch: dict[str, Any],
-                      optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]:
-        (opt,) = optimizers
+    def objective(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_att + L_per + gamma * ||M' - M||_2 on one batch, with its parts."""
         out, m, m_edit = self.forward_edited(batch)
         base, logs = self.loss(out, batch)
         l_map = self.map_loss(m, m_edit)
         loss = base + l_map
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
         logs.update({"loss": float(loss.detach()), "l_map": float(l_map.detach())})
+        return loss, logs
+
+    def training_step(self, batch: dict[str, Any],
+                      optimizers: Sequence[torch.optim.Optimizer],
+                      run: Engine[Any] = direct) -> dict[str, float]:
+        (opt,) = optimizers
+        loss, logs = run(lambda: self.objective(batch))
+        descend(opt, loss)
         return logs
-
-
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
 
 
 def _register(name: str, cls: type[ABN], description: str, **meta: Any) -> None:

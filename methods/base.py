@@ -20,6 +20,7 @@ from harness import device as dev
 from harness.backbones import SplitBackbone
 from harness.config import TrainConfig
 from harness.data import DatasetInfo, Split, loader
+from harness.distributed import Engine, direct
 from harness.registry import Registry
 
 
@@ -82,14 +83,20 @@ class Method(nn.Module):
                                 weight_decay=cfg.weight_decay)]
 
     def training_step(self, batch: dict[str, Any],
-                      optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]:
-        """One optimisation step on ``batch``; returns scalar logs."""
+                      optimizers: Sequence[torch.optim.Optimizer],
+                      run: Engine[Any] = direct) -> dict[str, float]:
+        """One optimisation step on ``batch``; returns scalar logs.
+
+        Args:
+            run: runs each loss computation (a closure returning ``(loss, logs)``)
+                whose backward pass follows: directly in one process, through
+                DistributedDataParallel under torchrun (:mod:`harness.distributed`).
+                Every forward pass that a backward pass goes through must happen inside
+                one ``run`` call.
+        """
         (opt,) = optimizers
-        out = self(batch["image"])
-        loss, logs = self.loss(out, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, logs = run(lambda: self.loss(self(batch["image"]), batch))
+        descend(opt, loss)
         return logs
 
     def explain(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -124,6 +131,13 @@ class Method(nn.Module):
         this method's forward output ``out`` on images of ``image_size``; None for
         methods without an attention mechanism."""
         return None
+
+
+def descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One gradient step of ``opt`` on ``loss`` (gradients cleared first)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def upsample(m: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:

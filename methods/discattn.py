@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from harness.backbones import SplitBackbone
 from harness.data import DatasetInfo
-from methods.base import Method, Output, register_method, upsample
+from harness.distributed import Engine, direct
+from methods.base import Method, Output, descend, register_method, upsample
 from methods.discattn_core import (
     ATTENTION,
     attention_consistency,
@@ -100,13 +101,11 @@ class DiscriminativeAttention(Method):
                       "siou_i": float(s_i.detach()), "siou_l": float(s_l.detach()),
                       "l_ac": float(l_ac.detach())}
 
-    def training_step(self, batch: dict[str, Any],
-                      optimizers: Any) -> dict[str, float]:
+    def training_step(self, batch: dict[str, Any], optimizers: Any,
+                      run: Engine[Any] = direct) -> dict[str, float]:
         (opt,) = optimizers
-        loss, logs = self.objective(batch["image"], batch["label"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, logs = run(lambda: self.objective(batch["image"], batch["label"]))
+        descend(opt, loss)
         return logs
 
     def last_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

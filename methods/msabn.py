@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from harness import device as dev
 from harness.backbones import SplitBackbone, reset_parameters
 from harness.data import DatasetInfo, Split
+from harness.distributed import Engine, direct
 from harness.errors import UserError
 from harness.geometry import bbox_inside_frac, box_mask
 from methods.abn import ABN, Attended
@@ -341,8 +342,9 @@ class MSABNCopyReplace(MSABN):
         return {**batch, "image": images, "label": labels}
 
     def training_step(self, batch: dict[str, Any],
-                      optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]:
-        return super().training_step(self.replace_batch(batch), optimizers)
+                      optimizers: Sequence[torch.optim.Optimizer],
+                      run: Engine[Any] = direct) -> dict[str, float]:
+        return super().training_step(self.replace_batch(batch), optimizers, run)
 
 
 register_method("msabn", paper="MSABN, ECCV-W 2022", attention=True,

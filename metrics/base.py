@@ -32,7 +32,8 @@ class EvalBatch:
         boxes: named ``[B,4]`` xyxy boxes (``"bbox"``, ``"distractor_bbox"``, ...).
         model: images -> logits, for metrics that perturb the input.
         causal_images/causal_saliency/causal_classes: the subset scored by the causal
-            metrics, with the explanation of the tracked class (None if none here).
+            metrics, the batch's first rows (so ``logits[:n]`` are their predictions),
+            with the explanation of the tracked class (None if none here).
         pointing_tolerance: the dataset's pointing-game tolerance in pixels (of the
             original images when ``original_sizes`` is given, else of the inputs).
         fixed_logits: the prediction with attention outside the target box removed
@@ -116,6 +117,33 @@ class PerImageMetric(Metric):
         self.scores.append(scores.detach().float())
         self.classes.append(batch.labels[rows].detach().long())
         self.ids.append(ids.to(batch.labels.device)[rows].detach().long())
+
+    def gather(self) -> None:
+        """After each rank has scored its share of the test images (torchrun): every
+        rank's scores, by torchmetrics' distributed reduction (concatenation, uneven
+        shares allowed), put in test-split order, so that the state is exactly what one
+        process scoring every image in order accumulates. A no-op in one process."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        names = list(self._defaults)
+        for name, empty in self.empty_states().items():  # a rank that scored nothing
+            if not getattr(self, name):
+                getattr(self, name).append(empty.to(self.device))
+        self.sync(should_sync=True)
+        gathered = {n: dim_zero_cat(getattr(self, n)) for n in names}
+        self.unsync()
+        order = torch.argsort(gathered["ids"], stable=True)
+        for n in names:
+            t = gathered[n]
+            setattr(self, n, [t[order]] if len(t) else [])
+
+    def empty_states(self) -> dict[str, torch.Tensor]:
+        """What each list state holds for no image (shape and dtype of the gathered
+        tensors)."""
+        return {"scores": torch.zeros(0), "classes": torch.zeros(0, dtype=torch.long),
+                "ids": torch.zeros(0, dtype=torch.long)}
 
     def per_image(self) -> tuple[np.ndarray, np.ndarray]:
         """All per-image scores and their ground-truth classes (numpy)."""

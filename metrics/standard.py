@@ -67,11 +67,25 @@ class CausalAUC(PerImageMetric):
         assert batch.causal_saliency is not None and batch.causal_classes is not None
         n_img = batch.causal_images.shape[0]
         step = self.step or batch.causal_images.shape[-1]
+        # the images' own probabilities: from the prediction the evaluator already made
+        known = torch.softmax(batch.logits[:n_img].float(), dim=1).gather(
+            1, batch.causal_classes.view(-1, 1).to(batch.logits.device)).squeeze(1)
         curves = causal.causal_curves(batch.model, batch.causal_images, batch.causal_saliency,
                                       batch.causal_classes, mode=self.mode, step=step,
-                                      substrate=self.substrate, batch_size=self.forward_batch)
+                                      substrate=self.substrate, batch_size=self.forward_batch,
+                                      unperturbed=known)
         self.curves.append(curves)
         return causal.auc(curves), torch.arange(n_img, device=batch.labels.device)
+
+    def empty_states(self) -> dict[str, torch.Tensor]:
+        """As the base class's, and ``[0, n+1]`` curves: the points agreed over the
+        ranks (a rank without causal images does not know them)."""
+        import torch.distributed as dist
+
+        points = torch.tensor([self.curves[0].shape[1] if self.curves else 0],
+                              device=self.device)
+        dist.all_reduce(points, op=dist.ReduceOp.MAX)
+        return {**super().empty_states(), "curves": torch.zeros(0, int(points))}
 
     def mean_curve(self) -> np.ndarray:
         """The mean curve over all scored images."""

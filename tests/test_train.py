@@ -60,11 +60,11 @@ def test_interrupted_training_resumes(smoke_cfg: config.RunConfig, smoke_train: 
     calls = {"n": 0}
     orig = Baseline.training_step
 
-    def crash_in_epoch_two(self, batch, opts):  # type: ignore[no-untyped-def]
+    def crash_in_epoch_two(self, batch, opts, run):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] > len(smoke_train.dataset) // cfg.train.batch_size:
             raise KeyboardInterrupt
-        return orig(self, batch, opts)
+        return orig(self, batch, opts, run)
 
     monkeypatch.setattr(Baseline, "training_step", crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -88,7 +88,8 @@ class Split:
 def loader(split: Split, batch_size: int, device: torch.device, *, shuffle: bool = False,
            drop_last: bool = False, generator: torch.Generator | None = None,
            dataset: Dataset[dict[str, Any]] | None = None,
-           persistent: bool = True) -> DataLoader[dict[str, Any]]:
+           persistent: bool = True,
+           batch_sampler: Sampler[list[int]] | None = None) -> DataLoader[dict[str, Any]]:
     """The one way batches are drawn from a split: ``split.num_workers`` decoding
     processes and pinned memory on CUDA.
 
@@ -96,12 +97,19 @@ def loader(split: Split, batch_size: int, device: torch.device, *, shuffle: bool
         dataset: another view of the split's samples (e.g. ``split.eval_view()``).
         persistent: keep the workers alive between passes (training passes False: each
             epoch's workers then get the dataset with that epoch's augmentation seed).
+        batch_sampler: yields each batch's indices (then ``batch_size``, ``shuffle``
+            and ``drop_last`` are the sampler's business; ``generator`` still seeds the
+            workers, drawn before the sampler's first batch as a shuffling loader does).
     """
     workers = split.num_workers
-    return DataLoader(split.dataset if dataset is None else dataset, batch_size=batch_size,
-                      shuffle=shuffle, drop_last=drop_last, generator=generator,
-                      num_workers=workers, persistent_workers=persistent and workers > 0,
-                      pin_memory=device.type == "cuda")
+    ds = split.dataset if dataset is None else dataset
+    common: dict[str, Any] = dict(generator=generator, num_workers=workers,
+                                  persistent_workers=persistent and workers > 0,
+                                  pin_memory=device.type == "cuda")
+    if batch_sampler is not None:
+        return DataLoader(ds, batch_sampler=batch_sampler, **common)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      **common)
 
 
 DatasetFactory = Callable[..., Split]
