@@ -129,3 +129,22 @@ def test_batch_random_crop_equals_torchvisions_per_sample_crop() -> None:
             assert torch.allclose(got[n][i], want, equal_nan=True), (i, n)
     assert torch.equal(got["label"], batch["label"])
     assert got["image"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batched_fetch_is_the_per_sample_fetch(smoke_train: data.Split,
+                                               smoke_test: data.Split) -> None:
+    """A DataLoader batch of an in-memory split (photometric transform: one call on the
+    stacked images) equals the per-sample samples collated, bit for bit."""
+    from torch.utils.data import default_collate
+
+    for split in (smoke_train, smoke_test):
+        ds = split.dataset
+        idx = [5, 0, 17, 3, 9]
+        fast = default_collate(ds.__getitems__(idx))  # type: ignore[attr-defined]
+        slow = default_collate([ds[i] for i in idx])
+        assert list(fast) == list(slow)
+        for k, v in slow.items():
+            assert torch.equal(fast[k], v) and fast[k].dtype == v.dtype, k
+        batch = next(iter(data.loader(split, 5, torch.device("cpu"))))
+        ref = default_collate([ds[i] for i in range(5)])
+        assert all(torch.equal(batch[k], ref[k]) for k in ref)
