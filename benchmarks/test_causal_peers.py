@@ -134,10 +134,12 @@ def test_insertion_deletion_vs_torchcam(benchmark, setup) -> None:  # type: igno
     assert r_plain is None or r_plain > 0
 
 
-def test_insertion_deletion_compiled_vs_torchcam(benchmark, setup) -> None:  # type: ignore[no-untyped-def]
-    """``--compile``: the scoring copy through torch.compile (fp32, one shape), against
-    TorchCAM at its defaults and against the compiled model's own plain forwards;
-    the AUCs agree with TorchCAM's and with the eager ones within 1e-5."""
+@pytest.mark.parametrize("engine", ["compile", "onnxruntime"])
+def test_insertion_deletion_engines_vs_torchcam(benchmark, setup, engine: str) -> None:  # type: ignore[no-untyped-def]
+    """``--compile`` (the scoring copy through torch.compile, one shape) and
+    ``--engine onnxruntime`` (the scoring copy exported to ONNX, fp32), against TorchCAM
+    at its defaults and against the engine's own plain forwards; the AUCs agree with
+    TorchCAM's and with the eager ones within 1e-5."""
     if getattr(benchmark, "disabled", False):  # compiling takes tens of seconds
         pytest.skip("benchmarks disabled: tests/test_evaluate_compile.py checks the numbers")
     from harness import device as dev
@@ -148,7 +150,11 @@ def test_insertion_deletion_compiled_vs_torchcam(benchmark, setup) -> None:  # t
     total = 2 * b * (n + 1)
     scoring = fold.folded(model)
     fb = causal.choose_batch(scoring, x[0], key=(name, "folded"))
-    compiled = dev.compiled_logits(scoring, fb)
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+        compiled = dev.onnx_logits(scoring, fb, x[0])
+    else:
+        compiled = dev.compiled_logits(scoring, fb)
     fake = torch.randn(fb, *x.shape[1:])
 
     def plain() -> None:
@@ -167,16 +173,16 @@ def test_insertion_deletion_compiled_vs_torchcam(benchmark, setup) -> None:  # t
     t_plain = median_seconds(plain, repeats=3)  # the warm-up call compiles
     t_torchcam = median_seconds(torchcam_run, repeats=3)
     ref = torchcam_run()
-    benchmark.group = f"insertion + deletion compiled, {b} images x {n + 1} steps ({name})"
+    benchmark.group = f"insertion + deletion {engine}, {b} images x {n + 1} steps ({name})"
     ins, dele = benchmark(lambda: _ours(compiled, x, sal, pred, fb))
     assert abs(float(ins.mean()) - ref["insertion_auc"]) <= 1e-5
     assert abs(float(dele.mean()) - ref["deletion_auc"]) <= 1e-5
     assert float((ins - eager[0]).abs().max()) <= 1e-5
     assert float((dele - eager[1]).abs().max()) <= 1e-5
-    r_peer = record_ratio(benchmark, f"{name}: ours compiled / TorchCAM DeletionInsertion",
+    r_peer = record_ratio(benchmark, f"{name}: ours {engine} / TorchCAM DeletionInsertion",
                           t_torchcam)
-    r_plain = record_ratio(benchmark, f"{name}: ours compiled / plain compiled forwards",
+    r_plain = record_ratio(benchmark, f"{name}: ours {engine} / plain {engine} forwards",
                            t_plain)
     if r_peer is not None:
-        print(f"{name}: throughput, ours compiled / TorchCAM = {1 / r_peer:.2f}x")
+        print(f"{name}: throughput, ours {engine} / TorchCAM = {1 / r_peer:.2f}x")
     assert r_peer is not None and r_peer > 0 and r_plain is not None and r_plain > 0

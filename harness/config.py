@@ -65,6 +65,10 @@ class EvalConfig:
             by default: compiling takes seconds to minutes per model and needs a C++
             compiler on CPU). The AUCs agree with eager ones to float rounding (checked
             within 1e-5), like ``forward_batch``, so it is not part of any cache key.
+        engine: what runs those forward passes: ``torch`` (the default) or
+            ``onnxruntime`` (``--engine``; CPU, fp32: the scoring copy exported to ONNX
+            once per model and run by ONNX Runtime; the optional ``onnx`` extra). Also
+            float rounding only (checked within 1e-5) and not part of any cache key.
     """
 
     causal_n: int = 128
@@ -76,6 +80,7 @@ class EvalConfig:
     timing_batches: int = 3
     precision: str = "fp32"
     compile: bool = False
+    engine: str = "torch"
 
 
 @dataclass(frozen=True)

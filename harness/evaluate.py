@@ -24,6 +24,7 @@ from harness import device as dev
 from harness import distributed, fold
 from harness.config import EvalConfig
 from harness.data import Split, loader
+from harness.errors import UserError
 from harness.progress import bars
 from harness.stats import SeedScores
 from methods.base import Method, Output
@@ -176,12 +177,8 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         cfg = dataclasses.replace(cfg, forward_batch=causal.choose_batch(
             logits_of, torch.zeros(3, h, w, device=device),
             key=(type(method).__name__, n_params, precision)))
-    causal_logits: Callable[[torch.Tensor], torch.Tensor] = logits_of
-    if cfg.compile:  # the perturbed images only: predictions stay eager
-        causal_logits = dev.compiled_logits(
-            lambda z: scoring(dev.channels_last(z)).logits, cfg.forward_batch)
-        if precision != "fp32":
-            causal_logits = _under_autocast(causal_logits, device, precision)
+    causal_logits = causal_engine(scoring, cfg, device, precision, split.info.image_size,
+                                  default=logits_of)
     metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg, only).items()}
 
     has_class_maps = ex.class_maps is not None
@@ -273,11 +270,52 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                         explainer=explainer)
 
 
-def _under_autocast(fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                    precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+class _Logits(torch.nn.Module):
+    """A method's logits alone (what an inference engine exports)."""
+
+    def __init__(self, method: torch.nn.Module) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method(x).logits  # type: ignore[no-any-return]
+
+
+def causal_engine(scoring: torch.nn.Module, cfg: EvalConfig, device: torch.device,
+                  precision: str, image_size: tuple[int, int], *,
+                  default: Callable[[torch.Tensor], torch.Tensor]
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What computes the causal metrics' logits of perturbed images: ``default`` (the
+    eager scoring copy), or with ``eval.compile`` its ``torch.compile``, or with
+    ``eval.engine: onnxruntime`` its ONNX Runtime session (CPU, fp32 only), each at the
+    chosen forward batch. Predictions and explanations stay eager.
+
+    Raises:
+        UserError: an unknown engine, both ``compile`` and ``onnxruntime``, or ONNX
+            Runtime with an evaluation precision other than fp32.
+    """
+    if cfg.engine not in dev.ENGINES:
+        raise UserError(f"eval.engine must be one of {', '.join(dev.ENGINES)}, got "
+                        f"{cfg.engine!r}")
+    if cfg.engine == "onnxruntime":
+        if cfg.compile:
+            raise UserError("--compile and --engine onnxruntime exclude each other: "
+                            "choose one")
+        if precision != "fp32":
+            raise UserError(f"--engine onnxruntime computes in fp32; the evaluation "
+                            f"precision is {precision}")
+        sample = torch.zeros(3, *image_size, device=device)
+        return dev.onnx_logits(_Logits(scoring).eval(), cfg.forward_batch, sample)
+    if not cfg.compile:
+        return default
+    compiled = dev.compiled_logits(lambda z: scoring(dev.channels_last(z)).logits,
+                                   cfg.forward_batch)
+    if precision == "fp32":
+        return compiled
+
     def run(z: torch.Tensor) -> torch.Tensor:
         with dev.autocast(device, precision):
-            return fn(z)
+            return compiled(z)
     return run
 
 

@@ -102,6 +102,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "the scoring model (eval.compile; same AUCs within float rounding; "
                         "compiling takes a while per model and needs a C++ compiler on "
                         "CPU)")
+    p.add_argument("--engine", default=None, choices=dev.ENGINES,
+                   help="what runs the insertion / deletion forward passes: torch (the "
+                        "default) or onnxruntime (CPU, fp32, the onnx extra; eval.engine)")
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun, train with batch norm statistics over the global "
                         "batch (torch.nn.SyncBatchNorm; CUDA only)")
@@ -357,6 +360,11 @@ def run(args: argparse.Namespace) -> Path:
     check_method_settings(cfg, args.config)
     if args.compile:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, compile=True))
+    if args.engine is not None:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, engine=args.engine))
+    if cfg.eval.engine not in dev.ENGINES:
+        raise UserError(f"eval.engine must be one of {', '.join(dev.ENGINES)}, got "
+                        f"{cfg.eval.engine!r}")
     names = resolve_methods(args.methods, cfg.for_methods)
     explainers = sorted(resolve_explainers(args.explainers), key=lambda e: e != "native")
     other = [n for n in names if cfg.for_methods and n not in cfg.for_methods]

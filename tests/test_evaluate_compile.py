@@ -1,6 +1,6 @@
-"""``--compile`` (``eval.compile``): the causal metrics through torch.compile of the
-scoring copy give the eager AUCs within 1e-5, and the compiled function sees one
-shape only."""
+"""``--compile`` (``eval.compile``) and ``--engine onnxruntime`` (``eval.engine``): the
+causal metrics through torch.compile of the scoring copy, or through ONNX Runtime,
+give the eager AUCs within 1e-5, and the engines see one shape only."""
 
 from __future__ import annotations
 
@@ -32,8 +32,12 @@ def test_compiled_logits_pads_to_one_shape() -> None:
 
 
 @pytest.mark.slow
-def test_compiled_scoring_gives_the_eager_aucs(smoke_cfg: config.RunConfig,
-                                               smoke_test: data.Split) -> None:
+@pytest.mark.parametrize("engine", [{"compile": True}, {"engine": "onnxruntime"}],
+                         ids=["compile", "onnxruntime"])
+def test_engines_give_the_eager_aucs(engine: dict[str, object], smoke_cfg: config.RunConfig,
+                                     smoke_test: data.Split) -> None:
+    if engine.get("engine") == "onnxruntime":
+        pytest.importorskip("onnxruntime")
     model = train.build_method("abn", train.method_config("abn", smoke_cfg), smoke_test)
     ecfg = dataclasses.replace(smoke_cfg.eval, causal_n=6, forward_batch=16)
     only = {"insertion_auc", "deletion_auc", "comb_insertion_auc"}
@@ -41,7 +45,7 @@ def test_compiled_scoring_gives_the_eager_aucs(smoke_cfg: config.RunConfig,
     comb[:4] = True
     kw = dict(progress=False, only=only, parts=(), comb_subset=comb)
     eager = evaluate(model, "abn", smoke_test, ecfg, CPU, **kw)  # type: ignore[arg-type]
-    comp = evaluate(model, "abn", smoke_test, dataclasses.replace(ecfg, compile=True), CPU,
+    comp = evaluate(model, "abn", smoke_test, dataclasses.replace(ecfg, **engine), CPU,
                     **kw)  # type: ignore[arg-type]
     assert set(eager.values) == set(comp.values) == only
     for k in only:
@@ -49,3 +53,44 @@ def test_compiled_scoring_gives_the_eager_aucs(smoke_cfg: config.RunConfig,
         assert len(a.scores) == len(b.scores) > 0 and (a.ids == b.ids).all()
         assert abs(a.scores - b.scores).max() <= 1e-5, k
         assert abs(eager.curves[k] - comp.curves[k]).max() <= 1e-5, k
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"engine": "tensorrt"}, "eval.engine must be one of torch, onnxruntime"),
+    ({"engine": "onnxruntime", "compile": True}, "exclude each other"),
+])
+def test_engine_choices_are_checked(change: dict[str, object], message: str,
+                                    smoke_cfg: config.RunConfig,
+                                    smoke_test: data.Split) -> None:
+    from harness.errors import UserError
+
+    model = train.build_method("baseline", smoke_cfg, smoke_test)
+    ecfg = dataclasses.replace(smoke_cfg.eval, causal_n=2, forward_batch=8, **change)
+    with pytest.raises(UserError, match=message):
+        evaluate(model, "baseline", smoke_test, ecfg, CPU, progress=False, parts=())
+
+
+def test_onnxruntime_refuses_lower_precision(smoke_cfg: config.RunConfig,
+                                             smoke_test: data.Split) -> None:
+    from harness.errors import UserError
+
+    model = train.build_method("baseline", smoke_cfg, smoke_test)
+    ecfg = dataclasses.replace(smoke_cfg.eval, causal_n=2, forward_batch=8,
+                               engine="onnxruntime")
+    with pytest.raises(UserError, match="computes in fp32"):
+        evaluate(model, "baseline", smoke_test, ecfg, CPU, progress=False, parts=(),
+                 precision="bf16")
+
+
+def test_onnx_logits_match_eager() -> None:
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 5)).eval()
+    run = dev.onnx_logits(net, 4, torch.zeros(3, 8, 8))
+    x = torch.randn(6, 3, 8, 8)
+    with torch.no_grad():
+        ref = net(x)
+    for part in (x[:4], x[:1], x):
+        torch.testing.assert_close(run(part), ref[: len(part)], rtol=0, atol=1e-5)
