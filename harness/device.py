@@ -118,6 +118,9 @@ def compiled_logits(fn: Callable[[torch.Tensor], torch.Tensor], batch: int
                     ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``fn`` through ``torch.compile``, specialised to ``batch`` images
     (:func:`fixed_batch`), so it is never recompiled."""
+    # a new model each time: dynamo's caches start empty, so models evaluated one after
+    # another do not add up to its recompile limit (then it would run eager, silently)
+    torch._dynamo.reset()
     return fixed_batch(torch.compile(fn, dynamic=False), batch)
 
 

@@ -255,36 +255,49 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Each value averaged over the ranks (the same keys on every rank)."""
     if current().size == 1 or not values:
         return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    w = current()
+    where = torch.device("cuda", w.local_rank) if w.backend == "nccl" else torch.device("cpu")
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=where)
     dist.all_reduce(t)
     return {k: float(v) / current().size for k, v in zip(values, t.tolist(), strict=True)}
 
 
-def sync_batchnorm(method: nn.Module, device: torch.device) -> nn.Module:
-    """``method`` with every batch norm computing its statistics over the global batch
-    (:class:`torch.nn.SyncBatchNorm`, CUDA only: PyTorch's implementation refuses CPU
-    tensors)."""
+def sync_batchnorm(method: nn.Module, device: torch.device) -> Callable[[], None]:
+    """Every :class:`torch.nn.BatchNorm2d` of ``method`` replaced by a
+    :class:`torch.nn.SyncBatchNorm` sharing its parameters and statistics (CUDA only:
+    PyTorch's implementation refuses CPU tensors). Returns the function that puts the
+    original modules back (they hold the trained values, being shared), for the
+    evaluator's batch-norm folding and one-process use.
+
+    Raises:
+        UserError: not on CUDA, or batch norms of another kind (e.g. timm's
+            ``BatchNormAct2d``, whose activation a SyncBatchNorm would drop).
+    """
     if device.type != "cuda":
         raise UserError("--sync-bn needs CUDA devices: PyTorch's SyncBatchNorm does not "
                         "run on CPU")
-    return nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    norms = [(n, m) for n, m in method.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    other = sorted({type(m).__name__ for _, m in norms if type(m) is not nn.BatchNorm2d})
+    if other:
+        raise UserError(f"--sync-bn converts torch.nn.BatchNorm2d only; this model also "
+                        f"has {', '.join(other)}")
+    for name, bn in norms:
+        sync = nn.SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine,
+                                bn.track_running_stats)
+        if bn.affine:
+            sync.weight, sync.bias = bn.weight, bn.bias
+        sync.running_mean, sync.running_var = bn.running_mean, bn.running_var
+        sync.num_batches_tracked = bn.num_batches_tracked
+        sync.train(bn.training)
+        method.set_submodule(name, sync)
 
+    def restore() -> None:
+        for name, bn in norms:
+            bn.train(method.get_submodule(name).training)
+            method.set_submodule(name, bn)
 
-def plain_batchnorm(module: nn.Module) -> nn.Module:
-    """Undo :func:`sync_batchnorm`: each :class:`torch.nn.SyncBatchNorm` replaced by a
-    :class:`torch.nn.BatchNorm2d` holding the same parameters and statistics (the
-    evaluator's batch-norm folding and one-process use expect those)."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.SyncBatchNorm):
-            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum,
-                                child.affine, child.track_running_stats)
-            bn.load_state_dict(child.state_dict())
-            bn.to(next(iter(child.state_dict().values())).device)
-            bn.train(child.training)
-            setattr(module, name, bn)
-        else:
-            plain_batchnorm(child)
-    return module
+    return restore
 
 
 @contextlib.contextmanager

@@ -174,12 +174,15 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     if cfg.forward_batch <= 0:  # the causal metrics' forward batch, timed for this model
         h, w = split.info.image_size
         n_params = sum(p.numel() for p in method.parameters())
-        cfg = dataclasses.replace(cfg, forward_batch=causal.choose_batch(
-            logits_of, torch.zeros(3, h, w, device=device),
-            key=(type(method).__name__, n_params, precision)))
-    causal_logits = causal_engine(scoring, cfg, device, precision, split.info.image_size,
-                                  default=logits_of)
+        # timed on rank 0 and shared: every rank then computes the same way
+        cfg = dataclasses.replace(cfg, forward_batch=distributed.share(
+            lambda: causal.choose_batch(logits_of, torch.zeros(3, h, w, device=device),
+                                        key=(type(method).__name__, n_params, precision))))
     metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg, only).items()}
+    causal_logits: Callable[[torch.Tensor], torch.Tensor] = logits_of
+    if any(isinstance(m, CausalAUC) for m in metrics.values()):  # an engine to build
+        causal_logits = causal_engine(scoring, cfg, device, precision,
+                                      split.info.image_size, default=logits_of)
 
     has_class_maps = ex.class_maps is not None
     label = row_id(name, explainer)

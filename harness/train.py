@@ -248,8 +248,8 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
         return []
     milestones = epoch_milestones(tc.milestones, tc.epochs)
     world = distributed.current()
-    if world.size > 1 and world.sync_bn:
-        distributed.sync_batchnorm(model, device)
+    restore_bn = (distributed.sync_batchnorm(model, device)
+                  if world.size > 1 and world.sync_bn else None)
 
     def start() -> tuple[list[torch.optim.Optimizer], list[Any], torch.Generator]:
         optimizers = model.configure_optimizers(tc)
@@ -285,8 +285,8 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
         history = _epochs(model, cfg, split, device, run, loader, optimizers, schedulers,
                           gen, history, start_epoch, name, progress, resume)
     distributed.broadcast_state(model)
-    if world.size > 1 and world.sync_bn:
-        distributed.plain_batchnorm(model)
+    if restore_bn is not None:
+        restore_bn()
     return history
 
 

@@ -106,26 +106,38 @@ def test_sync_bn_needs_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     assert distributed.current().size == 1
 
 
-def test_plain_batchnorm_undoes_sync_batchnorm() -> None:
+def test_sync_batchnorm_shares_state_and_restores_the_originals() -> None:
+    """The conversion (checked here without a GPU: only the device type is asked) keeps
+    every parameter and statistic shared, so the originals put back hold what the
+    synchronised modules trained; other batch-norm kinds are refused."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
                         nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)))
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
+    originals = [net[1], net[3][1]]
     net.eval()
     x = torch.randn(2, 3, 8, 8)
     ref = net(x)
-    synced = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == 2
-    back = distributed.plain_batchnorm(synced)
-    assert not any(isinstance(m, nn.SyncBatchNorm) for m in back.modules())
-    assert sum(type(m) is nn.BatchNorm2d for m in back.modules()) == 2
-    assert not back[1].training
-    assert torch.equal(back(x), ref)
-    torch.testing.assert_close(fold.folded(back)(x), ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="needs CUDA"):
+        distributed.sync_batchnorm(net, torch.device("cpu"))
+    restore = distributed.sync_batchnorm(net, torch.device("cuda"))
+    synced = [net[1], net[3][1]]
+    assert all(type(m) is nn.SyncBatchNorm for m in synced)
+    assert synced[0].weight is originals[0].weight
+    assert synced[1].running_mean is originals[1].running_mean
+    assert torch.equal(net(x), ref)  # eval mode: plain batch norm arithmetic
+    with torch.no_grad():
+        synced[0].running_mean.add_(1.0)  # as training would update it
+        synced[0].weight.mul_(2.0)
+    restore()
+    assert net[1] is originals[0] and net[3][1] is originals[1]
+    assert torch.equal(originals[0].running_mean, synced[0].running_mean)
+    torch.testing.assert_close(fold.folded(net)(x), net(x), rtol=1e-5, atol=1e-6)
+
+    class BatchNormAct(nn.BatchNorm2d):
+        pass
+
+    with pytest.raises(UserError, match="BatchNorm2d only; this model also has BatchNormAct"):
+        distributed.sync_batchnorm(nn.Sequential(BatchNormAct(3)), torch.device("cuda"))
 
 
 def test_two_ranks_step_as_one_process_on_the_global_batch(tmp_path: Path) -> None:

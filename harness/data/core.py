@@ -14,6 +14,7 @@ follow the image through every transform via ``torchvision.transforms.v2`` and
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -103,13 +104,30 @@ def loader(split: Split, batch_size: int, device: torch.device, *, shuffle: bool
     """
     workers = split.num_workers
     ds = split.dataset if dataset is None else dataset
+    rank = distributed_rank()
     common: dict[str, Any] = dict(generator=generator, num_workers=workers,
+                                  worker_init_fn=functools.partial(_rank_worker_seed, rank)
+                                  if rank and workers else None,
                                   persistent_workers=persistent and workers > 0,
                                   pin_memory=device.type == "cuda")
     if batch_sampler is not None:
         return DataLoader(ds, batch_sampler=batch_sampler, **common)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       **common)
+
+
+def distributed_rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    from harness import distributed
+
+    return distributed.current().rank
+
+
+def _rank_worker_seed(rank: int, worker_id: int) -> None:
+    """Under torchrun, rank r's decoding workers draw other random numbers than rank
+    0's (the loaders share the shuffling generator, hence the workers' base seed);
+    rank 0 keeps a single process's seeds."""
+    torch.manual_seed((torch.initial_seed() + rank * 1_000_003) % 2**63)
 
 
 DatasetFactory = Callable[..., Split]
