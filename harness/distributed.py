@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -310,13 +310,3 @@ def main_first() -> Iterator[None]:
     yield
     if w.size > 1 and w.main:
         dist.barrier()
-
-
-def gather_objects(obj: T) -> Sequence[T]:
-    """Every rank's ``obj``, in rank order."""
-    w = current()
-    if w.size == 1:
-        return [obj]
-    out: list[Any] = [None] * w.size
-    dist.all_gather_object(out, obj)
-    return out
