@@ -128,6 +128,13 @@ def compiled_logits(fn: Callable[[torch.Tensor], torch.Tensor], batch: int
 ENGINES = ("torch", "onnxruntime")
 
 
+def check_engine(name: str) -> str:
+    """``name`` if it is one of :data:`ENGINES`, else a one-line error."""
+    if name not in ENGINES:
+        raise UserError(f"eval.engine must be one of {', '.join(ENGINES)}, got {name!r}")
+    return name
+
+
 def onnx_logits(model: nn.Module, batch: int, sample: torch.Tensor
                 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` (images -> logits, eval mode, float32) exported to ONNX at ``batch``

@@ -174,10 +174,13 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     if cfg.forward_batch <= 0:  # the causal metrics' forward batch, timed for this model
         h, w = split.info.image_size
         n_params = sum(p.numel() for p in method.parameters())
-        # timed on rank 0 and shared: every rank then computes the same way
-        cfg = dataclasses.replace(cfg, forward_batch=distributed.share(
-            lambda: causal.choose_batch(logits_of, torch.zeros(3, h, w, device=device),
-                                        key=(type(method).__name__, n_params, precision))))
+        def timed() -> int:
+            return causal.choose_batch(logits_of, torch.zeros(3, h, w, device=device),
+                                       key=(type(method).__name__, n_params, precision))
+
+        # sharded: timed on rank 0 and shared, so every rank computes the same way
+        cfg = dataclasses.replace(cfg, forward_batch=distributed.share(timed) if sharded
+                                  else timed())
     metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg, only).items()}
     causal_logits: Callable[[torch.Tensor], torch.Tensor] = logits_of
     if any(isinstance(m, CausalAUC) for m in metrics.values()):  # an engine to build
@@ -297,10 +300,7 @@ def causal_engine(scoring: torch.nn.Module, cfg: EvalConfig, device: torch.devic
         UserError: an unknown engine, both ``compile`` and ``onnxruntime``, or ONNX
             Runtime with an evaluation precision other than fp32.
     """
-    if cfg.engine not in dev.ENGINES:
-        raise UserError(f"eval.engine must be one of {', '.join(dev.ENGINES)}, got "
-                        f"{cfg.engine!r}")
-    if cfg.engine == "onnxruntime":
+    if dev.check_engine(cfg.engine) == "onnxruntime":
         if cfg.compile:
             raise UserError("--compile and --engine onnxruntime exclude each other: "
                             "choose one")

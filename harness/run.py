@@ -362,9 +362,7 @@ def run(args: argparse.Namespace) -> Path:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, compile=True))
     if args.engine is not None:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, engine=args.engine))
-    if cfg.eval.engine not in dev.ENGINES:
-        raise UserError(f"eval.engine must be one of {', '.join(dev.ENGINES)}, got "
-                        f"{cfg.eval.engine!r}")
+    dev.check_engine(cfg.eval.engine)  # before any work
     names = resolve_methods(args.methods, cfg.for_methods)
     explainers = sorted(resolve_explainers(args.explainers), key=lambda e: e != "native")
     other = [n for n in names if cfg.for_methods and n not in cfg.for_methods]
