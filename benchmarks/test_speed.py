@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.conftest import median_seconds, record_ratio
+from benchmarks.conftest import median_seconds, record_ratio, rounds
 from harness import data
 from harness import device as dev
 from methods import METHODS
@@ -100,7 +100,7 @@ def test_training_step_vs_reference(benchmark, name: str, reference: str, precis
 
     ref = median_seconds(stepper(reference), repeats=3)
     benchmark.group = f"training step / reference ({dev.resolve_precision(precision, cpu)})"
-    logs = benchmark.pedantic(stepper(name), rounds=3, warmup_rounds=1)
+    logs = benchmark.pedantic(stepper(name), rounds=rounds(3), warmup_rounds=1)
     assert logs and all(math.isfinite(v) for v in logs.values())
     record_ratio(benchmark, f"{name} / {reference} training step "
                             f"({dev.resolve_precision(precision, cpu)})", ref)
