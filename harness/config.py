@@ -69,6 +69,12 @@ class EvalConfig:
             ``onnxruntime`` (``--engine``; CPU, fp32: the scoring copy exported to ONNX
             once per model and run by ONNX Runtime; the optional ``onnx`` extra). Also
             float rounding only (checked within 1e-5) and not part of any cache key.
+        streams: forward passes of the causal metrics run at once on a CPU, each with
+            its share of the intra-op threads; 0 (the default): one per thread, within
+            the perturbed images' memory budget (:func:`metrics.causal.choose_streams`),
+            one with ``compile`` (its kernels' thread count is fixed when compiled) and
+            on a GPU. Float rounding at most (the same images in every pass), not part
+            of any cache key.
     """
 
     causal_n: int = 128
@@ -81,6 +87,7 @@ class EvalConfig:
     precision: str = "fp32"
     compile: bool = False
     engine: str = "torch"
+    streams: int = 0
 
 
 @dataclass(frozen=True)

@@ -135,12 +135,13 @@ def check_engine(name: str) -> str:
     return name
 
 
-def onnx_logits(model: nn.Module, batch: int, sample: torch.Tensor
-                ) -> Callable[[torch.Tensor], torch.Tensor]:
+def onnx_logits(model: nn.Module, batch: int, sample: torch.Tensor,
+                threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` (images -> logits, eval mode, float32) exported to ONNX at ``batch``
-    images like ``sample`` ``[C,H,W]`` and run by ONNX Runtime's CPU provider with this
-    process's thread count (:func:`fixed_batch`); inputs and outputs stay torch tensors
-    on the CPU.
+    images like ``sample`` ``[C,H,W]`` and run by ONNX Runtime's CPU provider with
+    ``threads`` threads a call (default: this process's thread count; calls from
+    several threads run at once) (:func:`fixed_batch`); inputs and outputs stay torch
+    tensors on the CPU.
 
     Raises:
         UserError: the ``onnx`` extra is not installed, or ``sample`` is not on the CPU.
@@ -165,7 +166,7 @@ def onnx_logits(model: nn.Module, batch: int, sample: torch.Tensor
             torch.onnx.export(model, (x,), path, input_names=["images"],
                               output_names=["logits"], dynamo=True)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         # idle ORT threads would spin between passes, taking the cores from torch's
         # building of the next perturbed batch (measured: 1.9 s -> 0.96 s a run)

@@ -181,6 +181,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         # sharded: timed on rank 0 and shared, so every rank computes the same way
         cfg = dataclasses.replace(cfg, forward_batch=distributed.share(timed) if sharded
                                   else timed())
+    cfg = dataclasses.replace(cfg, streams=causal_streams(cfg, device, split.info.image_size))
     metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg, only).items()}
     causal_logits: Callable[[torch.Tensor], torch.Tensor] = logits_of
     if any(isinstance(m, CausalAUC) for m in metrics.values()):  # an engine to build
@@ -287,14 +288,36 @@ class _Logits(torch.nn.Module):
         return self.method(x).logits  # type: ignore[no-any-return]
 
 
+def causal_streams(cfg: EvalConfig, device: torch.device, image_size: tuple[int, int]
+                   ) -> int:
+    """``eval.streams`` resolved for ``cfg.forward_batch`` (already chosen): as set,
+    or (0) :func:`metrics.causal.choose_streams`; one with ``eval.compile``.
+
+    Raises:
+        UserError: a negative count, or more than one stream with ``eval.compile``.
+    """
+    if cfg.streams < 0:
+        raise UserError(f"eval.streams must be >= 0 (0: chosen for the device), got "
+                        f"{cfg.streams}")
+    if cfg.compile:
+        if cfg.streams > 1:
+            raise UserError("eval.streams > 1 and --compile exclude each other: compiled "
+                            "kernels keep the thread count they were compiled with")
+        return 1
+    if cfg.streams:
+        return cfg.streams
+    return causal.choose_streams(cfg.forward_batch, torch.zeros(3, *image_size, device=device))
+
+
 def causal_engine(scoring: torch.nn.Module, cfg: EvalConfig, device: torch.device,
                   precision: str, image_size: tuple[int, int], *,
                   default: Callable[[torch.Tensor], torch.Tensor]
                   ) -> Callable[[torch.Tensor], torch.Tensor]:
     """What computes the causal metrics' logits of perturbed images: ``default`` (the
     eager scoring copy), or with ``eval.compile`` its ``torch.compile``, or with
-    ``eval.engine: onnxruntime`` its ONNX Runtime session (CPU, fp32 only), each at the
-    chosen forward batch. Predictions and explanations stay eager.
+    ``eval.engine: onnxruntime`` its ONNX Runtime session (CPU, fp32 only; each of the
+    ``eval.streams`` passes at once with its share of the threads), each at the chosen
+    forward batch. Predictions and explanations stay eager.
 
     Raises:
         UserError: an unknown engine, both ``compile`` and ``onnxruntime``, or ONNX
@@ -308,7 +331,8 @@ def causal_engine(scoring: torch.nn.Module, cfg: EvalConfig, device: torch.devic
             raise UserError(f"--engine onnxruntime computes in fp32; the evaluation "
                             f"precision is {precision}")
         sample = torch.zeros(3, *image_size, device=device)
-        return dev.onnx_logits(_Logits(scoring).eval(), cfg.forward_batch, sample)
+        return dev.onnx_logits(_Logits(scoring).eval(), cfg.forward_batch, sample,
+                               threads=max(1, torch.get_num_threads() // cfg.streams))
     if not cfg.compile:
         return default
     compiled = dev.compiled_logits(lambda z: scoring(dev.channels_last(z)).logits,

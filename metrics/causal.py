@@ -9,13 +9,15 @@ the tracked class is recorded, giving a curve of ``n + 1`` points; its AUC is th
 trapezoid over the changed fraction on [0, 1]: ``(sum(s) - s_0/2 - s_n/2) / n``.
 
 All images x steps are evaluated in large batches of perturbed images on the images'
-device; there is no Python loop over steps.
+device; there is no Python loop over steps. On a CPU several of those forward passes
+may run at once (``streams``), each with its share of the threads.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -123,6 +125,54 @@ def choose_batch(model: Model, sample: torch.Tensor, key: tuple[object, ...] = (
     return best
 
 
+def choose_streams(batch: int, sample: torch.Tensor, budget: int = MEMORY_BUDGET) -> int:
+    """Concurrent forward passes for :func:`causal_curves` on ``sample``'s device:
+    on a CPU one per intra-op thread, as many as fit ``budget`` bytes of perturbed
+    images at ``batch`` images a pass (at least one); elsewhere one."""
+    if sample.device.type != "cpu":
+        return 1
+    per_pass = batch * sample.numel() * sample.element_size()
+    return max(1, min(torch.get_num_threads(), budget // max(1, per_pass)))
+
+
+def concurrently(fn: Callable[[int, threading.Event], None], streams: int) -> None:
+    """``fn(0, stop)``, ..., ``fn(streams - 1, stop)`` at once, each in its own thread under
+    ``torch.inference_mode`` with ``1/streams`` of this process's intra-op threads (at
+    least one); the thread count is restored afterwards. On a small CPU, independent
+    single-thread forward passes beat one pass split over the cores (less waiting at
+    each operator's barrier). ``stop`` is set when one raises (or the wait is
+    interrupted), so the others can end early; the first exception is raised once all
+    have stopped."""
+    total = torch.get_num_threads()
+    share = max(1, total // streams)
+    failed = threading.Event()
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        torch.set_num_threads(share)  # this thread's OpenMP pool
+        try:
+            with torch.inference_mode():  # grad mode is per thread
+                fn(k, failed)
+        except BaseException as err:  # raised in the calling thread below
+            errors.append(err)
+            failed.set()
+
+    threads = [threading.Thread(target=work, args=(k,), name=f"causal-{k}", daemon=True)
+               for k in range(streams)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    except BaseException:  # e.g. Ctrl-C while waiting: the streams stop at their next pass
+        failed.set()
+        raise
+    finally:
+        torch.set_num_threads(total)
+    if errors:
+        raise errors[0]
+
+
 def n_steps(height: int, width: int, step: int) -> int:
     """Number of steps ``n = ceil(H*W / step)`` (the curve has ``n + 1`` points)."""
     return math.ceil(height * width / step)
@@ -131,8 +181,8 @@ def n_steps(height: int, width: int, step: int) -> int:
 @torch.inference_mode()
 def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
                   classes: torch.Tensor, *, mode: str, step: int, substrate: str,
-                  batch_size: int = 256, unperturbed: torch.Tensor | None = None
-                  ) -> torch.Tensor:
+                  batch_size: int = 256, unperturbed: torch.Tensor | None = None,
+                  streams: int = 1) -> torch.Tensor:
     """Insertion or deletion curves of ``images`` under ``saliency``.
 
     Args:
@@ -147,6 +197,12 @@ def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
         unperturbed: ``[B]`` the tracked class's probability on the images themselves,
             when the caller has it (the evaluator does): deletion's first point and
             insertion's last are then not computed again.
+        streams: forward passes run at once, each in its own thread with an equal share
+            of the process's intra-op threads (CPU only; on another device, or with
+            fewer passes than streams, fewer run). ``model`` must then be safe to call
+            from several threads (nothing written on ``self`` in ``forward``). Each pass
+            holds the same images as with one stream; only the kernels' thread count
+            differs, which changes the scores by float rounding at most.
 
     Returns:
         ``[B, n+1]`` probabilities, ``n = ceil(H*W / step)`` (``[0, n+1]`` for an empty
@@ -193,25 +249,38 @@ def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
     total = b * m
     fmt = (torch.channels_last if images.is_contiguous(memory_format=torch.channels_last)
            and not images.is_contiguous() else torch.contiguous_format)
-    buffer = torch.empty((min(batch_size, total), c, h, w), dtype=images.dtype,
-                         device=dev).contiguous(memory_format=fmt)
     scores = torch.empty(total, device=dev, dtype=torch.float32)
-    for lo in range(0, total, batch_size):
-        hi = min(lo + batch_size, total)
-        x = buffer[: hi - lo]
-        r = lo
-        while r < hi:  # the rows of each image in this pass, its steps broadcast
-            i, j = divmod(r, m)
-            j1 = min(m, j + hi - r)
-            torch.where(rank[i] < thresholds[j:j1], finish[i], start[i],
-                        out=x[r - lo : r - lo + j1 - j])
-            r += j1 - j
-        logits = model(x).float()
-        if lo == 0:  # the classes exist in the model's output
-            checks.classes(classes, b, logits.shape[1])
-        img = torch.arange(lo, hi, device=dev) // m
-        probs = torch.softmax(logits, dim=1)
-        scores[lo:hi] = probs.gather(1, classes[img].view(-1, 1)).squeeze(1)
+    n_pass = -(-total // batch_size)
+    streams = 1 if dev.type != "cpu" else max(1, min(streams, n_pass))
+
+    def run_passes(first: int, stop: threading.Event | None = None) -> None:
+        """Passes ``first``, ``first + streams``, ... into one reused buffer (until
+        ``stop`` is set)."""
+        buffer = torch.empty((min(batch_size, total), c, h, w), dtype=images.dtype,
+                             device=dev).contiguous(memory_format=fmt)
+        for lo in range(first * batch_size, total, streams * batch_size):
+            if stop is not None and stop.is_set():
+                return
+            hi = min(lo + batch_size, total)
+            x = buffer[: hi - lo]
+            r = lo
+            while r < hi:  # the rows of each image in this pass, its steps broadcast
+                i, j = divmod(r, m)
+                j1 = min(m, j + hi - r)
+                torch.where(rank[i] < thresholds[j:j1], finish[i], start[i],
+                            out=x[r - lo : r - lo + j1 - j])
+                r += j1 - j
+            logits = model(x).float()
+            if lo == 0:  # the classes exist in the model's output
+                checks.classes(classes, b, logits.shape[1])
+            img = torch.arange(lo, hi, device=dev) // m
+            probs = torch.softmax(logits, dim=1)
+            scores[lo:hi] = probs.gather(1, classes[img].view(-1, 1)).squeeze(1)
+
+    if streams == 1:
+        run_passes(0)
+    else:
+        concurrently(run_passes, streams)
     if unperturbed is None:
         return scores.view(b, n + 1)
     out = torch.empty(b, n + 1, device=dev, dtype=torch.float32)

@@ -49,15 +49,17 @@ class CausalAUC(PerImageMetric):
         step: positions per step; 0 = one image row (RISE).
         forward_batch: perturbed images per forward pass; 0 (the default): chosen for
             the model (:func:`metrics.causal.choose_batch`).
+        streams: forward passes run at once on a CPU (``causal_curves``' ``streams``).
     """
 
     def __init__(self, mode: str, substrate: str | None = None, step: int = 0,
-                 forward_batch: int = 0, **kwargs: Any) -> None:
+                 forward_batch: int = 0, streams: int = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mode = mode
         self.substrate = substrate or ("blur" if mode == "insertion" else "zero")
         self.step = step
         self.forward_batch = forward_batch
+        self.streams = streams
         self.curves: list[torch.Tensor]
         self.add_state("curves", default=[], dist_reduce_fx="cat")
 
@@ -73,7 +75,7 @@ class CausalAUC(PerImageMetric):
         curves = causal.causal_curves(batch.model, batch.causal_images, batch.causal_saliency,
                                       batch.causal_classes, mode=self.mode, step=step,
                                       substrate=self.substrate, batch_size=self.forward_batch,
-                                      unperturbed=known)
+                                      unperturbed=known, streams=self.streams)
         self.curves.append(curves)
         return causal.auc(curves), torch.arange(n_img, device=batch.labels.device)
 
@@ -163,7 +165,7 @@ class CombInsertionAUC(CausalAUC):
         step = -(-h * w * self.percent_step // 100)
         curves = causal.causal_curves(batch.model, x, batch.saliency[sel], batch.labels[sel],
                                       mode="insertion", step=step, substrate=self.substrate,
-                                      batch_size=self.forward_batch)
+                                      batch_size=self.forward_batch, streams=self.streams)
         self.curves.append(curves)
         return causal.auc(curves), sel
 
@@ -285,11 +287,13 @@ _spec("balanced_acc", True, "balanced accuracy: mean over classes of the per-cla
       paper="Gupta & Sintorn (MSABN), 2022, Table 3")
 _spec("insertion_auc", True, "insertion AUC (RISE protocol: predicted class, blur substrate, "
       "one row per step)", lambda cfg: InsertionAUC(step=cfg.causal_step,
-                                                    forward_batch=cfg.forward_batch),
+                                                    forward_batch=cfg.forward_batch,
+                                                    streams=cfg.streams),
       paper="Petsiuk et al., BMVC 2018", options=_CAUSAL)
 _spec("deletion_auc", False, "deletion AUC (RISE protocol: predicted class, zero substrate, "
       "one row per step)", lambda cfg: DeletionAUC(step=cfg.causal_step,
-                                                   forward_batch=cfg.forward_batch),
+                                                   forward_batch=cfg.forward_batch,
+                                                   streams=cfg.streams),
       paper="Petsiuk et al., BMVC 2018", options=_CAUSAL)
 _spec("bbox_inside_frac", True, "share of the map binarised at 0.2 inside the target box",
       lambda cfg: BoxMetric("inside"), ("bbox",), paper="Gupta & Sintorn (MSABN), 2022")
@@ -308,7 +312,7 @@ _spec("distractor_frac", False, "share of map energy on the distractor object",
       lambda cfg: BoxMetric("energy", box="distractor_bbox"), ("distractor_bbox",))
 _spec("comb_insertion_auc", True, "insertion AUC, COMB protocol: ground-truth class, only "
       "images the reference method (abn) misclassifies, top-p% kept, rest zero, 5% steps",
-      lambda cfg: CombInsertionAUC(forward_batch=cfg.forward_batch),
+      lambda cfg: CombInsertionAUC(forward_batch=cfg.forward_batch, streams=cfg.streams),
       paper="Iwayoshi et al., VISAPP 2023", options=("comb_subset",))
 _spec("max_wrong_prob", False, "highest incorrect-class probability", lambda cfg: MaxWrongProb(),
       explanation=False, paper="Iwayoshi et al., VISAPP 2023")

@@ -215,3 +215,99 @@ def test_scores_depend_on_the_forward_batch_by_rounding_only() -> None:
                                    substrate="zero", batch_size=bs) for bs in (1, 7, 64, 0)]
     for c in curves[1:]:  # the same up to float rounding (kernels differ by batch size)
         torch.testing.assert_close(c, curves[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("streams", [2, 3])
+@pytest.mark.parametrize("mode", ["insertion", "deletion"])
+def test_streams_give_the_reference_curves(streams: int, mode: str) -> None:
+    """Passes run at once (each pass's images as with one stream) give the reference
+    curves, with and without the known unperturbed point; a short last pass too."""
+    model = small_model()
+    rng = np.random.default_rng(1)
+    imgs = rng.normal(size=(4, 3, 6, 5)).astype(np.float32)
+    sal = rng.random((4, 6, 5)).astype(np.float32)
+    classes = np.array([1, 0, 3, 2])
+    x, s, c = torch.from_numpy(imgs), torch.from_numpy(sal), torch.from_numpy(classes)
+    kw = {"mode": mode, "step": 4, "substrate": "blur", "batch_size": 5}
+    one = causal.causal_curves(model, x, s, c, **kw)
+    many = causal.causal_curves(model, x, s, c, streams=streams, **kw)
+    with torch.no_grad():
+        own = torch.softmax(model(x), 1).gather(1, c.view(-1, 1).long()).squeeze(1)
+    known = causal.causal_curves(model, x, s, c, streams=streams, unperturbed=own, **kw)
+    torch.testing.assert_close(many, one, rtol=0, atol=1e-6)
+    torch.testing.assert_close(known, one, rtol=0, atol=1e-6)
+    for b in range(4):
+        ref = np_curve(model, imgs[b], sal[b], int(classes[b]), mode, 4, "blur")
+        np.testing.assert_allclose(many[b].numpy(), ref, atol=2e-5)
+
+
+def test_streams_share_the_threads_and_give_them_back() -> None:
+    """Each stream runs in its own thread with its share of the intra-op threads and
+    under inference mode; the process's thread count is restored afterwards."""
+    import threading
+
+    model = small_model()
+    seen: list[tuple[int, int, bool]] = []
+    lock = threading.Lock()
+
+    def recorded(z: torch.Tensor) -> torch.Tensor:
+        with lock:
+            seen.append((threading.get_ident(), torch.get_num_threads(),
+                         torch.is_inference_mode_enabled()))
+        return model(z)
+
+    imgs, sal = torch.randn(3, 3, 6, 5), torch.rand(3, 6, 5)
+    cls = torch.tensor([0, 1, 2])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        causal.causal_curves(recorded, imgs, sal, cls, mode="deletion", step=5,
+                             substrate="zero", batch_size=4, streams=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == -(-3 * 7 // 4)  # one call a pass
+    assert len({t for t, _, _ in seen}) == 2 and threading.get_ident() not in {
+        t for t, _, _ in seen}
+    assert {n for _, n, _ in seen} == {1} and all(inf for _, _, inf in seen)
+
+
+def test_a_failing_stream_stops_the_others_and_raises() -> None:
+    model = small_model()
+    calls = {"n": 0}
+
+    def failing(z: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+        return model(z)
+
+    imgs, sal = torch.randn(4, 3, 6, 5), torch.rand(4, 6, 5)
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom"):
+        causal.causal_curves(failing, imgs, sal, torch.tensor([0, 1, 2, 3]),
+                             mode="insertion", step=1, substrate="zero", batch_size=2,
+                             streams=2)
+    assert torch.get_num_threads() == before
+    assert calls["n"] < 4 * 31 // 2  # the other stream did not run to the end
+    # a class outside the model's output is caught in a stream, as with one
+    with pytest.raises(ValueError, match="classes"):
+        causal.causal_curves(model, imgs, sal, torch.tensor([0, 1, 2, 9]),
+                             mode="insertion", step=5, substrate="zero", batch_size=2,
+                             streams=2)
+    assert torch.get_num_threads() == before
+
+
+def test_choose_streams_one_per_thread_within_the_budget() -> None:
+    sample = torch.zeros(3, 8, 8)
+    per_image = sample.numel() * sample.element_size()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert causal.choose_streams(4, sample) == 2
+        # the budget holds one pass's images only
+        assert causal.choose_streams(4, sample, budget=4 * per_image) == 1
+        assert causal.choose_streams(4, sample, budget=1) == 1
+        assert causal.choose_streams(4, torch.zeros(3, 8, 8, device="meta")) == 1
+    finally:
+        torch.set_num_threads(before)

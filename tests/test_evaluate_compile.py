@@ -1,6 +1,7 @@
 """``--compile`` (``eval.compile``) and ``--engine onnxruntime`` (``eval.engine``): the
 causal metrics through torch.compile of the scoring copy, or through ONNX Runtime,
-give the eager AUCs within 1e-5, and the engines see one shape only."""
+give the eager AUCs within 1e-5, and the engines see one shape only. Several
+forward passes at once (``eval.streams``) give the one-stream AUCs."""
 
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ def test_engines_give_the_eager_aucs(engine: dict[str, object], smoke_cfg: confi
 @pytest.mark.parametrize("change, message", [
     ({"engine": "tensorrt"}, "eval.engine must be one of torch, onnxruntime"),
     ({"engine": "onnxruntime", "compile": True}, "exclude each other"),
+    ({"streams": -1}, "eval.streams must be >= 0"),
+    ({"streams": 2, "compile": True}, "eval.streams > 1 and --compile exclude each other"),
 ])
 def test_engine_choices_are_checked(change: dict[str, object], message: str,
                                     smoke_cfg: config.RunConfig,
@@ -94,3 +97,51 @@ def test_onnx_logits_match_eager() -> None:
         ref = net(x)
     for part in (x[:4], x[:1], x):
         torch.testing.assert_close(run(part), ref[: len(part)], rtol=0, atol=1e-5)
+    # one thread a call, called from two threads at once (the causal metrics' streams)
+    from concurrent.futures import ThreadPoolExecutor
+
+    single = dev.onnx_logits(net, 4, torch.zeros(3, 8, 8), threads=1)
+    parts = [x[:4], x[2:6]] * 4
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(single, parts))
+    for part, out, lo in zip(parts, outs, [0, 2] * 4, strict=True):
+        torch.testing.assert_close(out, ref[lo : lo + len(part)], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_streams_give_the_one_stream_aucs(engine: str, smoke_cfg: config.RunConfig,
+                                          smoke_test: data.Split) -> None:
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    model = train.build_method("abn", train.method_config("abn", smoke_cfg), smoke_test)
+    ecfg = dataclasses.replace(smoke_cfg.eval, causal_n=5, forward_batch=16, engine=engine)
+    only = {"insertion_auc", "deletion_auc"}
+    kw = dict(progress=False, only=only, parts=())
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = evaluate(model, "abn", smoke_test, dataclasses.replace(ecfg, streams=1), CPU,
+                       **kw)  # type: ignore[arg-type]
+        two = evaluate(model, "abn", smoke_test, dataclasses.replace(ecfg, streams=2), CPU,
+                       **kw)  # type: ignore[arg-type]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for k in only:
+        a, b = one.per_image[k], two.per_image[k]
+        assert len(a.scores) == len(b.scores) == 5 and (a.ids == b.ids).all()
+        assert abs(a.scores - b.scores).max() <= 1e-6, k
+        assert abs(one.curves[k] - two.curves[k]).max() <= 1e-6, k
+
+
+def test_causal_streams_resolution(smoke_cfg: config.RunConfig) -> None:
+    from harness.evaluate import causal_streams
+    from metrics import causal
+
+    ecfg = dataclasses.replace(smoke_cfg.eval, forward_batch=16)
+    size = (64, 64)
+    assert causal_streams(ecfg, CPU, size) == causal.choose_streams(
+        16, torch.zeros(3, *size))
+    assert causal_streams(dataclasses.replace(ecfg, streams=3), CPU, size) == 3
+    assert causal_streams(dataclasses.replace(ecfg, compile=True), CPU, size) == 1
+    assert causal_streams(dataclasses.replace(ecfg, compile=True, streams=1), CPU, size) == 1
