@@ -56,6 +56,23 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 3
+                        ) -> dict[str, float]:
+    """Median wall time of each of ``fns`` after one warm-up call each, measured in
+    ``repeats`` rounds that call every one in turn (one round when quick): a shared
+    machine slowing down or speeding up during the measurement moves all sides alike,
+    where timing one side after the other moved a ratio by 20 % from run to run."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds(repeats)):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def record_ratio(benchmark: Any, label: str, reference_s: float) -> float | None:
     """Store and print the benchmark's median over ``reference_s`` (measured in the same
     process just before); None when benchmarks are disabled (plain test runs)."""

@@ -1,7 +1,7 @@
 """Insertion + deletion against TorchCAM's ``DeletionInsertionMetric`` and against the
-bare forward passes both need, side by side in one process, on identical maps and
-images: one row of pixels per step, softmax of the logits, zero substrate for both
-curves (so the AUCs must agree). ``ATTNBENCH_BENCH_IMAGES`` sets the image count
+bare forward passes both need, side by side in one process (in interleaved rounds),
+on identical maps and images: one row of pixels per step, softmax of the logits, zero
+substrate for both curves (so the AUCs must agree). ``ATTNBENCH_BENCH_IMAGES`` sets the image count
 (default 64; 8 in the quick mode)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmarks.conftest import QUICK, median_seconds, record_pair, record_ratio
+from benchmarks.conftest import QUICK, interleaved_medians, record_pair
 from harness import backbones, data, fold
 from metrics import causal
 
@@ -74,29 +74,31 @@ def _torchcam_metric(model: Logits, sal: torch.Tensor) -> object:
 
 
 def _ours(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sal: torch.Tensor,
-          cls: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+          cls: torch.Tensor, batch: int, streams: int = 1
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     w = x.shape[-1]
-    ins = causal.causal_curves(model, x, sal, cls, mode="insertion", step=w,
-                               substrate="zero", batch_size=batch)
-    dele = causal.causal_curves(model, x, sal, cls, mode="deletion", step=w,
-                                substrate="zero", batch_size=batch)
+    kw = {"step": w, "substrate": "zero", "batch_size": batch, "streams": streams}
+    ins = causal.causal_curves(model, x, sal, cls, mode="insertion", **kw)  # type: ignore[arg-type]
+    dele = causal.causal_curves(model, x, sal, cls, mode="deletion", **kw)  # type: ignore[arg-type]
     return causal.auc(ins), causal.auc(dele)
 
 
 def test_insertion_deletion_vs_torchcam(benchmark, setup) -> None:  # type: ignore[no-untyped-def]
     name, model, x, sal, pred = setup
-    repeats = 3
     if getattr(benchmark, "disabled", False):  # a plain test run: the same checks, small
-        x, sal, pred, repeats = x[:2], sal[:2], pred[:2], 1
+        x, sal, pred = x[:2], sal[:2], pred[:2]
     b, _, h, w = x.shape
     n = causal.n_steps(h, w, w)
     total = 2 * b * (n + 1)  # the forwards of the two curves
     # as the evaluator scores: batch norm folded into the convolutions (eval mode only,
-    # the same outputs up to float rounding) and the forward batch chosen for the model
+    # the same outputs up to float rounding), the forward batch chosen for the model and
+    # as many passes at once as the evaluator runs (eval.streams)
     scoring = fold.folded(model)
     fb = causal.choose_batch(scoring, x[0], key=(name, "folded"))
+    streams = causal.choose_streams(fb, x[0])
     benchmark.extra_info["forward_batch"] = fb
-    print(f"\n{name}: forward batch {fb}")
+    benchmark.extra_info["streams"] = streams
+    print(f"\n{name}: forward batch {fb}, {streams} streams")
     fake = torch.randn(fb, *x.shape[1:])
 
     def plain(net: nn.Module) -> Callable[[], None]:
@@ -114,31 +116,43 @@ def test_insertion_deletion_vs_torchcam(benchmark, setup) -> None:  # type: igno
         theirs.update(x)  # type: ignore[attr-defined]
         return theirs.summary()  # type: ignore[attr-defined, no-any-return]
 
-    t_plain = median_seconds(plain(scoring), repeats=repeats)
-    t_plain_model = median_seconds(plain(model), repeats=repeats)
-    t_torchcam = median_seconds(torchcam_run, repeats=repeats)
-    ref = torchcam_run()
+    def ours() -> tuple[torch.Tensor, torch.Tensor]:  # as the evaluator runs it
+        return _ours(scoring, x, sal, pred, fb, streams)
+
+    def one_stream() -> tuple[torch.Tensor, torch.Tensor]:
+        return _ours(scoring, x, sal, pred, fb)
+
     benchmark.group = f"insertion + deletion, {b} images x {n + 1} steps ({name})"
-    ins, dele = benchmark(lambda: _ours(scoring, x, sal, pred, fb))
+    ins, dele = benchmark.pedantic(ours, rounds=1, iterations=1)
+    ref = torchcam_run()
     assert abs(float(ins.mean()) - ref["insertion_auc"]) <= 1e-5
     assert abs(float(dele.mean()) - ref["deletion_auc"]) <= 1e-5
-    r_peer = record_ratio(benchmark, f"{name}: ours / TorchCAM DeletionInsertion", t_torchcam)
-    r_plain = record_ratio(benchmark, f"{name}: ours / plain forwards of the scored copy",
-                           t_plain)
-    if r_peer is not None:  # measured, not a plain test run on two images
-        benchmark.extra_info["torchcam_over_plain"] = record_pair(
-            f"{name}: TorchCAM / plain forwards of the model", t_torchcam, t_plain_model)
-        print(f"{name}: throughput, ours / TorchCAM = {1 / r_peer:.2f}x")
-    assert r_peer is None or r_peer > 0
-    assert r_plain is None or r_plain > 0
+    one = one_stream()
+    assert float((ins - one[0]).abs().max()) <= 1e-6
+    assert float((dele - one[1]).abs().max()) <= 1e-6
+    if getattr(benchmark, "disabled", False):  # a plain test run on two images: no timing
+        return
+    t = interleaved_medians({"ours": ours, "one stream": one_stream,
+                             "TorchCAM": torchcam_run, "plain": plain(scoring),
+                             "plain model": plain(model)})
+    benchmark.extra_info.update({f"median_s {k}": v for k, v in t.items()})
+    r_peer = record_pair(f"{name}: ours / TorchCAM DeletionInsertion", t["ours"],
+                         t["TorchCAM"])
+    record_pair(f"{name}: ours / plain forwards of the scored copy", t["ours"], t["plain"])
+    record_pair(f"{name}: ours, one stream / TorchCAM DeletionInsertion", t["one stream"],
+                t["TorchCAM"])
+    record_pair(f"{name}: TorchCAM / plain forwards of the model", t["TorchCAM"],
+                t["plain model"])
+    print(f"{name}: throughput, ours / TorchCAM = {1 / r_peer:.2f}x")
 
 
 @pytest.mark.parametrize("engine", ["compile", "onnxruntime"])
 def test_insertion_deletion_engines_vs_torchcam(benchmark, setup, engine: str) -> None:  # type: ignore[no-untyped-def]
     """``--compile`` (the scoring copy through torch.compile, one shape) and
-    ``--engine onnxruntime`` (the scoring copy exported to ONNX, fp32), against TorchCAM
-    at its defaults and against the engine's own plain forwards; the AUCs agree with
-    TorchCAM's and with the eager ones within 1e-5."""
+    ``--engine onnxruntime`` (the scoring copy exported to ONNX, fp32; passes at once as
+    the evaluator runs them), against TorchCAM at its defaults and against the engine's
+    own plain forwards; the AUCs agree with TorchCAM's and with the eager ones within
+    1e-5."""
     if getattr(benchmark, "disabled", False):  # compiling takes tens of seconds
         pytest.skip("benchmarks disabled: tests/test_evaluate_compile.py checks the numbers")
     from harness import device as dev
@@ -149,17 +163,24 @@ def test_insertion_deletion_engines_vs_torchcam(benchmark, setup, engine: str) -
     total = 2 * b * (n + 1)
     scoring = fold.folded(model)
     fb = causal.choose_batch(scoring, x[0], key=(name, "folded"))
+    streams = 1  # as the evaluator: compiled kernels keep their thread count
     if engine == "onnxruntime":
         pytest.importorskip("onnxruntime")
-        compiled = dev.onnx_logits(scoring, fb, x[0])
+        # the plain forwards one at a time with every thread; the curves as the evaluator
+        # computes them, several passes at once with a share of the threads each
+        whole = dev.onnx_logits(scoring, fb, x[0])
+        streams = causal.choose_streams(fb, x[0])
+        compiled = dev.onnx_logits(scoring, fb, x[0],
+                                   threads=max(1, torch.get_num_threads() // streams))
     else:
-        compiled = dev.compiled_logits(scoring, fb)
+        whole = compiled = dev.compiled_logits(scoring, fb)
+    benchmark.extra_info["streams"] = streams
     fake = torch.randn(fb, *x.shape[1:])
 
     def plain() -> None:
         with torch.inference_mode():
             for lo in range(0, total, fb):
-                compiled(fake[: min(fb, total - lo)])
+                whole(fake[: min(fb, total - lo)])
 
     theirs = _torchcam_metric(model, sal)
 
@@ -168,20 +189,21 @@ def test_insertion_deletion_engines_vs_torchcam(benchmark, setup, engine: str) -
         theirs.update(x)  # type: ignore[attr-defined]
         return theirs.summary()  # type: ignore[attr-defined, no-any-return]
 
+    def ours() -> tuple[torch.Tensor, torch.Tensor]:
+        return _ours(compiled, x, sal, pred, fb, streams)
+
     eager = _ours(scoring, x, sal, pred, fb)
-    t_plain = median_seconds(plain, repeats=3)  # the warm-up call compiles
-    t_torchcam = median_seconds(torchcam_run, repeats=3)
-    ref = torchcam_run()
     benchmark.group = f"insertion + deletion {engine}, {b} images x {n + 1} steps ({name})"
-    ins, dele = benchmark(lambda: _ours(compiled, x, sal, pred, fb))
+    ours()  # the first call compiles (or warms up the session)
+    ins, dele = benchmark.pedantic(ours, rounds=1, iterations=1)
+    ref = torchcam_run()
     assert abs(float(ins.mean()) - ref["insertion_auc"]) <= 1e-5
     assert abs(float(dele.mean()) - ref["deletion_auc"]) <= 1e-5
     assert float((ins - eager[0]).abs().max()) <= 1e-5
     assert float((dele - eager[1]).abs().max()) <= 1e-5
-    r_peer = record_ratio(benchmark, f"{name}: ours {engine} / TorchCAM DeletionInsertion",
-                          t_torchcam)
-    r_plain = record_ratio(benchmark, f"{name}: ours {engine} / plain {engine} forwards",
-                           t_plain)
-    if r_peer is not None:
-        print(f"{name}: throughput, ours {engine} / TorchCAM = {1 / r_peer:.2f}x")
-    assert r_peer is not None and r_peer > 0 and r_plain is not None and r_plain > 0
+    t = interleaved_medians({"ours": ours, "TorchCAM": torchcam_run, "plain": plain})
+    benchmark.extra_info.update({f"median_s {k}": v for k, v in t.items()})
+    r_peer = record_pair(f"{name}: ours {engine} / TorchCAM DeletionInsertion", t["ours"],
+                         t["TorchCAM"])
+    record_pair(f"{name}: ours {engine} / plain {engine} forwards", t["ours"], t["plain"])
+    print(f"{name}: throughput, ours {engine} / TorchCAM = {1 / r_peer:.2f}x")

@@ -1,8 +1,11 @@
-"""The speed suite's end-of-run table (benchmarks/conftest.py)."""
+"""The speed suite's end-of-run table and its interleaved timing (benchmarks/conftest.py)."""
 
 from __future__ import annotations
 
-from benchmarks.conftest import summary_table
+import pytest
+
+from benchmarks import conftest
+from benchmarks.conftest import interleaved_medians, summary_table
 
 
 def test_summary_table_gives_both_medians_and_their_ratio() -> None:
@@ -14,3 +17,28 @@ def test_summary_table_gives_both_medians_and_their_ratio() -> None:
     assert first[-3:] == ["45.00", "30.00", "1.50"]
     assert second[-3:] == ["1500.00", "2000.00", "0.75"]
     assert len({len(line) for line in lines}) == 1  # aligned columns
+
+
+def test_interleaved_medians_take_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One warm-up call each, then rounds calling every side in turn; each side's median
+    from a clock the calls advance by known amounts."""
+    now = [0.0]
+    calls: list[str] = []
+    cost = {"a": [9.0, 1.0, 3.0, 2.0], "b": [9.0, 10.0, 30.0, 20.0]}
+
+    def side(k: str) -> object:
+        def run() -> None:
+            now[0] += cost[k][sum(c == k for c in calls)]
+            calls.append(k)
+        return run
+
+    monkeypatch.setattr(conftest.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(conftest, "QUICK", False)
+    t = interleaved_medians({"a": side("a"), "b": side("b")}, repeats=3)  # type: ignore[dict-item]
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert t == {"a": 2.0, "b": 20.0}  # the warm-up calls (9.0) are not counted
+    monkeypatch.setattr(conftest, "QUICK", True)
+    calls.clear()
+    cost = {"a": [0.0, 4.0], "b": [0.0, 5.0]}
+    assert interleaved_medians({"a": side("a"), "b": side("b")}) == {"a": 4.0, "b": 5.0}
+    assert calls == ["a", "b", "a", "b"]
