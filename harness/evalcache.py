@@ -12,10 +12,11 @@ numbers), and the evaluation options that part depends on
 (:attr:`metrics.base.MetricSpec.options`; the timing: ``timing_batches`` and
 ``batch_size``; the gallery: ``gallery_n``). A part whose key is in the store is read
 from it; only the others are computed. ``bootstrap`` is not in any key (the intervals
-are recomputed from the stored per-image scores), nor are ``forward_batch`` and
-``batch_size`` in a metric's key: they decide how many images go through one forward
-pass, not what is computed (kernels chosen by batch size can move a score by float
-rounding, ~1e-7).
+are recomputed from the stored per-image scores), nor are ``forward_batch``,
+``streams`` and ``batch_size`` in a metric's key: they decide how many images go
+through one forward pass and how many passes run at once, not what is computed
+(kernels chosen by batch size or thread count can move a score by float rounding,
+~1e-7).
 """
 
 from __future__ import annotations
