@@ -77,9 +77,9 @@ def _ours(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sal: t
           cls: torch.Tensor, batch: int, streams: int = 1
           ) -> tuple[torch.Tensor, torch.Tensor]:
     w = x.shape[-1]
-    kw = {"step": w, "substrate": "zero", "batch_size": batch, "streams": streams}
-    ins = causal.causal_curves(model, x, sal, cls, mode="insertion", **kw)  # type: ignore[arg-type]
-    dele = causal.causal_curves(model, x, sal, cls, mode="deletion", **kw)  # type: ignore[arg-type]
+    ins, dele = (causal.causal_curves(model, x, sal, cls, mode=mode, step=w, substrate="zero",
+                                      batch_size=batch, streams=streams)
+                 for mode in ("insertion", "deletion"))
     return causal.auc(ins), causal.auc(dele)
 
 
@@ -170,8 +170,7 @@ def test_insertion_deletion_engines_vs_torchcam(benchmark, setup, engine: str) -
         # computes them, several passes at once with a share of the threads each
         whole = dev.onnx_logits(scoring, fb, x[0])
         streams = causal.choose_streams(fb, x[0])
-        compiled = dev.onnx_logits(scoring, fb, x[0],
-                                   threads=max(1, torch.get_num_threads() // streams))
+        compiled = dev.onnx_logits(scoring, fb, x[0], threads=causal.stream_threads(streams))
     else:
         whole = compiled = dev.compiled_logits(scoring, fb)
     benchmark.extra_info["streams"] = streams

@@ -332,7 +332,7 @@ def causal_engine(scoring: torch.nn.Module, cfg: EvalConfig, device: torch.devic
                             f"precision is {precision}")
         sample = torch.zeros(3, *image_size, device=device)
         return dev.onnx_logits(_Logits(scoring).eval(), cfg.forward_batch, sample,
-                               threads=max(1, torch.get_num_threads() // cfg.streams))
+                               threads=causal.stream_threads(cfg.streams))
     if not cfg.compile:
         return default
     compiled = dev.compiled_logits(lambda z: scoring(dev.channels_last(z)).logits,

@@ -135,6 +135,12 @@ def choose_streams(batch: int, sample: torch.Tensor, budget: int = MEMORY_BUDGET
     return max(1, min(torch.get_num_threads(), budget // max(1, per_pass)))
 
 
+def stream_threads(streams: int) -> int:
+    """Intra-op threads each of ``streams`` concurrent passes gets: an equal share of
+    this process's, at least one."""
+    return max(1, torch.get_num_threads() // streams)
+
+
 def concurrently(fn: Callable[[int, threading.Event], None], streams: int) -> None:
     """``fn(0, stop)``, ..., ``fn(streams - 1, stop)`` at once, each in its own thread under
     ``torch.inference_mode`` with ``1/streams`` of this process's intra-op threads (at
@@ -144,7 +150,7 @@ def concurrently(fn: Callable[[int, threading.Event], None], streams: int) -> No
     interrupted), so the others can end early; the first exception is raised once all
     have stopped."""
     total = torch.get_num_threads()
-    share = max(1, total // streams)
+    share = stream_threads(streams)
     failed = threading.Event()
     errors: list[BaseException] = []
 
