@@ -42,8 +42,12 @@ try:  # Ctrl-C while the libraries load (seconds): one line, not a traceback
     from methods.explainers import build as build_explainer
     from metrics.base import METRICS
 except KeyboardInterrupt:  # pragma: no cover - timing-dependent, tested in a subprocess
-    print("interrupted while starting", file=sys.stderr)
-    sys.exit(130)
+    print("interrupted while starting", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # not sys.exit: the interpreter's shutdown, with imports left half done, once ended
+    # the process by SIGINT (status -2) after this line was printed; os._exit returns
+    # 130 whatever they left, and nothing is open or written yet at this point
+    os._exit(130)
 
 DEFAULT_CACHE = Path(os.environ.get("ATTNBENCH_CACHE", ".attnbench-cache"))
 
