@@ -51,6 +51,7 @@ import csv
 import pickle
 import random
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -141,6 +142,25 @@ def _paint(rng: random.Random, path: Path | None, mode: str = "RGB", n_obj: int 
 def _write(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{line}\n" for line in lines))
+
+
+def blank_png(path: Path, width: int, height: int) -> Path:
+    """Writes a black 1-bit greyscale PNG of any size, row by row: a few KB even for a
+    decompression bomb (16000 x 16000, over twice PIL's ``Image.MAX_IMAGE_PIXELS``) that
+    ``Image.new`` would first build in memory (a byte per pixel)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    pack = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter type 0, then the packed bits
+    idat = b"".join(pack.compress(row) for _ in range(height)) + pack.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
 
 
 def _cell(strings: list[str], column: bool = True) -> np.ndarray:

@@ -63,18 +63,27 @@ class _Decoded(Dataset[dict[str, Any]]):
 def scan(build: Callable[[str], Split], num_workers: int = 0, progress: bool = True
          ) -> list[SplitSummary]:
     """Build both splits collecting (not raising) per-image problems, decode every
-    image and summarise. Problems that stop a split (a missing index file) end it."""
-    out = []
+    image and summarise. Problems that stop a split (a missing index file) end it.
+    A problem both builds meet (a train class folder without images: the test split
+    is built with the train classes) is listed once, under the first."""
+    out: list[SplitSummary] = []
+    seen: set[str] = set()
+
+    def new(found: list[str]) -> list[str]:
+        fresh = [p for p in dict.fromkeys(found) if p not in seen]
+        seen.update(fresh)
+        return fresh
+
     for split in ("train", "test"):
         summary = SplitSummary(split)
         with collecting() as problems:
             try:
                 s = build(split)
             except DataError as err:
-                summary.problems += [*problems, str(err)]
+                summary.problems += new([*problems, str(err)])
                 out.append(summary)
                 continue
-        summary.problems += problems
+        summary.problems += new(problems)
         out.append(summarise(s, summary, num_workers, progress))
     return out
 

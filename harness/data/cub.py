@@ -8,6 +8,7 @@ import numpy as np
 
 from harness.data.files import DataError, Record, id_table, read_lines, register_photo
 from harness.data.matfiles import load_mat
+from harness.errors import shown
 
 
 def read_cub2011(root: Path, split: str) -> tuple[list[Record], list[str]]:
@@ -56,7 +57,7 @@ def read_cub2010(root: Path, split: str) -> tuple[list[Record], list[str]]:
         rel = parts[0]
         cls = rel.split("/")[0]
         if cls not in index:
-            raise DataError(f"{listing}:{n}: class folder {cls!r} is not in "
+            raise DataError(f"{listing}:{n}: class folder {shown(cls)} is not in "
                             f"{root / 'lists' / 'classes.txt'}")
         mat = root / "annotations-mat" / Path(rel).with_suffix(".mat")
         bb = load_mat(mat, "bbox")

@@ -13,6 +13,10 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import os
+import re
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +24,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from harness.data.core import DATASETS, DatasetInfo, Split
-from harness.errors import UserError
+from harness.errors import UserError, clip, shown
 
 #: ImageNet statistics: the normalisation of every photo dataset (pretrained backbones)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -99,14 +103,52 @@ def find_root(data_dir: Path, name: str, marker: str, subdirs: Sequence[str]) ->
     raise DataError(f"{data_dir}: no {name} here (expected {where})")
 
 
-def read_lines(path: Path) -> list[tuple[int, list[str]]]:
-    """Non-empty lines of a whitespace-separated index file, with 1-based line numbers."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing index file")
+def path_text(path: Path | str) -> str:
+    """``path`` for a message: bytes of its name that are not UTF-8 (kept by Python as
+    lone surrogates, which no UTF-8 stream can print) shown as ``\\xe9`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def utf8_name(path: Path) -> DataError | None:
+    """The error for a file or folder whose name is not valid UTF-8 (None when it is).
+
+    Such a name cannot be printed, stored or hashed as text (Python keeps its bad bytes
+    as lone surrogates), so it is refused with the bytes escaped and a request to
+    rename it."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: unreadable ({err})") from None
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return DataError(f"{path_text(path.parent)}: the name {shown(os.fsencode(path.name))} "
+                         "is not valid UTF-8; rename it")
+    return None
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """The text of a UTF-8 file; a leading byte-order mark (as some editors save) is
+    dropped.
+
+    Raises:
+        DataError: the file is missing or unreadable, or not UTF-8 (naming the line
+            and the first bad byte).
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: missing {what}")
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err.strerror or err})") from None
+    try:
+        return blob.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = blob.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{blob[err.start]:02x}); "
+                        "save the file as UTF-8") from None
+
+
+def read_lines(path: Path) -> list[tuple[int, list[str]]]:
+    """Non-empty lines of a whitespace-separated UTF-8 index file (a byte-order mark is
+    allowed), with 1-based line numbers."""
+    text = read_text(path, "index file")
     return [(i, line.split()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
@@ -117,11 +159,11 @@ def id_table(path: Path, columns: int, convert: Callable[[str], Any] = str
     for n, parts in read_lines(path):
         if len(parts) != columns + 1:
             raise DataError(f"{path}:{n}: expected an id and {columns} value(s), got "
-                            f"{' '.join(parts)!r}")
+                            f"{shown(' '.join(parts))}")
         try:
             out[parts[0]] = [convert(p) for p in parts[1:]]
         except ValueError:
-            raise DataError(f"{path}:{n}: not a number in {' '.join(parts)!r}") from None
+            raise DataError(f"{path}:{n}: not a number in {shown(' '.join(parts))}") from None
     return out
 
 
@@ -129,19 +171,75 @@ def id_table(path: Path, columns: int, convert: Callable[[str], Any] = str
 _TURNED = (5, 6, 7, 8)
 
 
+@contextlib.contextmanager
+def _quiet_pil() -> Iterator[None]:
+    """PIL's warnings silenced: its ``DecompressionBombWarning`` (said once per file, in
+    our words, by :func:`check_records`), a palette's transparency, a damaged EXIF
+    block, ... would otherwise reach stderr raw, from every decode, in every loader
+    worker."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _megapixels(pixels: float) -> str:
+    return f"{pixels / 1e6:.3g} Mpx"
+
+
+def _bomb(path: Path, err: Exception) -> DataError:
+    """PIL's ``DecompressionBombError`` (an image over twice ``Image.MAX_IMAGE_PIXELS``)
+    as a one-line error naming the file and its size."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    size = _megapixels(int(found.group(1))) if found else "too many pixels"
+    return DataError(f"{path}: {size}, over the {_megapixels(limit)} PIL opens (a possible "
+                     "decompression bomb); downscale or remove the image")
+
+
+def _failure(err: Exception) -> str:
+    """What PIL said, on one line (its type unless an OSError, PIL's usual one)."""
+    return clip(str(err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}",
+                200)
+
+
 def image_size_of(path: Path, where: str = "", exif: bool = False) -> tuple[int, int]:
     """(H, W) of an image file from its header (no decoding); with ``exif``, as its
-    EXIF orientation turns it."""
+    EXIF orientation turns it.
+
+    Raises:
+        DataError: the file is missing, is not an image PIL reads, or has more pixels
+            than PIL opens (twice ``Image.MAX_IMAGE_PIXELS``: a decompression bomb).
+            Whatever PIL raises or warns about never escapes raw.
+    """
     if not path.is_file():
         raise DataError(f"{where or path}: names {path}, which does not exist")
     try:
-        with Image.open(path) as im:
+        with _quiet_pil(), Image.open(path) as im:
             w, h = im.size
             if exif and im.getexif().get(0x0112) in _TURNED:
                 w, h = h, w
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{path}: not a readable image ({err})") from None
+    except Image.DecompressionBombError as err:
+        raise _bomb(path, err) from None
+    except Exception as err:  # PIL raises many kinds on a damaged header
+        raise DataError(f"{path}: not a readable image ({_failure(err)})") from None
     return h, w
+
+
+#: files already warned about as large (:func:`warn_if_large`): once per process
+_WARNED_LARGE: set[Path] = set()
+
+
+def warn_if_large(path: Path, h: int, w: int) -> None:
+    """One ``warning:`` line (once per file and process) for an image over PIL's
+    decompression-bomb warning size (``Image.MAX_IMAGE_PIXELS``, ~89 Mpx) but under
+    the refusal size (twice that): it is used, but every use decodes it in full."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or h * w <= limit or path in _WARNED_LARGE:
+        return
+    _WARNED_LARGE.add(path)
+    print(f"warning: {path_text(path)}: {w}x{h} px ({_megapixels(h * w)}), over PIL's "
+          f"{_megapixels(limit)} decompression-bomb warning size; each use decodes it in "
+          "full (slow, memory-hungry): consider downscaling it", file=sys.stderr)
 
 
 #: while set (``collecting()``), record problems are listed here instead of raised,
@@ -161,15 +259,28 @@ def collecting() -> Iterator[list[str]]:
         _PROBLEMS.reset(token)
 
 
+def report(err: DataError) -> None:
+    """A problem that leaves its file or folder out: raised, or within
+    ``collecting()`` listed (and the caller skips what it concerns)."""
+    problems = _PROBLEMS.get()
+    if problems is None:
+        raise err
+    problems.append(str(err))
+
+
 def check_records(records: Sequence[Record], num_classes: int, split: str, name: str,
                   exif: bool = False) -> tuple[list[Record], list[tuple[int, int]]]:
     """Validate every record; returns the records and each image's (H, W).
 
     Raises:
         DataError: an empty split, a label outside ``[0, num_classes)``, a missing or
-            unreadable image, a box with x2 <= x1 or y2 <= y1, or a box outside its
-            image by more than :data:`BOX_SLACK` pixels. Within ``collecting()`` the
-            per-record problems are listed and those records dropped instead.
+            unreadable image, one with more pixels than PIL opens (a decompression
+            bomb), a box with x2 <= x1 or y2 <= y1, or a box outside its image by more
+            than :data:`BOX_SLACK` pixels. Within ``collecting()`` the per-record
+            problems are listed and those records dropped instead.
+
+    An image in PIL's warning band (over ``Image.MAX_IMAGE_PIXELS``, under twice that)
+    is kept, with one ``warning:`` line per file (:func:`warn_if_large`).
     """
     if not records:
         raise DataError(f"{name}: the {split} split is empty")
@@ -194,6 +305,7 @@ def _check_record(r: Record, num_classes: int, exif: bool = False) -> tuple[int,
         raise DataError(f"{r.where or r.path}: label {r.label + 1} (1-based) is outside "
                         f"the {num_classes} classes")
     h, w = image_size_of(r.path, r.where, exif)
+    warn_if_large(r.path, h, w)
     for box in r.boxes:
         x1, y1, x2, y2 = (float(v) for v in box)
         src = r.box_source or r.where or r.path
@@ -213,13 +325,19 @@ def _fmt(box: np.ndarray) -> str:
 
 def decode(path: Path, exif: bool = False) -> torch.Tensor:
     """uint8 ``[3,H,W]`` RGB of any image file (grey, palette, RGBA, CMYK, ...); with
-    ``exif``, turned as its EXIF orientation says (as photo viewers show it)."""
+    ``exif``, turned as its EXIF orientation says (as photo viewers show it).
+
+    Runs in the loader's worker processes: PIL's warnings are silenced (the header
+    check said what matters once) and whatever it raises is a one-line
+    :class:`DataError` naming the file (a decompression bomb: with its size)."""
     try:
-        with Image.open(path) as im:
+        with _quiet_pil(), Image.open(path) as im:
             im.load()
             rgb = (ImageOps.exif_transpose(im) if exif else im).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot decode the image ({err})") from None
+    except Image.DecompressionBombError as err:
+        raise _bomb(path, err) from None
+    except Exception as err:  # PIL raises many kinds on damaged pixels
+        raise DataError(f"{path}: cannot decode the image ({_failure(err)})") from None
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
 
 
@@ -394,7 +512,9 @@ def fingerprint(records: Iterable[Record], sizes: Sequence[tuple[int, int]],
             rel = r.path.relative_to(root).as_posix()
         except ValueError:
             rel = r.path.as_posix()
-        h.update(f"{rel}|{r.label}|{size}|".encode())
+        # the name's bytes: any name hashes (one that is not UTF-8 too), and a UTF-8
+        # one as before
+        h.update(os.fsencode(rel) + f"|{r.label}|{size}|".encode())
         h.update(np.ascontiguousarray(r.boxes, np.float32).tobytes())
     return h.hexdigest()[:16]
 

@@ -32,8 +32,10 @@ def voc_boxes(path: Path) -> np.ndarray:
         raise DataError(f"{path}: missing annotation file")
     try:
         root = ET.parse(path).getroot()
-    except ET.ParseError as err:
+    except ET.ParseError as err:  # a wrong encoding too: says the line and column
         raise DataError(f"{path}: not valid XML ({err})") from None
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err.strerror or err})") from None
     boxes = []
     for obj in root.iter("object"):
         bb = obj.find("bndbox")
