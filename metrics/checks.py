@@ -3,6 +3,7 @@ its shape, instead of a silently wrong number or a bare indexing error."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -47,7 +48,41 @@ def boxes(value: Any, n: int, arg: str = "boxes", objects: bool = False) -> torc
                          + (" (or [B,K,4])" if objects else "") + " xyxy boxes")
     if b.shape[0] != n:
         raise ValueError(f"{arg} has {b.shape[0]} rows (shape {_shape(b)}) for {n} images")
-    return b.float()
+    b = b.float()
+    flat = b.reshape(-1, 4)
+    inverted = (flat[:, 2] < flat[:, 0]) | (flat[:, 3] < flat[:, 1])  # False where NaN
+    if bool(inverted.any()):
+        i = int(torch.nonzero(inverted)[0])
+        where = (f"row {i}" if b.dim() == 2
+                 else f"image {i // b.shape[1]}, object {i % b.shape[1]}")
+        coords = ", ".join(f"{v:g}" for v in flat[i].tolist())
+        raise ValueError(f"{arg} {where} is inverted ({coords}): xyxy boxes need x2 >= x1 "
+                         "and y2 >= y1")
+    return b
+
+
+def tolerance(value: Any, arg: str = "tolerance") -> float:
+    """A finite distance in pixels, 0 or more."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{arg} must be a number of pixels, got {type(value).__name__}"
+                         ) from None
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"{arg} must be a finite number of pixels >= 0, got {t:g}")
+    return t
+
+
+def sizes(value: Any, n: int, arg: str = "original_sizes") -> torch.Tensor:
+    """Integer ``[B,2]`` (H, W) image sizes, each at least 1 pixel."""
+    t = torch.as_tensor(value)
+    if tuple(t.shape) != (n, 2):
+        raise ValueError(f"{arg} has shape {_shape(t)}: expected [{n}, 2] (H, W per image)")
+    if n and bool((~(torch.isfinite(t.double()) & (t >= 1))).any()):
+        i = int(torch.nonzero(~(torch.isfinite(t.double()) & (t >= 1)).all(1))[0])
+        raise ValueError(f"{arg} row {i} is {tuple(t[i].tolist())}: sizes must be "
+                         "positive (H, W in pixels)")
+    return t
 
 
 def classes(value: Any, n: int, num_classes: int | None = None,

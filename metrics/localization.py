@@ -6,8 +6,9 @@ xyxy in pixels; a pixel (row r, column c) is inside a box when its centre
 ``(c + 0.5, r + 0.5)`` lies in the closed box. A NaN box contains no pixel.
 
 Every function checks its inputs (:mod:`metrics.checks`): a map without a batch
-dimension, with several channels or with non-finite values, or boxes of another
-length, raise ValueError; an empty batch gives an empty result.
+dimension, with several channels or with non-finite values, boxes of another length or
+inverted (x2 < x1 or y2 < y1), a negative or non-finite tolerance and original sizes
+that are not positive raise ValueError; an empty batch gives an empty result.
 """
 
 from __future__ import annotations
@@ -64,12 +65,11 @@ def pointing_game(saliency: torch.Tensor, boxes: torch.Tensor, tolerance: float 
     """
     saliency = checks.maps(saliency)
     boxes = checks.boxes(boxes, len(saliency), objects=True)
+    tolerance = checks.tolerance(tolerance)
+    if original_sizes is not None:
+        original_sizes = checks.sizes(original_sizes, len(saliency))
     if len(saliency) == 0:
         return torch.zeros(0, device=saliency.device)
-    if original_sizes is not None and tuple(torch.as_tensor(original_sizes).shape) != (
-            len(saliency), 2):
-        raise ValueError(f"original_sizes has shape {tuple(torch.as_tensor(original_sizes).shape)}"
-                         f": expected [{len(saliency)}, 2] (H, W per image)")
     if original_sizes is None:
         return _pointing_hits(normalize(saliency), boxes, tolerance)
     s = saliency if saliency.dim() == 4 else saliency[:, None]
