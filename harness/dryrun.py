@@ -2,23 +2,60 @@
 
 The methods are listed in training order (a parent before the methods fine-tuned from
 it) with their schedules; each method's training step and the evaluation's forward
-pass are timed on a few synthetic batches of the preset's image size and batch size on
-the chosen device, and scaled to the dataset's sizes. The estimate ignores data
-loading and is rough (a few steps, no warm caches): it tells minutes from days.
+pass are timed on synthetic batches on the chosen device and scaled to the preset's
+batch, image size and dataset sizes. The estimate ignores data loading and is rough: it
+tells minutes from days.
+
+The steps are timed at a reduced scale, not the preset's: at the real one (ResNet-50 at
+352 px, batch 16) a CPU takes seconds a step and gigabytes of activations, and timing
+every method there made a dry run take minutes and 11-13 GB. Instead:
+
+* images larger than :data:`TIMED_SIDE` px a side are scaled down to it (aspect kept);
+* the timed batch starts at :data:`FIRST_BATCH` images and grows :data:`GROWTH`-fold,
+  up to the real batch (at most :data:`MAX_TIMED_IMAGES`): the first two batches are
+  always timed (the second only twice the first after a call of
+  :data:`EXPENSIVE_SECONDS`), the next ones while a call takes less than
+  :data:`TARGET_SECONDS`. A cheap model (the ``default`` preset's) is timed at its
+  real scale, an expensive one on a few small images, so that the time, and the memory
+  (both follow the work), stay small;
+* at each batch the fastest of up to :data:`TIMED_STEPS` calls counts, after an
+  untimed one (the first call at a shape selects kernels; a busy machine only ever adds
+  time);
+* scaling model: one call costs ``a + b * images * pixels`` seconds — a conv net's work
+  is proportional to its input's pixels; ``a`` is what no image changes (the optimiser's
+  update of every weight, Python and kernel dispatch: at 112 px and batch 2 it is most
+  of a ResNet-50 step). The line goes through the smallest and the largest timed batch,
+  ``a`` kept within [0, the smallest time] against timing noise (:func:`fit`). The
+  evaluation's cost per test image is its largest timed batch's, scaled to the real
+  size (the evaluation's own forward batches are at least as large).
+
+What the model leaves out: the cost per image at the real scale is not quite the
+timed one's (small feature maps use a CPU less well: an over-estimate; large feature
+maps and large batches miss its caches: an under-estimate), and timing noise. Measured
+on a 2-core CPU (bf16 training), estimated step against a step timed at the real scale:
+ResNet-50 at 352 px, batch 16: 2.2-4.4 s (3.2 s); at 224 px: 1.4-1.6 s (1.4 s), ABN
+1.3-3.2 s (2.1 s), ABN-COT / -COMB / -HK 3.8 / 5.3 / 1.2 s (4.2 / 5.0 / 1.4 s); MSABN at
+352 px 32-36 s (50 s), with the puzzle module 65-74 s (98 s); CIFAR ResNet-110 at batch
+256: 2.6 s (3.0 s), ABN on it 4.0-5.1 s (9.0 s). The forward passes came within 10 %.
+Scaling in proportion to batch 2 alone (``a = 0``) would have said 10.5 s for ResNet-50
+at 352 px. The ``default`` preset: 7 min 53 s - 8 min 42 s estimated, against a run of
+10 min (training 7 min 4 s, same machine, busy) or 6 min 22 s (README, quiet). On a
+busy machine every timed call is slower, and the estimate with it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from harness import data, train
+from harness import data, fold, train
 from harness import device as dev
 from harness.config import RunConfig
 from harness.data import DatasetInfo, Split
@@ -26,8 +63,43 @@ from harness.data.core import DataDirMissing
 from harness.progress import duration
 from methods.base import METHODS
 
-#: timed training steps per method, after one untimed step
-TIMED_STEPS = 2
+#: timed calls per timed batch at most (the fastest counts), after one untimed call
+TIMED_STEPS = 3
+#: the longest image side steps are timed at: larger images are scaled down to it
+TIMED_SIDE = 112
+#: the first timed batch (two images: batch norm trains on more than one value)
+FIRST_BATCH = 2
+#: each next timed batch is this many times larger
+GROWTH = 4
+#: the largest timed batch
+MAX_TIMED_IMAGES = 64
+#: a larger batch is timed while a call on the last one took less than this (seconds)
+TARGET_SECONDS = 0.2
+#: after a first call this long (seconds), the second batch is only twice the first
+EXPENSIVE_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of one call at each timed batch, on images of ``size`` (h, w).
+
+    Attributes:
+        points: (images, seconds) pairs, ascending in images.
+    """
+
+    size: tuple[int, int]
+    points: tuple[tuple[int, float], ...]
+
+    @property
+    def batches(self) -> tuple[int, ...]:
+        return tuple(n for n, _ in self.points)
+
+    def seconds(self, images: int, size: tuple[int, int]) -> float:
+        """Estimated seconds of one call on ``images`` images of ``size``: ``a + b *
+        images * pixels`` fitted through the timed points (:func:`fit`)."""
+        pixels = self.size[0] * self.size[1]
+        a, b = fit([(n * pixels, t) for n, t in self.points])
+        return a + b * images * size[0] * size[1]
 
 
 @dataclass
@@ -43,6 +115,9 @@ class Plan:
     step_seconds: float = 0.0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    #: what the training step and the evaluation's forward pass were timed at
+    train_timing: Timing | None = None
+    eval_timing: Timing | None = None
 
 
 def training_order(names: list[str]) -> list[str]:
@@ -73,16 +148,91 @@ def synthetic_split(info: DatasetInfo, n: int, seed: int = 0) -> Split:
     return Split(ds, dataclasses.replace(info, has_boxes=True))
 
 
+def timed_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The image size steps are timed at: ``size`` with its longer side scaled down to
+    :data:`TIMED_SIDE` px when larger, each side a multiple of 16 (even, for the puzzle
+    module's 2 x 2 tiles) of at least 16."""
+    h, w = size
+    if max(h, w) <= TIMED_SIDE:
+        return h, w
+    f = TIMED_SIDE / max(h, w)
+    return max(16, round(h * f / 16) * 16), max(16, round(w * f / 16) * 16)
+
+
+def ladder(seconds_at: Callable[[int], float], cap: int) -> list[tuple[int, float]]:
+    """(images, seconds) of one call at growing batches: :data:`FIRST_BATCH`, then
+    :data:`GROWTH` times more each, up to ``cap`` images (included). The first two are
+    always timed (a line through two points, :func:`fit`), the next ones while the last
+    call took less than :data:`TARGET_SECONDS`. After a first call of
+    :data:`EXPENSIVE_SECONDS` or more the second batch is only twice the first (an
+    expensive model: the time and the memory)."""
+    points: list[tuple[int, float]] = []
+    n = max(1, min(FIRST_BATCH, cap))
+    while True:
+        t = seconds_at(n)
+        points.append((n, t))
+        if n >= cap or (len(points) >= 2 and t >= TARGET_SECONDS):
+            return points
+        n = min(n * (2 if t >= EXPENSIVE_SECONDS else GROWTH), cap)
+
+
+def fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """``(a, b)`` of ``seconds = a + b * work`` through the (work, seconds) ``points``
+    of smallest and largest work; ``a`` (a fixed cost per call) kept within [0, the
+    smallest time], the line then through the largest point. One point (or all of
+    one work): ``a = 0``, proportional, an over-estimate when a fixed cost exists."""
+    lo, hi = min(points), max(points)
+    if hi[0] <= 0:
+        return hi[1], 0.0
+    a = 0.0
+    if hi[0] > lo[0]:
+        b = (hi[1] - lo[1]) / (hi[0] - lo[0])
+        a = min(max(hi[1] - b * hi[0], 0.0), lo[1], hi[1])
+    return a, (hi[1] - a) / hi[0]
+
+
+def release_memory() -> None:
+    """Hand the heap freed since back to the system (glibc's ``malloc_trim``, a few ms;
+    elsewhere a no-op): else the process keeps each method's peak resident, and the
+    methods of a dry run add up (measured: 1.9 GB after three ResNet-50 methods, 1.0 GB
+    trimmed). The models hold no reference cycles: no garbage collection needed."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # no glibc
+        pass
+
+
+def _repeated(batch: dict[str, Any], n: int) -> dict[str, Any]:
+    """A collated batch of ``n`` samples: ``batch``'s, repeated as needed (indices
+    included: per-sample tables of a method stay in range)."""
+    def rows(v: torch.Tensor) -> torch.Tensor:
+        return v.repeat(math.ceil(n / len(v)), *[1] * (v.dim() - 1))[:n]
+
+    out = {k: rows(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    out["image"] = dev.channels_last(out["image"])
+    return out
+
+
 def _timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
+    """The fastest of up to ``repeats`` calls of ``fn`` after an untimed one, in
+    seconds; the timed calls stop once they took :data:`TARGET_SECONDS` in all (one
+    call, then, of an expensive step)."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()  # warm-up: kernel selection, allocations
+    sync()
+    best, spent = math.inf, 0.0
     for _ in range(repeats):
+        t0 = time.perf_counter()
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) / repeats
+        sync()
+        t = time.perf_counter() - t0
+        best, spent = min(best, t), spent + t
+        if spent >= TARGET_SECONDS:
+            break
+    return best
 
 
 def plan(names: list[str], cfg: RunConfig, info: DatasetInfo, n_train: int, n_test: int,
@@ -93,6 +243,7 @@ def plan(names: list[str], cfg: RunConfig, info: DatasetInfo, n_train: int, n_te
     ev = cfg.eval
     h, w = info.image_size
     causal_steps = h if ev.causal_step == 0 else math.ceil(h * w / ev.causal_step)
+    forwards: dict[tuple[Any, ...], Timing] = {}
     for name in training_order(names):
         mcfg = train.method_config(name, cfg)
         tc = mcfg.train
@@ -100,43 +251,115 @@ def plan(names: list[str], cfg: RunConfig, info: DatasetInfo, n_train: int, n_te
                  tc.lr, train.epoch_milestones(tc.milestones, tc.epochs) if tc.epochs else [])
         if timed:
             say(f"  timing {name} ...")
-            _estimate(p, name, mcfg, info, n_train, n_test, causal_steps, device)
+            _estimate(p, name, mcfg, info, n_train, n_test, causal_steps, device, forwards)
+            release_memory()
         plans.append(p)
     return plans
 
 
 def _estimate(p: Plan, name: str, mcfg: RunConfig, info: DatasetInfo, n_train: int,
-              n_test: int, causal_steps: int, device: torch.device) -> None:
+              n_test: int, causal_steps: int, device: torch.device,
+              forwards: dict[tuple[Any, ...], Timing]) -> None:
+    """Time ``name``'s training step and forward pass at a reduced scale (module
+    docstring) and fill in ``p``'s estimates for the real one.
+
+    Args:
+        forwards: forward-pass timings by network (the method class's ``forward`` and
+            its parameters' shapes): methods that differ in training or explanation
+            only (``cam`` and ``gradcam`` on the baseline, ``msabn-cr`` on ``msabn``)
+            share one.
+    """
     ev = mcfg.eval
     bs = mcfg.train.batch_size
-    split = synthetic_split(info, max(2 * bs, ev.batch_size, 2))
+    size = timed_size(info.image_size)
+    train_cap = min(bs, MAX_TIMED_IMAGES)
+    eval_cap = min(ev.batch_size, MAX_TIMED_IMAGES)
+    # a few distinct images, repeated for larger batches: a method's on_fit_start
+    # analyses every image of the split (msabn-cr: a forward pass each)
+    split = synthetic_split(dataclasses.replace(info, image_size=size),
+                            max(min(train_cap, FIRST_BATCH * GROWTH), FIRST_BATCH))
     model = train.build_method(name, mcfg, split, **train.method_options(name, mcfg))
     dev.prepare(model, device)
-    batch = dev.to_device(next(iter(data.loader(split, bs, device))), device)
+    batch = dev.to_device(next(iter(data.loader(split, len(split), device))), device)
     if mcfg.train.epochs > 0:
         model.eval()
         model.on_fit_start(split, device)
         optimizers = model.configure_optimizers(mcfg.train)
         model.train()
 
-        def step() -> None:
-            with dev.autocast(device, mcfg.precision):
-                model.training_step(batch, optimizers)
+        def step_seconds(n: int) -> float:
+            part = _repeated(batch, n)
 
-        p.step_seconds = _timed(step, device, TIMED_STEPS)
+            def step() -> None:
+                with dev.autocast(device, mcfg.precision):
+                    model.training_step(part, optimizers)
+
+            return _timed(step, device, TIMED_STEPS)
+
+        p.train_timing = Timing(size, tuple(ladder(step_seconds, train_cap)))
+        p.step_seconds = p.train_timing.seconds(bs, info.image_size)
         p.train_seconds = p.step_seconds * (n_train // bs) * mcfg.train.epochs
+        del optimizers, step_seconds  # their state and the gradients: not needed below
+        model.zero_grad(set_to_none=True)
     model.eval()
-    x = batch["image"]
+    key = (type(model).forward, tuple(tuple(q.shape) for q in model.parameters()), size,
+           ev.precision, eval_cap)
+    if key not in forwards:
+        scoring = fold.folded(model)  # what the evaluation's forward passes run
 
-    def forward() -> None:
-        with torch.no_grad(), dev.autocast(device, ev.precision):
-            model(x)
+        def forward_seconds(n: int) -> float:
+            x = _repeated(batch, n)["image"]
 
-    per_image = _timed(forward, device, TIMED_STEPS) / len(x)
+            def forward() -> None:
+                with torch.no_grad(), dev.autocast(device, ev.precision):
+                    scoring(x)
+
+            return _timed(forward, device, TIMED_STEPS)
+
+        forwards[key] = Timing(size, tuple(ladder(forward_seconds, eval_cap)))
+    p.eval_timing = forwards[key]
+    n = p.eval_timing.batches[-1]
+    per_image = p.eval_timing.seconds(n, info.image_size) / n
     # predictions + explanations (about 3 forward-equivalents an image), then the two
     # causal curves (one forward per step and image) on causal_n images
     p.eval_seconds = per_image * (3 * n_test + 2 * (causal_steps + 1)
                                   * min(ev.causal_n, n_test))
+
+
+def _px(size: tuple[int, int]) -> str:
+    return f"{size[0]} px" if size[0] == size[1] else f"{size[0]}x{size[1]} px"
+
+
+def _span(values: Sequence[int]) -> str:
+    """``2-64`` (or ``16`` when all are equal)."""
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def timing_note(plans: list[Plan], info: DatasetInfo) -> str:
+    """What was timed and what it was scaled to, e.g. "training steps timed at batch
+    2-8, 112 px and scaled to batch 16, 352 px; evaluation forwards timed at batch 2-32,
+    112 px and scaled to 352 px"."""
+    real = _px(info.image_size)
+    parts = []
+    trained = [(p, p.train_timing) for p in plans if p.train_timing is not None]
+    if trained:
+        sizes = ", ".join(sorted({_px(t.size) for _, t in trained}))
+        text = (f"training steps timed at batch {_span([n for _, t in trained for n in t.batches])}"
+                f", {sizes}")
+        if all(t.batches[-1] == p.batch_size and t.size == info.image_size for p, t in trained):
+            parts.append(f"{text} (the real scale)")
+        else:
+            parts.append(f"{text} and scaled to batch {_span([p.batch_size for p, _ in trained])}"
+                         f", {real}")
+    evaluated = [p.eval_timing for p in plans if p.eval_timing is not None]
+    if evaluated:
+        sizes = ", ".join(sorted({_px(t.size) for t in evaluated}))
+        text = (f"evaluation forwards timed at batch "
+                f"{_span([n for t in evaluated for n in t.batches])}, {sizes}")
+        parts.append(text if all(t.size == info.image_size for t in evaluated)
+                     else f"{text} and scaled to {real}")
+    return "; ".join(parts)
 
 
 def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[int, int],
@@ -160,9 +383,11 @@ def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[in
                f"{duration(p.eval_seconds):>13}" if timed else ""))
         total += p.train_seconds + p.eval_seconds
     if any(p.step_seconds or p.eval_seconds for p in plans):
-        say(f"  estimated wall time: {duration(total * seeds)} on {device} (from "
-            f"{TIMED_STEPS} timed steps per method on synthetic batches; data loading "
+        say(f"  estimated wall time: {duration(total * seeds)} on {device} (data loading "
             "not included)")
+        say(f"  {timing_note(plans, info)} (synthetic images; a call taken to cost "
+            "a + b x images x pixels, a and b fitted per method: it tells minutes from "
+            "days)")
 
 
 def dataset_sizes(cfg: RunConfig, build: Callable[[str], Split]
