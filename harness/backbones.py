@@ -21,13 +21,14 @@ from __future__ import annotations
 import copy
 import functools
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from harness.errors import UserError
+from harness.errors import UserError, clip, shown_path
 from harness.registry import Registry
 
 
@@ -117,21 +118,56 @@ def build(name: str, num_classes: int, pretrained: str | None = None,
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A state dict from ``path`` (tensors only; a ``{"state_dict": ...}`` or
-    ``{"model": ...}`` wrapper is unwrapped)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"--pretrained {path}: no such file") from None
-    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
-        raise UserError(f"--pretrained {path}: not a readable state dict "
-                        f"({type(err).__name__})") from None
+    ``{"model": ...}`` wrapper is unwrapped), read by torch's safe loader, which never
+    runs code a file carries; torch's warnings on the way are turned into the reason.
+
+    Raises:
+        UserError: one line naming the file: missing, not a state dict (a TorchScript
+            archive, objects other than tensors, an unsupported pickle protocol), or
+            weights holding NaN or inf.
+    """
+    where = f"--pretrained {shown_path(path)}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UserError(f"{where}: no such file") from None
+        except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
+            raise UserError(f"{where}: not a readable state dict: "
+                            f"{_load_failure(err, [str(w.message) for w in caught])}"
+                            ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
-        raise UserError(f"--pretrained {path}: not a state dict of tensors")
+        raise UserError(f"{where}: not a state dict of tensors")
+    broken = [k for k, v in state.items()
+              if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise UserError(f"{where}: the file's weights are broken: {len(broken)} tensor(s) "
+                        f"hold NaN or inf ({', '.join(map(str, broken[:3]))}"
+                        f"{', ...' if len(broken) > 3 else ''}); use another file")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_failure(err: BaseException, warned: list[str]) -> str:
+    """Why torch's safe loader refused a file, in a few words (its own message is a
+    page of advice to load it unsafely, which attnbench never does)."""
+    text = str(err)
+    if "TorchScript" in text or any("TorchScript" in w for w in warned):
+        return "a TorchScript archive; save the model's state_dict() with torch.save"
+    protocol = next((w.split("protocol ")[1].split()[0] for w in warned
+                     if "pickle protocol" in w), None)
+    if protocol is not None:
+        return (f"pickled with protocol {protocol}, which torch's safe loader does not "
+                "read; re-save it with torch.save(state_dict, file)")
+    if "GLOBAL" in text or "global" in text:
+        name = text.split("GLOBAL ")[1].split()[0] if "GLOBAL " in text else "objects"
+        return (f"it holds {clip(name, 60)} besides tensors, which is never unpickled, as "
+                "it could run code; save a plain state dict of tensors")
+    return f"{type(err).__name__} from torch.load"
 
 
 def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], path: str, name: str,
@@ -153,7 +189,7 @@ def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], path: str, na
             if keys:
                 parts.append(f"{len(keys)} {what} ({', '.join(keys[:3])}"
                              f"{', ...' if len(keys) > 3 else ''})")
-        raise UserError(f"--pretrained {path} does not fit backbone {name!r}: "
+        raise UserError(f"--pretrained {shown_path(path)} does not fit backbone {name!r}: "
                         + "; ".join(parts))
     model.load_state_dict(state, strict=False)
 

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -21,7 +22,59 @@ from typing import Any
 
 import yaml
 
-from harness.errors import UserError
+from harness.device import ENGINES, PRECISIONS
+from harness.errors import UserError, clip, shown, shown_path
+
+#: the largest values a setting may take: beyond them a run is a typo, not a plan
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+#: images (causal_n) and positions changed per step (causal_step)
+MAX_IMAGES = 2**31 - 1
+MAX_WORKERS = 256
+MAX_STREAMS = 256
+#: below 40 resamples the 2.5 % and 97.5 % percentiles of a 95 % interval are the
+#: extreme resamples themselves
+MIN_BOOTSTRAP = 40
+#: a configuration file larger than this is not one (a wrong path)
+MAX_CONFIG_BYTES = 1 << 20
+#: any integer in a configuration (dataset, backbone and method options included)
+MAX_INT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a number may take: ``[lo, hi]`` (an open end with ``lo_open``;
+    ``None``: unbounded), always finite."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or v <= self.hi
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        return f"{'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}]"
+
+
+def _num(v: float | None) -> str:
+    return "-inf" if v is None else str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def within(lo: float | None, hi: float | None, *, lo_open: bool = False) -> dict[str, Any]:
+    """Field metadata: a number (or each number of a list) in :class:`Bounds`."""
+    return {"bounds": Bounds(lo, hi, lo_open)}
+
+
+def one_of(choices: Sequence[str]) -> dict[str, Any]:
+    """Field metadata: one of ``choices``."""
+    return {"choices": tuple(choices)}
 
 
 @dataclass(frozen=True)
@@ -32,13 +85,14 @@ class TrainConfig:
     ``gamma`` (ABN paper, Sec. 4.1: divided by 10 at 50 % and 75 % of training).
     """
 
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    milestones: tuple[float, ...] = (0.5, 0.75)
-    gamma: float = 0.1
+    epochs: int = field(default=6, metadata=within(1, MAX_EPOCHS))
+    batch_size: int = field(default=64, metadata=within(1, MAX_BATCH))
+    lr: float = field(default=0.1, metadata=within(0, None, lo_open=True))
+    momentum: float = field(default=0.9, metadata=within(0, 1))
+    weight_decay: float = field(default=1e-4, metadata=within(0, None))
+    milestones: tuple[float, ...] = field(default=(0.5, 0.75),
+                                          metadata=within(0, 1, lo_open=True))
+    gamma: float = field(default=0.1, metadata=within(0, 1, lo_open=True))
 
 
 @dataclass(frozen=True)
@@ -77,17 +131,17 @@ class EvalConfig:
             of any cache key.
     """
 
-    causal_n: int = 128
-    causal_step: int = 0
-    forward_batch: int = 0
-    batch_size: int = 100
-    bootstrap: int = 1000
-    gallery_n: int = 8
-    timing_batches: int = 3
-    precision: str = "fp32"
+    causal_n: int = field(default=128, metadata=within(1, MAX_IMAGES))
+    causal_step: int = field(default=0, metadata=within(0, MAX_IMAGES))
+    forward_batch: int = field(default=0, metadata=within(0, MAX_BATCH))
+    batch_size: int = field(default=100, metadata=within(1, MAX_BATCH))
+    bootstrap: int = field(default=1000, metadata=within(MIN_BOOTSTRAP, 1_000_000))
+    gallery_n: int = field(default=8, metadata=within(0, 1000))
+    timing_batches: int = field(default=3, metadata=within(1, 1000))
+    precision: str = field(default="fp32", metadata=one_of(PRECISIONS))
     compile: bool = False
-    engine: str = "torch"
-    streams: int = 0
+    engine: str = field(default="torch", metadata=one_of(ENGINES))
+    streams: int = field(default=0, metadata=within(0, MAX_STREAMS))
 
 
 @dataclass(frozen=True)
@@ -107,11 +161,11 @@ class RunConfig:
     #: the method whose misclassified test images the ``comb`` insertion protocol uses
     comb_reference: str = "abn"
     #: arithmetic: "auto" (bfloat16 autocast where the device has it natively), "fp32", "bf16"
-    precision: str = "auto"
+    precision: str = field(default="auto", metadata=one_of(PRECISIONS))
     #: the methods the preset's protocol is for (``--methods all`` runs these); () = all
     for_methods: tuple[str, ...] = ()
     #: decoding worker processes (None: 0 for in-memory datasets, else up to 8)
-    workers: int | None = None
+    workers: int | None = field(default=None, metadata=within(0, MAX_WORKERS))
     #: the preset's protocol starts from pretrained backbone weights (``--pretrained``)
     needs_pretrained: bool = False
     #: a local timm / torchvision state dict initialising the backbone (its SHA-256 is
@@ -171,7 +225,7 @@ def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
         own = read_config(config_file)
         preset = own.pop("extends", preset)
     if preset not in PRESETS:
-        raise UserError(f"unknown --preset {preset!r} (known: {', '.join(PRESETS)})")
+        raise UserError(f"unknown --preset {shown(preset)} (known: {', '.join(PRESETS)})")
     spec: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
     if config_file is not None:
         _merge(spec, own)
@@ -202,20 +256,26 @@ def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """A checked preset-shaped YAML file (see :func:`check_spec`)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"--config {p}: no such file")
+    from harness.safeio import need_file
+
+    p = need_file(path, "--config", "YAML file")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"--config {shown_path(p)}: {p.stat().st_size >> 20} MB, not a "
+                        "configuration (at most 1 MB)")
     try:
-        spec = yaml.safe_load(p.read_text(encoding="utf-8"))
+        spec = yaml.safe_load(p.read_text(encoding="utf-8-sig"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"--config {p}: not valid YAML ({first})") from None
+        raise UserError(f"--config {shown_path(p)}: not valid YAML ({clip(first)})") from None
+    except OSError as err:
+        raise UserError(f"--config {shown_path(p)}: cannot read it ({err.strerror or err})"
+                        ) from None
     if spec is None:
         spec = {}
     if not isinstance(spec, dict):
-        raise UserError(f"--config {p}: expected a mapping of fields, got "
+        raise UserError(f"--config {shown_path(p)}: expected a mapping of fields, got "
                         f"{type(spec).__name__}")
-    check_spec(spec, f"--config {p}")
+    check_spec(spec, f"--config {shown_path(p)}")
     return spec
 
 
@@ -224,10 +284,10 @@ def parse_set(item: str) -> dict[str, Any]:
     numbers, booleans, lists), checked like a config file."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip() or not raw.strip():
-        raise UserError(f"--set {item!r}: expected key=value (e.g. train.epochs=10)")
+        raise UserError(f"--set {shown(item)}: expected key=value (e.g. train.epochs=10)")
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of > 4300 digits
         value = raw
     out: dict[str, Any] = {}
     node = out
@@ -235,7 +295,7 @@ def parse_set(item: str) -> dict[str, Any]:
     for k in parts[:-1]:
         node = node.setdefault(k, {})
     node[parts[-1]] = value
-    check_spec(out, f"--set {item}")
+    check_spec(out, f"--set {clip(item)}")
     return out
 
 
@@ -248,15 +308,22 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 def check_spec(spec: dict[str, Any], where: str) -> None:
-    """Check a preset-shaped mapping against the dataclasses' fields and types.
+    """Check a preset-shaped mapping against the dataclasses' fields, types and ranges.
+
+    Every number is checked: a field's range (its ``bounds`` metadata, e.g.
+    ``train.epochs`` in [1, 10000]), a string field's choices, and in the free-form
+    mappings (``dataset_kwargs``, ``backbone_kwargs``, ``methods.*.options``) every
+    number is finite and every integer at most :data:`MAX_INT` in magnitude (their
+    types are checked against the named factory by :func:`check_kwargs`).
 
     Raises:
-        UserError: one line naming ``where`` and the first unknown or mistyped field.
+        UserError: one line naming ``where``, the first unknown or mistyped field and,
+            for a number out of range, the allowed range.
     """
     hints = typing.get_type_hints(RunConfig)
-    allowed = [f.name for f in dataclasses.fields(RunConfig)
-               if f.name not in (*_NOT_SETTABLE, "preset_dataset", "preset_backbone",
-                                 "config_file")]
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    allowed = [n for n in fields if n not in (*_NOT_SETTABLE, "preset_dataset",
+                                              "preset_backbone", "config_file")]
     for k, v in spec.items():
         if k in ("train", "eval"):
             _check_section(v, TrainConfig if k == "train" else EvalConfig, f"{k}.", where)
@@ -266,11 +333,13 @@ def check_spec(spec: dict[str, Any], where: str) -> None:
             for m, mv in v.items():
                 if not isinstance(mv, dict) or set(mv) - {"train", "options"}:
                     bad = sorted(set(mv) - {"train", "options"}) if isinstance(mv, dict) else []
-                    raise UserError(f"{where}: methods.{m} takes 'train' and 'options' only"
-                                    + (f", not {bad[0]!r}" if bad else ""))
+                    raise UserError(f"{where}: methods.{shown(m)[1:-1]} takes 'train' and "
+                                    "'options' only"
+                                    + (f", not {shown(bad[0])}" if bad else ""))
                 _check_section(mv.get("train", {}), TrainConfig, f"methods.{m}.train.", where)
                 if not isinstance(mv.get("options", {}), dict):
                     raise UserError(f"{where}: methods.{m}.options must be a mapping")
+                _check_numbers(mv.get("options", {}), f"methods.{m}.options", where)
         elif k == "portable":
             if not isinstance(v, list | tuple):
                 raise UserError(f"{where}: portable must be a list of dataset options")
@@ -278,22 +347,75 @@ def check_spec(spec: dict[str, Any], where: str) -> None:
             if not isinstance(v, str):
                 raise UserError(f"{where}: extends must name a preset")
         elif k in allowed:
-            if not _fits(v, hints[k]):
-                raise UserError(f"{where}: {k} must be {_describe(hints[k])}, got {v!r}")
+            _check_value(v, hints[k], fields[k].metadata, k, where)
+            if isinstance(v, dict):
+                _check_numbers(v, k, where)
         else:
-            raise UserError(f"{where}: unknown field {k!r}{_close(k, [*allowed, *_PRESET_KEYS])}")
+            raise UserError(f"{where}: unknown field {shown(k)}"
+                            f"{_close(str(k), [*allowed, *_PRESET_KEYS])}")
 
 
 def _check_section(section: Any, cls: type, prefix: str, where: str) -> None:
     if not isinstance(section, dict):
         raise UserError(f"{where}: {prefix.rstrip('.')} must be a mapping of fields")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for k, v in section.items():
-        if k not in names:
-            raise UserError(f"{where}: unknown field {prefix}{k}{_close(k, names)}")
-        if not _fits(v, hints[k]):
-            raise UserError(f"{where}: {prefix}{k} must be {_describe(hints[k])}, got {v!r}")
+        if k not in fields:
+            raise UserError(f"{where}: unknown field {prefix}{shown(k)[1:-1]}"
+                            f"{_close(str(k), list(fields))}")
+        _check_value(v, hints[k], fields[k].metadata, f"{prefix}{k}", where)
+
+
+def _check_value(v: Any, hint: Any, meta: Any, name: str, where: str) -> None:
+    """One field's value: its type, then its range or choices."""
+    if not _fits(v, hint):
+        raise UserError(f"{where}: {name} must be {_describe(hint)}, got {shown(v)}")
+    bounds: Bounds | None = meta.get("bounds")
+    if bounds is not None and v is not None:
+        many = isinstance(v, list | tuple)
+        if not all(bounds.holds(x) for x in (v if many else [v])):
+            what = f"{_describe(hint)}, each" if many else _describe(hint)
+            where_to = f" {bounds}" if bounds.hi is None else f" in {bounds}"
+            raise UserError(f"{where}: {name} must be {what}{where_to}, got {shown(v)}")
+    choices = meta.get("choices")
+    if choices and v not in choices:
+        raise UserError(f"{where}: {name} must be one of {', '.join(choices)}, got {shown(v)}")
+
+
+def _check_numbers(value: Any, name: str, where: str) -> None:
+    """Every number inside ``value`` (mappings and lists, nested) is finite and, if an
+    integer, at most :data:`MAX_INT` in magnitude."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, f"{name}.{k}", where)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_numbers(v, f"{name}[{i}]", where)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int) and abs(value) > MAX_INT:
+        raise UserError(f"{where}: {name} must be an integer in [-{MAX_INT}, {MAX_INT}], "
+                        f"got {shown(value)}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: {name} must be a finite number, got {value}")
+
+
+def check_kwargs(fn: Any, kwargs: dict[str, Any], what: str, where: str) -> None:
+    """The values of ``kwargs`` have the types ``fn``'s signature annotates (names it
+    does not take are left to the caller).
+
+    Raises:
+        UserError: ``where: what.name must be <type>, got <value>``.
+    """
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve: nothing to check against
+        return
+    for k, v in kwargs.items():
+        if k in hints and not _fits(v, hints[k]):
+            raise UserError(f"{where}: {what}.{k} must be {_describe(hints[k])}, got "
+                            f"{shown(v)}")
 
 
 def _close(name: str, known: Sequence[str]) -> str:
@@ -317,24 +439,30 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
-    if origin is tuple:
+    if hint is Path:
+        return isinstance(value, str)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list, Sequence):
         return isinstance(value, list | tuple) and all(_fits(x, args[0]) for x in value)
     if origin is dict:
         return isinstance(value, dict)
-    return True  # pragma: no cover - no other field types
+    return True  # other annotations (a factory's own types): not checked here
 
 
 def _describe(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
-    if origin is tuple:
+    if origin in (tuple, list, Sequence):
         plural = {int: "integers", float: "numbers", str: "strings"}
         return f"a list of {plural.get(args[0], 'values')}"
     if origin is dict:
         return "a mapping"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            type(None): "null"}.get(hint, str(hint))
+            type(None): "null", Path: "a path"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 PRESETS: dict[str, dict[str, Any]] = _load_presets()

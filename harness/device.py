@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.errors import UserError
+from harness.errors import UserError, clip, shown
 
 
 def select(name: str) -> torch.device:
@@ -31,9 +31,10 @@ def select(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+        raise UserError(f"--device {clip(name)}: CUDA is not available on this machine (use "
+                        "cpu or auto)")
     if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+        raise UserError(f"--device must be auto, cpu or cuda[:N], got {shown(name)}")
     return torch.device(name)
 
 
@@ -74,7 +75,8 @@ def native_bf16(device: torch.device) -> bool:
 def resolve_precision(requested: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` where native, else ``fp32``; explicit values pass through."""
     if requested not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
+                        f"{shown(requested)}")
     if requested == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return requested
@@ -131,7 +133,7 @@ ENGINES = ("torch", "onnxruntime")
 def check_engine(name: str) -> str:
     """``name`` if it is one of :data:`ENGINES`, else a one-line error."""
     if name not in ENGINES:
-        raise UserError(f"eval.engine must be one of {', '.join(ENGINES)}, got {name!r}")
+        raise UserError(f"eval.engine must be one of {', '.join(ENGINES)}, got {shown(name)}")
     return name
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from harness.errors import UserError
+from harness.errors import UserError, shown
 
 T = TypeVar("T")
 
@@ -57,13 +57,16 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            if not isinstance(name, str):
+                raise UserError(f"a {self.kind} name must be a string, got {shown(name)}"
+                                ) from None
             lower = {n.lower(): n for n in self._entries}
             close = ([lower[name.lower()]] if name.lower() in lower else [])
             close += [lower[c] for c in difflib.get_close_matches(
-                name.lower(), list(lower), n=3, cutoff=0.5) if lower[c] not in close]
+                name.lower()[:200], list(lower), n=3, cutoff=0.5) if lower[c] not in close]
             hint = f"; did you mean {', '.join(close[:3])}?" if close else ""
             known = ", ".join(sorted(self._entries))
-            raise UserError(f"unknown {self.kind} {name!r}{hint} (known: {known})") from None
+            raise UserError(f"unknown {self.kind} {shown(name)}{hint} (known: {known})") from None
 
     def get(self, name: str) -> T:
         """The object registered under ``name``."""

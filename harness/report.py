@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 import metrics  # noqa: F401  (registers metrics)
+from harness import cli
 from harness.analysis import analyse
-from harness.errors import UserError, message
+from harness.errors import UserError, clip, message, shown, shown_path
 from harness.evaluate import MethodResult
 from harness.paper_values import PaperValue
 from harness.safeio import atomic_path, probe_writable, write_text
@@ -36,7 +37,7 @@ from harness.stats import paired_difference
 from harness.store import RowInfo, RunInfo, Store, default_path
 from harness.sweep import CRSweep, SweepPoint
 from metrics.base import METRICS
-from reports.leaderboard import RunRecord, write_all
+from reports.leaderboard import OUTPUTS, RunRecord, write_all
 
 
 def protocol_of(run: RunInfo) -> tuple[str, ...]:
@@ -165,6 +166,10 @@ def compare_frame(store: Store, a: RunInfo, b: RunInfo, *, n_resamples: int = 10
         "higher_is_better"])
 
 
+#: the files :func:`write_compare` writes
+COMPARE_OUTPUTS = ("compare.csv", "compare.html")
+
+
 def write_compare(store: Store, a_id: int, b_id: int, out: Path) -> dict[str, Path]:
     """``compare.csv`` and ``compare.html`` for runs ``a_id`` and ``b_id``."""
     found = {r.id: r for r in store.runs(run_ids=[a_id, b_id], status=None)}
@@ -182,7 +187,7 @@ def write_compare(store: Store, a_id: int, b_id: int, out: Path) -> dict[str, Pa
     if frame.empty:
         raise UserError(f"runs {a_id} and {b_id} share no scored (method, explainer) row")
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "compare.csv", "html": out / "compare.html"}
+    paths = {"csv": out / COMPARE_OUTPUTS[0], "html": out / COMPARE_OUTPUTS[1]}
     with atomic_path(paths["csv"]) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
     write_text(paths["html"], compare_html(frame, a, b))
@@ -236,14 +241,14 @@ def list_runs(store: Store) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m harness.report",
-                                description="Leaderboards from the results store.")
+    p = cli.Parser(prog="python -m harness.report",
+                   description="Leaderboards from the results store.")
     p.add_argument("--db", default=str(default_path()),
                    help="the results database (default runs/attnbench.sqlite, or "
                         "$ATTNBENCH_DB)")
     p.add_argument("--out", default=None, help="output directory")
     p.add_argument("--list", action="store_true", help="list the stored runs and exit")
-    p.add_argument("--run", type=int, action="append", default=[], metavar="ID",
+    p.add_argument("--run", type=run_id, action="append", default=[], metavar="ID",
                    help="a run id (repeatable; default: the latest finished run)")
     p.add_argument("--latest-per-method", action="store_true",
                    help="each (method, explainer) from the newest finished run that has it")
@@ -256,38 +261,72 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reference", default=None, metavar="ROW",
                    help="the row every other is compared with (default: baseline on "
                         "accuracy columns, gradcam on explanation columns)")
-    p.add_argument("--compare", type=int, nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
+    p.add_argument("--compare", type=run_id, nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
                    help="write compare.csv / compare.html: B - A on the images both scored")
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_id(text: str) -> int:
+    """A run id from the command line: an integer in [1, 2**63 - 1] (SQLite's ids)."""
     try:
-        if not Path(args.db).expanduser().exists():
-            raise UserError(f"--db {args.db}: no such file (a run writes it: python -m "
-                            "harness.run ...)")
-        with Store(args.db) as store:
-            if args.list:
-                list_runs(store)
-                return 0
-            if args.out is None:
-                raise UserError("--out is required: the directory the reports go to")
-            out = probe_writable(args.out, "--out")
-            if args.compare:
-                paths = write_compare(store, args.compare[0], args.compare[1], out)
-                print(f"wrote {paths['csv']} and {paths['html']}")
-                return 0
-            runs, rows = select(store, run_ids=args.run, dataset=args.dataset,
-                                preset=args.preset, since=args.since, until=args.until,
-                                latest_per_method=args.latest_per_method)
-            record = build_record(store, runs, rows, reference=args.reference)
-            paths = write_all(record, out)
-            print(f"wrote {paths['csv']} and {paths['html']} from run(s) "
-                  f"{', '.join(str(r.id) for r in runs)} ({len(rows)} rows)")
-    except UserError as err:
-        print(f"error: {message(err)}", file=sys.stderr)
-        return 2
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a run id is a positive integer, got "
+                                         f"{shown(text)}") from None
+    if not 1 <= value <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"a run id is an integer in [1, 2**63 - 1], got "
+                                         f"{clip(text)}")
+    return value
+
+
+#: SQLite's largest integer
+MAX_ID = 2**63 - 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: exit 0 on success, 2 on a bad option or an unusable database
+    (one line), 130 / 143 when interrupted (Ctrl-C / SIGTERM)."""
+    with cli.terminate_as_interrupt():
+        try:
+            return _main(parse_args(argv))
+        except cli.ArgumentError as err:
+            print(f"error: {clip(err, 240)}", file=sys.stderr)
+            return 2
+        except UserError as err:
+            print(f"error: {message(err)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as stop:
+            print(f"{cli.interrupted_line(stop)}: no report written", file=sys.stderr)
+            return cli.exit_status(stop)
+
+
+def _main(args: argparse.Namespace) -> int:
+    with Store(args.db, readonly=True) as store:
+        if args.list:
+            list_runs(store)
+            return 0
+        if args.out is None:
+            raise UserError("--out is required: the directory the reports go to")
+        out = probe_writable(args.out, "--out")
+        outputs = [*OUTPUTS.values(), *COMPARE_OUTPUTS]
+        if store.path.parent.resolve() == out.resolve() and store.path.name in outputs:
+            raise UserError(f"--db {shown_path(store.path)} is one of the reports' files (--out "
+                            f"{shown_path(out)} writes {store.path.name} there): give --out "
+                            "another folder")
+        if args.compare:
+            paths = write_compare(store, args.compare[0], args.compare[1], out)
+            print(f"wrote {paths['csv']} and {paths['html']}")
+            return 0
+        runs, rows = select(store, run_ids=args.run, dataset=args.dataset,
+                            preset=args.preset, since=args.since, until=args.until,
+                            latest_per_method=args.latest_per_method)
+        if args.reference is not None and args.reference not in {r.row for r in rows}:
+            raise UserError(f"--reference {shown(args.reference)} is not a row of the "
+                            f"selection (rows: {', '.join(sorted({r.row for r in rows}))})")
+        record = build_record(store, runs, rows, reference=args.reference)
+        paths = write_all(record, out)
+        print(f"wrote {paths['csv']} and {paths['html']} from run(s) "
+              f"{', '.join(str(r.id) for r in runs)} ({len(rows)} rows)")
     return 0
 
 

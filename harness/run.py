@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
 import inspect
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +26,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-try:  # Ctrl-C while the libraries load (seconds): one line, not a traceback
+from harness import cli
+
+if __name__ == "__main__":  # SIGTERM while the libraries load is Ctrl-C too
+    signal.signal(signal.SIGTERM, cli._on_sigterm)
+
+try:  # Ctrl-C or SIGTERM while the libraries load (seconds): one line, not a traceback
     import numpy as np
     import torch
 
@@ -33,28 +40,28 @@ try:  # Ctrl-C while the libraries load (seconds): one line, not a traceback
     from harness import config as config_mod
     from harness import device as dev
     from harness import store as store_mod
-    from harness.errors import UserError, message
+    from harness.errors import UserError, clip, message, shown, shown_path
     from harness.evaluate import MethodResult, row_id
     from harness.progress import duration
-    from harness.safeio import probe_writable
+    from harness.safeio import need_dir, need_file, probe_writable
     from methods.base import METHODS
     from methods.explainers import EXPLAINERS, NotApplicable, native_equivalent
     from methods.explainers import build as build_explainer
     from metrics.base import METRICS
-except KeyboardInterrupt:  # pragma: no cover - timing-dependent, tested in a subprocess
-    print("interrupted while starting", file=sys.stderr, flush=True)
+except KeyboardInterrupt as stop:  # pragma: no cover - timing-dependent, tested in a subprocess
+    print(f"{cli.interrupted_line(stop)} while starting", file=sys.stderr, flush=True)
     sys.stdout.flush()
     # not sys.exit: the interpreter's shutdown, with imports left half done, once ended
     # the process by SIGINT (status -2) after this line was printed; os._exit returns
-    # 130 whatever they left, and nothing is open or written yet at this point
-    os._exit(130)
+    # 130 (143 for SIGTERM) whatever they left, and nothing is open or written yet
+    os._exit(cli.exit_status(stop))
 
 DEFAULT_CACHE = Path(os.environ.get("ATTNBENCH_CACHE", ".attnbench-cache"))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m harness.run",
-                                description="Train and compare visual-explanation methods.")
+    p = cli.Parser(prog="python -m harness.run",
+                   description="Train and compare visual-explanation methods.")
     p.add_argument("--methods", default="all",
                    help="comma-separated method ids, or 'all' (default)")
     p.add_argument("--explainers", default="native", metavar="NAMES",
@@ -136,6 +143,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 #: seeds are numpy/torch generator seeds
 MAX_SEED = 2**32
+#: seeds one run trains and evaluates (each trains every method again)
+MAX_SEEDS = 1000
 
 
 def resolve_seeds(seed: int | None, seeds: str | None) -> list[int]:
@@ -150,17 +159,21 @@ def resolve_seeds(seed: int | None, seeds: str | None) -> list[int]:
             values = [int(p) for p in parts]
         except ValueError:
             raise UserError(f"--seeds expects comma-separated integers or a count, got "
-                            f"{seeds!r}") from None
+                            f"{shown(seeds)}") from None
         if not values:
             raise UserError("--seeds is empty: give seeds (0,1,2) or a count (3)")
         if len(values) == 1 and "," not in seeds:
-            if values[0] < 1:
-                raise UserError(f"--seeds {seeds}: a count of seeds must be at least 1")
+            if not 1 <= values[0] <= MAX_SEEDS:
+                raise UserError(f"--seeds {clip(seeds)}: a count of seeds must be in [1, "
+                                f"{MAX_SEEDS}]")
             values = list(range(values[0]))
         out = list(dict.fromkeys(values))
+        if len(out) > MAX_SEEDS:
+            raise UserError(f"--seeds: {len(out)} seeds, at most {MAX_SEEDS} in one run")
     bad = [v for v in out if not 0 <= v < MAX_SEED]
     if bad:
-        raise UserError(f"seed {bad[0]} is out of range: seeds are integers in [0, 2**32)")
+        raise UserError(f"seed {clip(bad[0])} is out of range: seeds are integers in "
+                        "[0, 2**32)")
     return out
 
 
@@ -173,7 +186,7 @@ def resolve_methods(spec: str, for_methods: Sequence[str] = ()) -> list[str]:
     if not names:
         raise UserError("--methods is empty: give method ids or 'all'")
     if "all" in names:
-        raise UserError(f"--methods {spec!r}: 'all' stands alone (every method); to pick "
+        raise UserError(f"--methods {shown(spec)}: 'all' stands alone (every method); to pick "
                         "methods, list them without it")
     for n in names:
         METHODS.entry(n)  # raises with close matches
@@ -250,21 +263,46 @@ def print_registries() -> None:
 
 
 def check_method_settings(cfg: config_mod.RunConfig, config_file: str | None) -> None:
-    """The per-method settings name registered methods and options they take."""
-    where = f"--config {config_file}" if config_file else f"preset {cfg.preset!r}"
+    """The per-method settings name registered methods and options they take, with
+    values of the types their factories annotate; a method that trains nothing (a
+    post-hoc explainer of its trained parent, registered with 0 epochs) has no
+    schedule to set. The dataset's and backbone's options are typed the same way."""
+    where = f"--config {shown_path(config_file)}" if config_file else f"preset {cfg.preset!r}"
     for m, mv in cfg.methods.items():
         if m not in METHODS:
             try:
                 METHODS.entry(m)
             except UserError as err:
-                raise UserError(f"{where} / --set: methods.{m}: {err}") from None
+                at = f"methods.{m}: " if len(m) <= 40 else ""  # the error quotes it too
+                raise UserError(f"{where} / --set: {at}{err}") from None
+        if mv.get("train") and METHODS.entry(m).meta.get("train", {}).get("epochs") == 0:
+            parent = METHODS.entry(m).meta.get("init_from")
+            raise UserError(f"{where} / --set: methods.{m}.train: {m} trains nothing (it "
+                            f"explains the trained {parent}); its schedule cannot be set")
         params = inspect.signature(METHODS.get(m)).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         for opt in mv.get("options", {}):
             if not takes_any and opt not in params:
                 known = [n for n in params if n not in ("backbone", "info")]
-                raise UserError(f"{where} / --set: methods.{m}.options.{opt}: {m} has no "
-                                f"option {opt!r} (options: {', '.join(known) or 'none'})")
+                raise UserError(f"{where} / --set: methods.{m}.options.{clip(opt)}: {m} has "
+                                f"no option {shown(opt)} (options: {', '.join(known) or 'none'})")
+        config_mod.check_kwargs(METHODS.get(m), mv.get("options", {}), f"methods.{m}.options",
+                                f"{where} / --set")
+    config_mod.check_kwargs(data.DATASETS.get(cfg.dataset), cfg.dataset_kwargs,
+                            "dataset_kwargs", f"{where} / --set")
+    config_mod.check_kwargs(backbones.BACKBONES.get(cfg.backbone), cfg.backbone_kwargs,
+                            "backbone_kwargs", f"{where} / --set")
+
+
+def check_models(names: list[str], cfg: config_mod.RunConfig, split: data.Split) -> None:
+    """Build every method to be trained (and its parents) once, untrained, so that a
+    method or backbone option its factory refuses, or ``--pretrained`` weights that do
+    not fit, are one line before any run record is written. The random state is left as
+    it was (training seeds itself, but nothing here may move a number)."""
+    with torch.random.fork_rng(devices=[]):
+        for name in sorted(lineage(names)):
+            train.build_method(name, train.method_config(name, cfg), split,
+                               **train.method_options(name, cfg))
 
 
 def portable_options(cfg: config_mod.RunConfig) -> config_mod.RunConfig:
@@ -289,8 +327,9 @@ def resolve_workers(requested: int | None, cfg: config_mod.RunConfig) -> int:
     if n is None:
         in_memory = data.DATASETS.entry(cfg.dataset).meta.get("in_memory", False)
         n = 0 if in_memory else min(8, os.cpu_count() or 1)
-    if n < 0:
-        raise UserError(f"--workers must be 0 or more, got {n}")
+    if not 0 <= n <= config_mod.MAX_WORKERS:
+        raise UserError(f"--workers must be an integer in [0, {config_mod.MAX_WORKERS}], "
+                        f"got {clip(n)}")
     return n
 
 
@@ -353,15 +392,17 @@ def git_rev() -> str:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from harness.analysis import STABLE_TAU
+    """Check every option and path, then plan (``--dry-run``) or train, evaluate and
+    report (see :func:`train_and_report`); returns the output folder."""
     from harness.sweep import parse_lambdas
-    from reports.leaderboard import write_all
 
     seeds = resolve_seeds(args.seed, args.seeds)
     cfg = portable_options(config_mod.resolve(args.preset, seed=seeds[0],
                                               dataset=args.dataset, config_file=args.config,
                                               sets=args.sets))
     check_method_settings(cfg, args.config)
+    if args.data_dir is not None:
+        args.data_dir = str(need_dir(args.data_dir, "--data-dir"))
     if args.compile:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, compile=True))
     if args.engine is not None:
@@ -377,15 +418,15 @@ def run(args: argparse.Namespace) -> Path:
     if args.reference is not None:
         METHODS.entry(args.reference)  # raises with close matches
         if args.reference not in names:
-            raise UserError(f"--reference {args.reference!r} is not among the methods of "
-                            "this run")
+            raise UserError(f"--reference {shown(args.reference)} is not among the methods "
+                            "of this run")
     sweep_on = args.cr_sweep is not None
     lambdas = parse_lambdas(args.cr_sweep) if sweep_on else None
     if args.check_data:
         return check_data(args, cfg)
-    if args.pretrained is not None:
-        weights = str(Path(args.pretrained).expanduser())
-        train.file_digest(weights)  # the file exists and is readable, before any work
+    if args.pretrained is not None:  # a readable state dict of finite tensors, before any work
+        weights = str(need_file(args.pretrained, "--pretrained", "state dict file"))
+        backbones.read_state_dict(weights)
         cfg = dataclasses.replace(cfg, pretrained=weights)
     elif cfg.needs_pretrained:
         raise UserError(f"preset {cfg.preset!r} starts from ImageNet weights: give "
@@ -402,20 +443,74 @@ def run(args: argparse.Namespace) -> Path:
     eval_precision = dev.resolve_precision(cfg.eval.precision, device)
     if not args.dry_run:  # where results and checkpoints go: writable, before any work
         args.out = probe_writable(args.out, "--out")
-        if not str(args.db).strip():
-            raise UserError("--db is empty: give the results database's path")
-        probe_writable(Path(args.db).expanduser().parent, "--db's folder")
+        check_db_path(args.db, args.out)
     cache = None if args.no_cache or args.dry_run else probe_writable(args.cache_dir,
                                                                       "--cache-dir")
+    if args.dry_run:
+        return plan_run(args, cfg, names, seeds, device, eval_precision, world, cache)
+    # the store is opened (and refused) now, not after the training: rank 0 holds it
+    with store_mod.Store(args.db) if world.main else contextlib.nullcontext() as store:
+        return train_and_report(args, cfg, names, explainers, seeds, lambdas, device,
+                                eval_precision, world, cache, store)
+
+
+def plan_run(args: argparse.Namespace, cfg: config_mod.RunConfig, names: list[str],
+             seeds: list[int], device: torch.device, eval_precision: str,
+             world: distributed.World, cache: Path | None) -> Path:
+    """``--dry-run``: the banner, then the plan and its time estimate."""
+    announce(args, cfg, names, seeds, device, eval_precision, world)
+    build = split_builder(args, cfg, cache, cfg.workers or 0, cfg.dataset_kwargs)
+    return dry_run(args, names, cfg, build, device, len(seeds))
+
+
+def announce(args: argparse.Namespace, cfg: config_mod.RunConfig, names: list[str],
+             seeds: list[int], device: torch.device, eval_precision: str,
+             world: distributed.World) -> None:
+    """The run's first line (with progress output on rank 0)."""
+    if args.no_progress or not world.main:
+        return
+    seeds_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
+    print(f"attnbench: {len(names)} methods on {cfg.dataset} ({cfg.preset}), "
+          f"backbone {cfg.backbone}, device {device}, training in {cfg.precision}, "
+          f"evaluation in {eval_precision}, {seeds_txt}")
+
+
+def check_db_path(db: str | Path, out: Path) -> Path:
+    """``--db`` is not one of the run's outputs (which would replace it), and its folder
+    takes files; returns it.
+
+    Raises:
+        UserError: an empty path, an output's path, an unwritable folder.
+    """
+    from reports.leaderboard import OUTPUTS
+
+    if not str(db).strip():
+        raise UserError("--db is empty: give the results database's path")
+    path = Path(db).expanduser()
+    outputs = [*OUTPUTS.values(), ERROR_LOG]
+    if path.parent.resolve() == out.resolve() and path.name in outputs:
+        raise UserError(f"--db {shown_path(path)} is one of the run's outputs (--out "
+                        f"{shown_path(out)} writes {path.name} there): give the results "
+                        "database another path")
+    probe_writable(path.parent, "--db's folder")
+    return path
+
+
+def train_and_report(args: argparse.Namespace, cfg: config_mod.RunConfig, names: list[str],
+                     explainers: list[str], seeds: list[int], lambdas: list[float] | None,
+                     device: torch.device, eval_precision: str, world: distributed.World,
+                     cache: Path | None, store: store_mod.Store | None) -> Path:
+    """Build the splits, train and evaluate every row into ``store`` (rank 0; the other
+    ranks pass None), write the reports."""
+    from harness.analysis import STABLE_TAU
+    from reports.leaderboard import write_all
+
+    workers = cfg.workers or 0
+    sweep_on = args.cr_sweep is not None
     t_start = time.perf_counter()
     say = print if not args.no_progress and world.main else (lambda *a, **k: None)
-    seeds_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
-    say(f"attnbench: {len(names)} methods on {cfg.dataset} ({cfg.preset}), "
-        f"backbone {cfg.backbone}, device {device}, training in {cfg.precision}, "
-        f"evaluation in {eval_precision}, {seeds_txt}")
+    announce(args, cfg, names, seeds, device, eval_precision, world)
     build = split_builder(args, cfg, cache, workers, cfg.dataset_kwargs)
-    if args.dry_run:
-        return dry_run(args, names, cfg, build, device, len(seeds))
     with distributed.main_first():  # rank 0 fills a dataset cache before the others read it
         train_split, test_split = build("train"), build("test")
     names = drop_unsupported(names, test_split.info, explicit=args.methods.strip() != "all",
@@ -443,22 +538,22 @@ def run(args: argparse.Namespace) -> Path:
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "git_rev": git_rev(), "torch": str(torch.__version__),
         "python": platform.python_version()}
-    if not world.main:  # rank 0 holds the store and writes the reports
+    check_models(names, cfg, train_split)
+    if store is None:  # rank 0 holds the store and writes the reports
         evaluate_all(args, cfg, names, explainers, seeds, lambdas, train_split, test_split,
                      device, cache, None, 0, meta_run, eval_precision, t_start, say)
         return Path(args.out)
-    with store_mod.Store(args.db) as store:
-        run_id = store.begin_run(meta=meta_run, config=cfg.to_dict(), argv=sys.argv[1:])
-        try:
-            record = evaluate_all(args, cfg, names, explainers, seeds, lambdas, train_split,
-                                  test_split, device, cache, store, run_id, meta_run,
-                                  eval_precision, t_start, say)
-        except KeyboardInterrupt:
-            mark(store, run_id, "interrupted")
-            raise
-        except BaseException:
-            mark(store, run_id, "failed")
-            raise
+    run_id = store.begin_run(meta=meta_run, config=cfg.to_dict(), argv=sys.argv[1:])
+    try:
+        record = evaluate_all(args, cfg, names, explainers, seeds, lambdas, train_split,
+                              test_split, device, cache, store, run_id, meta_run,
+                              eval_precision, t_start, say)
+    except KeyboardInterrupt:
+        mark(store, run_id, "interrupted")
+        raise
+    except BaseException as err:
+        mark(store, run_id, "failed", quiet=isinstance(err, store_mod.StoreError))
+        raise
     if len(seeds) > 1:  # a result, printed also without progress output
         print("ranking stability (mean Kendall tau between the seeds' rankings):")
         for metric, tau in record.analysis.stability.items():
@@ -635,13 +730,15 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
     return record
 
 
-def mark(store: store_mod.Store, run_id: int, status: str) -> None:
-    """Record why a run stopped, without hiding the error that stopped it."""
+def mark(store: store_mod.Store, run_id: int, status: str, *, quiet: bool = False) -> None:
+    """Record why a run stopped, without hiding the error that stopped it (``quiet``:
+    that error is the store's own, already one line naming it)."""
     try:
         store.set_status(run_id, status)
     except Exception as err:  # the store may be what failed: say so, keep the cause
-        print(f"warning: could not mark run {run_id} {status} in {store.path}: {err}",
-              file=sys.stderr)
+        if not quiet:
+            print(f"warning: could not mark run {run_id} {status} in {store.path}: "
+                  f"{message(err) if isinstance(err, UserError) else err}", file=sys.stderr)
 
 
 #: the log an unexpected error's traceback goes to (in --out)
@@ -649,10 +746,23 @@ ERROR_LOG = "attnbench-error.log"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: exit 0 on success, 2 on bad input or data (one line), 1 on an
-    unexpected error (one line; the traceback in ``--out``'s error log, or printed with
-    ``--debug``), 130 when interrupted."""
-    args = parse_args(argv)
+    """The command line: exit 0 on success, 2 on bad input or data (one line, also for a
+    bad option value), 1 on an unexpected error (one line; the traceback in ``--out``'s
+    error log, or printed with ``--debug``), 130 when interrupted (Ctrl-C), 143 when
+    terminated (SIGTERM)."""
+    with cli.terminate_as_interrupt():
+        try:
+            args = parse_args(argv)
+        except cli.ArgumentError as err:
+            print(f"error: {clip(err, 240)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as stop:
+            print(cli.interrupted_line(stop), file=sys.stderr)
+            return cli.exit_status(stop)
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.list:
             print_registries()
@@ -662,15 +772,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {message(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished checkpoints are kept; rerun to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"{cli.interrupted_line(stop)}: finished checkpoints are kept; rerun to resume",
+              file=sys.stderr)
+        return cli.exit_status(stop)
     except Exception as err:  # anything else: one line, the traceback kept
         if args.debug:
             traceback.print_exc()
         else:
             where = write_error_log(args.out)
-            what = f"{type(err).__name__}: {err}".splitlines()[0]
+            what = clip(f"{type(err).__name__}: {err}".splitlines()[0], 240)
             print(f"error: {what} (full traceback in {where}; --debug prints it)",
                   file=sys.stderr)
         return 1

@@ -25,21 +25,24 @@ results of earlier rows by their ``eval_key``.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import io
 import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import numpy as np
 
-from harness.errors import UserError
+from harness.errors import UserError, shown_path
 from harness.evaluate import GALLERY, TIMING, MethodResult
+from harness.safeio import free_bytes, instead, kind
 from harness.stats import SeedScores
 
 #: each entry brings the schema from version i to i + 1 (index i)
@@ -186,27 +189,171 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class StoreError(UserError):
+    """The results database cannot be used: one line naming the file and what to do."""
+
+
+def explain(err: sqlite3.Error, path: Path) -> StoreError:
+    """``err``, raised by SQLite on the database at ``path``, as one line saying what
+    it means and what to do (a transaction it interrupted was rolled back)."""
+    name = getattr(err, "sqlite_errorname", "") or ""
+    text = str(err)
+    # SQLite reports a full disk as an I/O error where it cannot create or grow the
+    # WAL's files: the free space tells
+    full = (name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or "I/O error" in text
+            or "unable to open" in text) and free_bytes(path.parent) < (1 << 20)
+    if full or name.startswith("SQLITE_FULL") or "disk is full" in text:
+        why = ("the disk is full; free space on it (the interrupted write was rolled back: "
+               "the stored runs are whole)")
+    elif name.startswith("SQLITE_READONLY") or "readonly" in text:
+        why = ("it cannot be written (a read-only or immutable file, folder or file "
+               "system); make it writable, or give another --db")
+    elif name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text \
+            or "not a database" in text:
+        why = ("not a usable results database (damaged, or not a SQLite file); restore it "
+               "from a backup, or give another --db")
+    elif "no such table" in text or "no such column" in text:
+        why = (f"its tables are damaged ({text}); restore it from a backup, or give "
+               "another --db")
+    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        why = (f"another process held it locked for more than {BUSY_TIMEOUT:.0f} s; retry "
+               "when that process is done")
+    elif name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        why = ("it cannot be opened (its folder must be readable, and writable for a "
+               "run); check the permissions, or give another --db")
+    elif name.startswith("SQLITE_IOERR") or "disk I/O error" in text:
+        why = "the disk reported an I/O error; check it, or give another --db"
+    else:
+        why = f"{text or type(err).__name__}; give another --db if it persists"
+    return StoreError(f"--db {shown_path(path)}: {why}")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(fn: _F) -> _F:
+    """A store method whose SQLite errors become one-line :class:`StoreError` s."""
+    @functools.wraps(fn)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as err:
+            raise explain(err, self.path) from None
+        except OverflowError:  # an id beyond SQLite's 64-bit integers: no such row
+            raise StoreError(f"--db {shown_path(self.path)}: an id beyond 2**63 - 1 names no "
+                             "stored run or row") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=1)
+def expected_schema() -> dict[str, tuple[str, ...]]:
+    """Each table of a current store and its columns (the migrations applied to an
+    empty in-memory database)."""
+    con = sqlite3.connect(":memory:")
+    try:
+        for script in MIGRATIONS:
+            con.executescript(script)
+        return _schema(con)
+    finally:
+        con.close()
+
+
+def _schema(con: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
+    tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                        "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    return {t: tuple(r[1] for r in con.execute(f'PRAGMA table_info("{t}")')) for t in tables}
+
+
 class Store:
     """The results database at ``path`` (created, or migrated forward, on opening).
 
+    A writable store is checked on opening: a database that is not attnbench's (tables
+    of its own at schema version 0), one written by a newer version, one whose tables
+    were dropped or altered, and one that cannot be written are refused in one line.
+    ``readonly`` opens an existing store for reading only (``harness.report``), also in
+    a read-only folder.
+
     Raises:
-        UserError: the file is not a database, or one written by a newer version.
+        StoreError: the path is not a usable results database (one line naming it and
+            what to do).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path).expanduser()
+        self.readonly = readonly
+        what = kind(self.path)
+        if what == "missing" and readonly:
+            raise StoreError(f"--db {shown_path(self.path)}: no such file (a run writes it: "
+                             "python -m harness.run ...)")
+        if what is None and self.path.is_dir():
+            what = "a directory"
+        if what not in (None, "missing"):
+            raise StoreError(f"--db {shown_path(self.path)}: {instead(what, 'a database file')}")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            self.con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            self.con.execute("PRAGMA journal_mode = WAL")
-            self.con.execute("PRAGMA foreign_keys = ON")
-            self.con.execute("PRAGMA synchronous = NORMAL")
-            self.migrate()
-        except sqlite3.DatabaseError as err:
-            raise UserError(f"--db {self.path}: not a usable results database ({err})") from None
+            if readonly:
+                self.con = self._open_readonly()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT,
+                                           isolation_level=None)
+                self.con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+                self.con.execute("PRAGMA journal_mode = WAL")
+                self.con.execute("PRAGMA foreign_keys = ON")
+                self.con.execute("PRAGMA synchronous = NORMAL")
+            self.check()
+        except sqlite3.Error as err:
+            raise explain(err, self.path) from None
         except OSError as err:
-            raise UserError(f"--db {self.path}: cannot open it ({err.strerror or err})") from None
+            raise StoreError(f"--db {shown_path(self.path)}: cannot open it "
+                             f"({err.strerror or err})") from None
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        """A read-only connection; in a folder that cannot be written, where SQLite
+        cannot create the WAL's shared-memory file, the file is read as immutable
+        (nobody can be writing it there)."""
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
+        try:
+            con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return con
+        except sqlite3.OperationalError:
+            con.close()
+            if os.access(self.path.parent, os.W_OK) and not _read_only_fs(self.path.parent):
+                raise
+        return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+
+    def check(self) -> None:
+        """Refuse what is not a usable store (see the class docstring); bring a writable
+        older store forward (:meth:`migrate`) after a write probe."""
+        have = self.version
+        schema = _schema(self.con)
+        if have == 0 and schema:
+            names = ", ".join(sorted(schema)[:4]) + (", ..." if len(schema) > 4 else "")
+            raise StoreError(f"--db {shown_path(self.path)}: a SQLite database that is not an "
+                             f"attnbench results store (its tables: {names}); give another "
+                             "--db")
+        if have > SCHEMA_VERSION:
+            raise StoreError(f"--db {shown_path(self.path)}: written by a newer attnbench (schema "
+                             f"{have}, this one reads up to {SCHEMA_VERSION})")
+        if self.readonly:
+            if have < SCHEMA_VERSION:
+                raise StoreError(f"--db {shown_path(self.path)}: written by an older attnbench "
+                                 f"(schema {have}); open it once in a run (python -m "
+                                 "harness.run --db ...) to bring it forward")
+        else:
+            with self.transaction() as con:  # a write probe: refused now, not after training
+                con.execute(f"PRAGMA user_version = {have}")
+            self.migrate()
+        expected = expected_schema()
+        schema = _schema(self.con)
+        for table, columns in expected.items():
+            missing = [c for c in columns if c not in schema.get(table, ())]
+            if table not in schema or missing:
+                what = (f"table {table} is missing" if table not in schema
+                        else f"table {table} lacks column(s) {', '.join(missing)}")
+                raise StoreError(f"--db {shown_path(self.path)}: damaged: {what}; restore it from "
+                                 "a backup, or give another --db")
 
     def close(self) -> None:
         self.con.close()
@@ -239,8 +386,8 @@ class Store:
         with self.transaction():  # read the version under the write lock
             have = self.version
         if have > SCHEMA_VERSION:
-            raise UserError(f"--db {self.path}: written by a newer attnbench (schema "
-                            f"{have}, this one reads up to {SCHEMA_VERSION})")
+            raise StoreError(f"--db {shown_path(self.path)}: written by a newer attnbench (schema "
+                             f"{have}, this one reads up to {SCHEMA_VERSION})")
         for v in range(have, SCHEMA_VERSION):
             with self.transaction() as con:
                 if self.version != v:  # another process migrated meanwhile
@@ -252,6 +399,7 @@ class Store:
 
     # ---- writing ---------------------------------------------------------------
 
+    @_guarded
     def begin_run(self, *, meta: dict[str, Any], config: dict[str, Any],
                   argv: Sequence[str]) -> int:
         """A new run with status ``running``; earlier ``running`` runs of this host
@@ -274,6 +422,7 @@ class Store:
             assert cur.lastrowid is not None
             return int(cur.lastrowid)
 
+    @_guarded
     def add_row(self, run_id: int, res: MethodResult, *, checkpoint_key: str = "",
                 eval_keys: dict[str, str] | None = None,
                 method_meta: dict[str, dict[str, Any]] | None = None) -> int:
@@ -311,6 +460,7 @@ class Store:
                                 [(row_id, k, i, float(v)) for i, v in enumerate(c)])
         return row_id
 
+    @_guarded
     def finish_run(self, run_id: int, *, status: str = "done",
                    meta: dict[str, Any] | None = None,
                    method_meta: dict[str, dict[str, Any]] | None = None,
@@ -338,16 +488,19 @@ class Store:
                             "lo, hi, seed_sd) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             [(run_id, *e) for e in estimates])
 
+    @_guarded
     def set_status(self, run_id: int, status: str) -> None:
         """Mark an unfinished run ``failed`` / ``interrupted`` (a ``done`` run stays)."""
         with self.transaction() as con:
             con.execute("UPDATE runs SET status = ?, finished = ? WHERE id = ? AND "
                         "status = 'running'", (status, _now(), run_id))
 
+    @_guarded
     def mask(self, key: str) -> np.ndarray | None:
         r = self.con.execute("SELECT mask FROM masks WHERE key = ?", (key,)).fetchone()
         return None if r is None else unpack(r[0])["mask"]
 
+    @_guarded
     def put_mask(self, key: str, mask: np.ndarray) -> None:
         with self.transaction() as con:
             con.execute("INSERT OR REPLACE INTO masks (key, mask) VALUES (?, ?)",
@@ -355,6 +508,7 @@ class Store:
 
     # ---- reading ---------------------------------------------------------------
 
+    @_guarded
     def runs(self, *, run_ids: Sequence[int] | None = None, status: str | None = "done",
              dataset: str | None = None, preset: str | None = None,
              since: str | None = None, until: str | None = None) -> list[RunInfo]:
@@ -395,10 +549,12 @@ class Store:
                                json.loads(r[13]) if r[13] else None, int(r[14])))
         return out
 
+    @_guarded
     def extras(self, run_id: int) -> dict[str, np.ndarray]:
         (blob,) = self.con.execute("SELECT extras FROM runs WHERE id = ?", (run_id,)).fetchone()
         return unpack(blob)
 
+    @_guarded
     def rows(self, run_ids: Sequence[int]) -> list[RowInfo]:
         """The rows of ``run_ids``, in the order they were written."""
         if not run_ids:
@@ -408,6 +564,7 @@ class Store:
             f"SELECT id, run_id, row, method, explainer, seed FROM rows WHERE run_id IN ({q}) "
             "ORDER BY id", list(run_ids)).fetchall()]
 
+    @_guarded
     def result(self, row_id: int) -> MethodResult:
         """Row ``row_id`` as the evaluator returned it."""
         r = self.con.execute("SELECT method, explainer, seed, n_test, n_causal, gallery "
@@ -419,6 +576,7 @@ class Store:
                             parts.curves, n_test=int(r[3]), n_causal=int(r[4]),
                             gallery=parts.gallery, explainer=r[1])
 
+    @_guarded
     def metrics(self, row_id: int) -> list[str]:
         """The columns stored for a row; the timing columns as one ``timing`` part."""
         return list(dict.fromkeys(m if per_image else TIMING for m, per_image in self.con.execute(
@@ -427,6 +585,7 @@ class Store:
 
     # ---- the evaluation cache --------------------------------------------------
 
+    @_guarded
     def lookup(self, keys: dict[str, str]) -> dict[str, int]:
         """For each part (a metric, ``timing``, ``gallery``) whose key is stored, the
         newest row holding it."""
@@ -442,6 +601,7 @@ class Store:
                 out[part] = int(r[0])
         return out
 
+    @_guarded
     def parts(self, where: dict[str, int]) -> Parts:
         """The stored parts ``{part: row_id}`` (metrics, ``timing``, ``gallery``)."""
         p = Parts()
@@ -493,5 +653,12 @@ class Parts:
     gallery: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
 __all__ = ["DB_ENV", "DEFAULT_DB", "MIGRATIONS", "SCHEMA_VERSION", "Parts", "RowInfo",
-           "RunInfo", "Store", "default_path", "pack", "unpack"]
+           "RunInfo", "Store", "StoreError", "default_path", "explain", "pack", "unpack"]

@@ -19,7 +19,7 @@ import torch
 from harness import train
 from harness.config import RunConfig
 from harness.data import Split
-from harness.errors import UserError
+from harness.errors import UserError, shown
 from harness.evaluate import misclassified
 from harness.stats import bootstrap_ci
 
@@ -73,9 +73,9 @@ def parse_lambdas(spec: str) -> list[float] | None:
         values = sorted({float(s) for s in spec.split(",") if s.strip()})
     except ValueError:
         raise UserError(f"--cr-sweep expects comma-separated numbers in [0, 1], 'auto' or "
-                        f"'paper', got {spec!r}") from None
+                        f"'paper', got {shown(spec)}") from None
     if not values or not all(0.0 <= v <= 1.0 for v in values):
-        raise UserError(f"--cr-sweep values must lie in [0, 1], got {spec!r}")
+        raise UserError(f"--cr-sweep values must lie in [0, 1], got {shown(spec)}")
     return values
 
 

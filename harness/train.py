@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import math
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from harness import device as dev
 from harness import progress as progress_mod
 from harness.config import RunConfig, config_hash, with_train_overrides
 from harness.data import Split
-from harness.errors import UserError
+from harness.errors import UserError, shown_path
 from harness.safeio import atomic_path, key_lock
 from methods.base import METHODS, Method
 
@@ -221,11 +222,14 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
 
 
 def file_digest(path: str) -> str:
-    """SHA-256 (16 hex digits) of a file, memoised per (path, size, mtime)."""
+    """SHA-256 (16 hex digits) of a regular file (never a device or a FIFO, which could
+    be read forever), memoised per (path, size, mtime)."""
     try:
         st = os.stat(path)
     except OSError:
-        raise UserError(f"--pretrained {path}: no such file") from None
+        raise UserError(f"--pretrained {shown_path(path)}: no such file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"--pretrained {shown_path(path)}: not a regular file")
     return _digest(str(path), st.st_size, st.st_mtime_ns)
 
 

@@ -202,20 +202,26 @@ def curves_frame(record: RunRecord) -> pd.DataFrame:
                                                   "score"])
 
 
+#: every file :func:`write_all` may write into its folder, by key
+OUTPUTS = {"csv": "leaderboard.csv", "curves": "curves.csv",
+           "comparisons": "comparisons.csv", "stability": "stability.csv",
+           "config": "config.yaml", "html": "leaderboard.html", "paper": "paper.csv",
+           "cr_sweep": "cr_sweep.csv", "cr_sweep_png": "cr_sweep.png"}
+
+
 def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
     """Write every output file into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "leaderboard.csv", "curves": out / "curves.csv",
-             "comparisons": out / "comparisons.csv", "stability": out / "stability.csv",
-             "config": out / "config.yaml", "html": out / "leaderboard.html"}
+    paths = {k: out / OUTPUTS[k]
+             for k in ("csv", "curves", "comparisons", "stability", "config", "html")}
     frame = to_frame(record)
     tables = {"csv": frame, "curves": curves_frame(record),
               "comparisons": comparisons_frame(record), "stability": stability_frame(record)}
     if record.paper_values:
-        paths["paper"] = out / "paper.csv"
+        paths["paper"] = out / OUTPUTS["paper"]
         tables["paper"] = paper_frame(record)
     if record.cr_sweep is not None:
-        paths["cr_sweep"] = out / "cr_sweep.csv"
+        paths["cr_sweep"] = out / OUTPUTS["cr_sweep"]
         tables["cr_sweep"] = pd.DataFrame.from_records(record.cr_sweep.rows())
     # each file is written whole or not at all (a crash leaves the previous run's)
     for key, table in tables.items():
@@ -226,7 +232,7 @@ def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
         "references": record.analysis.references, "methods": record.method_meta},
         sort_keys=False))
     if record.cr_sweep is not None:
-        paths["cr_sweep_png"] = out / "cr_sweep.png"
+        paths["cr_sweep_png"] = out / OUTPUTS["cr_sweep_png"]
         fig = sweep_figure(record.cr_sweep)
         with atomic_path(paths["cr_sweep_png"]) as tmp:
             fig.savefig(tmp, dpi=130)

@@ -54,7 +54,7 @@ def _checkpoints(tmp: Path) -> list[Path]:
     (("--methods", "ABN"), "did you mean abn"),
     (("--methods", "Grad-CAM"), "did you mean gradcam"),
     (("--preset", "Smoke"), "unknown --preset"),
-    (("--workers", "-2"), "--workers must be 0 or more"),
+    (("--workers", "-2"), "--workers must be an integer in [0, 256]"),
 ])
 def test_bad_options_are_one_line_before_any_work(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...],
@@ -256,6 +256,53 @@ def test_ctrl_c_while_starting_is_one_line() -> None:
     assert proc.returncode == 130 and lines == ["interrupted while starting"], err
 
 
+def test_sigterm_while_starting_is_one_line() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "harness.run", "--list"], cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5)  # inside the imports
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 143 and lines == ["terminated (SIGTERM) while starting"], err
+
+
+@pytest.mark.slow
+def test_sigterm_is_handled_like_ctrl_c(tmp_path: Path) -> None:
+    """What schedulers, ``timeout`` and container runtimes send: once the process died
+    at once (status -15), its run left ``running`` in the store. Now one line, the run
+    marked ``interrupted``, the finished checkpoint kept and a rerun completes."""
+    db = tmp_path / "db.sqlite"
+    args = [sys.executable, "-m", "harness.run", "--preset", "smoke", "--device", "cpu",
+            "--methods", "abn-amb", "--set", "methods.abn-amb.train.epochs=8",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+            "--db", str(db)]
+    proc = subprocess.Popen(args, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "TERM": "dumb"})
+    assert proc.stdout is not None
+    for line in proc.stdout:  # abn (the parent) is trained; abn-amb is training
+        if "abn-amb epoch 2/8" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 143, err
+    assert lines == ["terminated (SIGTERM): finished checkpoints are kept; rerun to resume"]
+    from harness.store import Store
+
+    with Store(db, readonly=True) as st:
+        assert [r.status for r in st.runs(status=None)] == ["interrupted"]
+    cache = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_file())
+    assert next(n for n in cache if n.endswith(".pt")).startswith("abn-")  # the parent, whole
+    assert any(n.startswith("abn-amb-") and n.endswith(".partial") for n in cache)
+    assert not [n for n in cache if ".tmp" in n]
+    train._load(next((tmp_path / "cache").glob("abn-amb-*.partial")))  # a whole resume file
+    rerun = subprocess.run([*args, "--no-progress"], cwd=ROOT, text=True,
+                           capture_output=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert list((tmp_path / "cache").glob("abn-amb-*.pt"))  # resumed and finished
+    assert not list((tmp_path / "cache").glob("*.partial"))
+
+
 def test_progress_in_a_log_is_one_line_per_epoch(tmp_path: Path) -> None:
     """Not a terminal: no carriage-return bars, a line per epoch and per method with
     elapsed time and ETA."""
@@ -306,6 +353,25 @@ def _model(x: torch.Tensor) -> torch.Tensor:
      "expected [B,C,H,W]"),
     (lambda s, b: confusion.target_pair(torch.zeros(2, 3), torch.tensor([0, 3])),
      "outside the 3 classes"),
+    # once silently a hit rate of 0 (an inverted box contains no pixel)
+    (lambda s, b: localization.pointing_game(s, b.flip(1)), "boxes row 0 is inverted"),
+    (lambda s, b: localization.bbox_inside_frac(s, b[:, [2, 1, 0, 3]]),
+     "boxes row 0 is inverted (4, 0, 0, 4)"),
+    (lambda s, b: localization.energy_pointing_game(s, b[:, [0, 3, 2, 1]]), "is inverted"),
+    (lambda s, b: localization.pointing_game(s, torch.stack([b, b.flip(1)], 1)),
+     "boxes image 0, object 1 is inverted"),
+    # once: a negative tolerance silently counted as no tolerance
+    (lambda s, b: localization.pointing_game(s, b, tolerance=-1.0),
+     "tolerance must be a finite number of pixels >= 0, got -1"),
+    (lambda s, b: localization.pointing_game(s, b, tolerance=float("nan")),
+     "tolerance must be a finite number of pixels >= 0, got nan"),
+    # once: a ZeroDivisionError / an empty interpolation from torch
+    (lambda s, b: localization.pointing_game(s, b, original_sizes=torch.tensor([[8, 8],
+                                                                                 [0, 8]])),
+     "original_sizes row 1 is (0, 8): sizes must be positive"),
+    (lambda s, b: localization.pointing_game(s, b, original_sizes=torch.tensor([[-4, 8],
+                                                                                 [8, 8]])),
+     "original_sizes row 0 is (-4, 8)"),
     (lambda s, b: confusion.siou_confusion(torch.full((1, 2, 4, 4), float("inf"))),
      "non-finite"),
 ])
