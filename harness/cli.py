@@ -39,14 +39,20 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         # argparse quotes the user's whole value: keep its first QUOTE_LIMIT characters
-        message = re.sub(f"'([^']{{{QUOTE_LIMIT + 1},}})'", lambda m: shown(m.group(1)),
-                         message)
+        message = re.sub(f"'([^']{{{QUOTE_LIMIT + 1},}})'|\"([^\"]{{{QUOTE_LIMIT + 1},}})\"",
+                         lambda m: shown(m.group(1) or m.group(2)), message)
         head, sep, rest = message.partition("unrecognized arguments: ")
         if sep:
             words = rest.split(" ")
             message = head + sep + " ".join(clip(w) for w in words[:3]) + (
                 f" (and {len(words) - 3} more)" if len(words) > 3 else "")
         raise ArgumentError(message)
+
+
+def install_sigterm() -> None:
+    """SIGTERM raises :class:`Terminated` from now on (the entry points call it before
+    the libraries load; :func:`terminate_as_interrupt` for a bounded block)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -32,7 +32,7 @@ from harness.analysis import analyse
 from harness.errors import UserError, clip, message, shown, shown_path
 from harness.evaluate import MethodResult
 from harness.paper_values import PaperValue
-from harness.safeio import atomic_path, probe_writable, write_text
+from harness.safeio import atomic_path, output_clash, probe_writable, write_text
 from harness.stats import paired_difference
 from harness.store import RowInfo, RunInfo, Store, default_path
 from harness.sweep import CRSweep, SweepPoint
@@ -59,12 +59,12 @@ def select(store: Store, *, run_ids: Sequence[int] = (), dataset: str | None = N
         runs = store.runs(run_ids=list(run_ids), status=None)
         missing = sorted(set(run_ids) - {r.id for r in runs})
         if missing:
-            raise UserError(f"--run {missing[0]}: no such run in {store.path} (--list shows "
-                            "the stored runs)")
+            raise UserError(f"--run {missing[0]}: no such run in {shown_path(store.path)} "
+                            "(--list shows the stored runs)")
     else:
         runs = store.runs(dataset=dataset, preset=preset, since=since, until=until)
         if not runs:
-            raise UserError(f"no finished run in {store.path} matches the selection")
+            raise UserError(f"no finished run in {shown_path(store.path)} matches the selection")
         if not (latest_per_method or dataset or preset or since or until):
             runs = runs[-1:]  # the latest finished run
         elif not (dataset or preset):  # the newest run's protocol
@@ -175,7 +175,7 @@ def write_compare(store: Store, a_id: int, b_id: int, out: Path) -> dict[str, Pa
     found = {r.id: r for r in store.runs(run_ids=[a_id, b_id], status=None)}
     for rid in (a_id, b_id):
         if rid not in found:
-            raise UserError(f"--compare {rid}: no such run in {store.path}")
+            raise UserError(f"--compare {rid}: no such run in {shown_path(store.path)}")
     a, b = found[a_id], found[b_id]
     split_a, split_b = (r.meta.get("test_split_id") for r in (a, b))
     if a.dataset != b.dataset or split_a != split_b:
@@ -232,7 +232,7 @@ def compare_html(frame: pd.DataFrame, a: RunInfo, b: RunInfo) -> str:
 def list_runs(store: Store) -> None:
     runs = store.runs(status=None)
     if not runs:
-        print(f"{store.path}: no runs")
+        print(f"{shown_path(store.path)}: no runs")
         return
     print(f"{'id':>4}  {'started':<19}  {'status':<11} {'rows':>4}  protocol")
     for r in runs:
@@ -296,7 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {message(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as stop:
-            print(f"{cli.interrupted_line(stop)}: no report written", file=sys.stderr)
+            print(f"{cli.interrupted_line(stop)}: each report file is the old one or the new "
+                  "one, whole; rerun to write them all", file=sys.stderr)
             return cli.exit_status(stop)
 
 
@@ -308,10 +309,10 @@ def _main(args: argparse.Namespace) -> int:
         if args.out is None:
             raise UserError("--out is required: the directory the reports go to")
         out = probe_writable(args.out, "--out")
-        outputs = [*OUTPUTS.values(), *COMPARE_OUTPUTS]
-        if store.path.parent.resolve() == out.resolve() and store.path.name in outputs:
-            raise UserError(f"--db {shown_path(store.path)} is one of the reports' files (--out "
-                            f"{shown_path(out)} writes {store.path.name} there): give --out "
+        clash = output_clash(store.path, out, [*OUTPUTS.values(), *COMPARE_OUTPUTS])
+        if clash:
+            raise UserError(f"--db {shown_path(store.path)} is one of the reports' files "
+                            f"(--out {shown_path(out)} writes {clash} there): give --out "
                             "another folder")
         if args.compare:
             paths = write_compare(store, args.compare[0], args.compare[1], out)

@@ -16,20 +16,19 @@ import datetime as _dt
 import inspect
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from harness import cli
 
 if __name__ == "__main__":  # SIGTERM while the libraries load is Ctrl-C too
-    signal.signal(signal.SIGTERM, cli._on_sigterm)
+    cli.install_sigterm()
 
 try:  # Ctrl-C or SIGTERM while the libraries load (seconds): one line, not a traceback
     import numpy as np
@@ -43,7 +42,7 @@ try:  # Ctrl-C or SIGTERM while the libraries load (seconds): one line, not a tr
     from harness.errors import UserError, clip, message, shown, shown_path
     from harness.evaluate import MethodResult, row_id
     from harness.progress import duration
-    from harness.safeio import need_dir, need_file, probe_writable
+    from harness.safeio import is_database, need_dir, need_file, output_clash, probe_writable
     from methods.base import METHODS
     from methods.explainers import EXPLAINERS, NotApplicable, native_equivalent
     from methods.explainers import build as build_explainer
@@ -299,7 +298,8 @@ def check_models(names: list[str], cfg: config_mod.RunConfig, split: data.Split)
     method or backbone option its factory refuses, or ``--pretrained`` weights that do
     not fit, are one line before any run record is written. The random state is left as
     it was (training seeds itself, but nothing here may move a number)."""
-    with torch.random.fork_rng(devices=[]):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
         for name in sorted(lineage(names)):
             train.build_method(name, train.method_config(name, cfg), split,
                                **train.method_options(name, cfg))
@@ -448,10 +448,23 @@ def run(args: argparse.Namespace) -> Path:
                                                                       "--cache-dir")
     if args.dry_run:
         return plan_run(args, cfg, names, seeds, device, eval_precision, world, cache)
-    # the store is opened (and refused) now, not after the training: rank 0 holds it
-    with store_mod.Store(args.db) if world.main else contextlib.nullcontext() as store:
+    with open_store(args.db) as store:
         return train_and_report(args, cfg, names, explainers, seeds, lambdas, device,
                                 eval_precision, world, cache, store)
+
+
+@contextlib.contextmanager
+def open_store(db: str | Path) -> Iterator[store_mod.Store | None]:
+    """The results store, opened (and refused) now, not after the training: rank 0
+    holds it, the other ranks get None; a refusal is raised on every rank (none waits
+    for a rank that has stopped)."""
+    opened: list[store_mod.Store] = []
+    distributed.share(lambda: opened.append(store_mod.Store(db)))
+    try:
+        yield opened[0] if opened else None
+    finally:
+        for st in opened:
+            st.close()
 
 
 def plan_run(args: argparse.Namespace, cfg: config_mod.RunConfig, names: list[str],
@@ -487,10 +500,10 @@ def check_db_path(db: str | Path, out: Path) -> Path:
     if not str(db).strip():
         raise UserError("--db is empty: give the results database's path")
     path = Path(db).expanduser()
-    outputs = [*OUTPUTS.values(), ERROR_LOG]
-    if path.parent.resolve() == out.resolve() and path.name in outputs:
+    clash = output_clash(path, out, [*OUTPUTS.values(), ERROR_LOG])
+    if clash:
         raise UserError(f"--db {shown_path(path)} is one of the run's outputs (--out "
-                        f"{shown_path(out)} writes {path.name} there): give the results "
+                        f"{shown_path(out)} writes {clash} there): give the results "
                         "database another path")
     probe_writable(path.parent, "--db's folder")
     return path
@@ -733,8 +746,8 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
 def mark(store: store_mod.Store, run_id: int, status: str, *, quiet: bool = False) -> None:
     """Record why a run stopped, without hiding the error that stopped it (``quiet``:
     that error is the store's own, already one line naming it)."""
-    try:
-        store.set_status(run_id, status)
+    try:  # after an interrupt, briefly: a container runtime kills the process soon
+        store.set_status(run_id, status, wait=5.0 if status == "interrupted" else 120.0)
     except Exception as err:  # the store may be what failed: say so, keep the cause
         if not quiet:
             print(f"warning: could not mark run {run_id} {status} in {store.path}: "
@@ -773,8 +786,9 @@ def _main(args: argparse.Namespace) -> int:
         print(f"error: {message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
-        print(f"{cli.interrupted_line(stop)}: finished checkpoints are kept; rerun to resume",
-              file=sys.stderr)
+        training = not (args.list or args.dry_run or args.check_data)
+        print(cli.interrupted_line(stop) + (": finished checkpoints are kept; rerun to "
+                                            "resume" if training else ""), file=sys.stderr)
         return cli.exit_status(stop)
     except Exception as err:  # anything else: one line, the traceback kept
         if args.debug:
@@ -797,6 +811,8 @@ def write_error_log(out: str | Path) -> Path:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / ERROR_LOG
+            if is_database(path):  # never over a store given as --db OUT/attnbench-error.log
+                continue
             path.write_text(text, encoding="utf-8", errors="replace")
             return path.resolve()
         except Exception:  # the log is best effort: try the next folder

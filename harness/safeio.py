@@ -15,10 +15,10 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from harness.errors import UserError, shown_path
+from harness.errors import UserError, clip, shown_path
 
 try:
     import fcntl
@@ -91,7 +91,10 @@ def write_failure(err: BaseException, folder: Path) -> str | None:
     if isinstance(err, RuntimeError) and not isinstance(err, OSError):
         if "write failed" not in str(err) and "inline_container" not in str(err):
             return None
-        code = errno.ENOSPC if free_bytes(folder) < (1 << 20) else errno.EIO
+        if free_bytes(folder) >= (1 << 20):
+            return (f"torch could not write it ({clip(err, 120)}); check the folder's "
+                    "quota and file-size limit, or write elsewhere")
+        code = errno.ENOSPC
     if code in _NO_SPACE:
         return (f"no space left on its disk ({free_bytes(folder) >> 20} MB free); free "
                 "space there or write elsewhere (any file it replaces is kept whole)")
@@ -161,6 +164,19 @@ def key_lock(path: Path, say: Callable[[str], None] = print) -> Iterator[None]:
         _HELD.discard(lock)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def output_clash(path: Path, out: Path, names: Sequence[str]) -> str | None:
+    """The name of the output in ``out`` that ``path`` is (the same file, through any
+    link), or None."""
+    for name in names:
+        target = out / name
+        if path.resolve() == target.resolve():
+            return name
+        with contextlib.suppress(OSError):
+            if path.exists() and target.exists() and os.path.samefile(path, target):
+                return name
+    return None
 
 
 def kind(path: Path) -> str | None:

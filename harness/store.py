@@ -31,6 +31,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -216,8 +217,8 @@ def explain(err: sqlite3.Error, path: Path) -> StoreError:
         why = (f"its tables are damaged ({text}); restore it from a backup, or give "
                "another --db")
     elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
-        why = (f"another process held it locked for more than {BUSY_TIMEOUT:.0f} s; retry "
-               "when that process is done")
+        why = ("another process holds it locked (waited for up to "
+               f"{BUSY_TIMEOUT:.0f} s); retry when that process is done")
     elif name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
         why = ("it cannot be opened (its folder must be readable, and writable for a "
                "run); check the permissions, or give another --db")
@@ -262,7 +263,8 @@ def expected_schema() -> dict[str, tuple[str, ...]]:
 def _schema(con: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
     tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
                                         "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-    return {t: tuple(r[1] for r in con.execute(f'PRAGMA table_info("{t}")')) for t in tables}
+    return {t: tuple(c for (c,) in con.execute("SELECT name FROM pragma_table_info(?)", (t,)))
+            for t in tables}
 
 
 class Store:
@@ -291,16 +293,11 @@ class Store:
         if what not in (None, "missing"):
             raise StoreError(f"--db {shown_path(self.path)}: {instead(what, 'a database file')}")
         try:
-            if readonly:
-                self.con = self._open_readonly()
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT,
-                                           isolation_level=None)
-                self.con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-                self.con.execute("PRAGMA journal_mode = WAL")
-                self.con.execute("PRAGMA foreign_keys = ON")
-                self.con.execute("PRAGMA synchronous = NORMAL")
+            self.con = self._open_readonly() if readonly else self._open()
+            if readonly and 0 < self.version < SCHEMA_VERSION and _writable(self.path):
+                # an older store the report can bring forward where a run could
+                self.con.close()
+                self.readonly, self.con = False, self._open()
             self.check()
         except sqlite3.Error as err:
             raise explain(err, self.path) from None
@@ -308,10 +305,21 @@ class Store:
             raise StoreError(f"--db {shown_path(self.path)}: cannot open it "
                              f"({err.strerror or err})") from None
 
+    def _open(self) -> sqlite3.Connection:
+        """A connection for reading and writing, in WAL mode with a busy timeout."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        _wal(con)
+        con.execute("PRAGMA foreign_keys = ON")
+        con.execute("PRAGMA synchronous = NORMAL")
+        return con
+
     def _open_readonly(self) -> sqlite3.Connection:
-        """A read-only connection; in a folder that cannot be written, where SQLite
+        """A read-only connection. In a folder that cannot be written, where SQLite
         cannot create the WAL's shared-memory file, the file is read as immutable
-        (nobody can be writing it there)."""
+        (nobody can be writing it there) — unless its write-ahead log still holds
+        changes, which an immutable reader would silently leave out."""
         uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
         con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
         try:
@@ -319,41 +327,56 @@ class Store:
             return con
         except sqlite3.OperationalError:
             con.close()
-            if os.access(self.path.parent, os.W_OK) and not _read_only_fs(self.path.parent):
+            if _writable(self.path.parent):
                 raise
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreError(f"--db {shown_path(self.path)}: its write-ahead log ({wal.name}) "
+                             "holds changes not yet merged into it, which cannot be read in "
+                             "a read-only folder; open it once where its folder is writable")
         return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
 
     def check(self) -> None:
-        """Refuse what is not a usable store (see the class docstring); bring a writable
-        older store forward (:meth:`migrate`) after a write probe."""
-        have = self.version
-        schema = _schema(self.con)
-        if have == 0 and schema:
-            names = ", ".join(sorted(schema)[:4]) + (", ..." if len(schema) > 4 else "")
-            raise StoreError(f"--db {shown_path(self.path)}: a SQLite database that is not an "
-                             f"attnbench results store (its tables: {names}); give another "
-                             "--db")
-        if have > SCHEMA_VERSION:
-            raise StoreError(f"--db {shown_path(self.path)}: written by a newer attnbench (schema "
-                             f"{have}, this one reads up to {SCHEMA_VERSION})")
+        """Refuse what is not a usable store (see the class docstring). A writable store
+        is checked under the write lock, with a write probe (refused now, not after
+        training), then brought forward (:meth:`migrate`): a run opening it at the same
+        moment sees it before or after, never half made."""
         if self.readonly:
-            if have < SCHEMA_VERSION:
-                raise StoreError(f"--db {shown_path(self.path)}: written by an older attnbench "
-                                 f"(schema {have}); open it once in a run (python -m "
-                                 "harness.run --db ...) to bring it forward")
+            self._refuse(self.version, _schema(self.con))
         else:
-            with self.transaction() as con:  # a write probe: refused now, not after training
+            with self.transaction() as con:
+                have = self.version
+                self._refuse(have, _schema(con))
                 con.execute(f"PRAGMA user_version = {have}")
             self.migrate()
-        expected = expected_schema()
         schema = _schema(self.con)
-        for table, columns in expected.items():
+        for table, columns in expected_schema().items():
             missing = [c for c in columns if c not in schema.get(table, ())]
             if table not in schema or missing:
                 what = (f"table {table} is missing" if table not in schema
                         else f"table {table} lacks column(s) {', '.join(missing)}")
-                raise StoreError(f"--db {shown_path(self.path)}: damaged: {what}; restore it from "
-                                 "a backup, or give another --db")
+                raise StoreError(f"--db {shown_path(self.path)}: damaged: {what}; restore it "
+                                 "from a backup, or give another --db")
+
+    def _refuse(self, have: int, schema: dict[str, tuple[str, ...]]) -> None:
+        """Refuse a database that is not a store of this version: tables, none of them
+        ours (whatever its ``user_version``: other programs set theirs); a newer
+        schema; for reading, an empty or older one that cannot be brought forward."""
+        where = f"--db {shown_path(self.path)}"
+        if schema and not set(schema) & set(expected_schema()):
+            names = ", ".join(sorted(schema)[:4]) + (", ..." if len(schema) > 4 else "")
+            raise StoreError(f"{where}: a SQLite database that is not an attnbench results "
+                             f"store (its tables: {names}); give another --db")
+        if have > SCHEMA_VERSION:
+            raise StoreError(f"{where}: written by a newer attnbench (schema {have}, this "
+                             f"one reads up to {SCHEMA_VERSION})")
+        if self.readonly and not schema:
+            raise StoreError(f"{where}: an empty database, no results store yet (a run "
+                             "writes it: python -m harness.run ...)")
+        if self.readonly and have < SCHEMA_VERSION:
+            raise StoreError(f"{where}: written by an older attnbench (schema {have}), which "
+                             "cannot be brought forward here (the file or its folder is "
+                             "read-only)")
 
     def close(self) -> None:
         self.con.close()
@@ -489,8 +512,11 @@ class Store:
                             [(run_id, *e) for e in estimates])
 
     @_guarded
-    def set_status(self, run_id: int, status: str) -> None:
-        """Mark an unfinished run ``failed`` / ``interrupted`` (a ``done`` run stays)."""
+    def set_status(self, run_id: int, status: str, *, wait: float = BUSY_TIMEOUT) -> None:
+        """Mark an unfinished run ``failed`` / ``interrupted`` (a ``done`` run stays),
+        waiting at most ``wait`` seconds for another writer (after SIGTERM a container
+        runtime kills the process seconds later)."""
+        self.con.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
         with self.transaction() as con:
             con.execute("UPDATE runs SET status = ?, finished = ? WHERE id = ? AND "
                         "status = 'running'", (status, _now(), run_id))
@@ -653,11 +679,28 @@ class Parts:
     gallery: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _read_only_fs(folder: Path) -> bool:
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        return False
+def _wal(con: sqlite3.Connection) -> None:
+    """Put the database in WAL mode (it stays so, in the file). SQLite answers "database
+    is locked" at once, without its busy handler, while another connection creates the
+    database or removes its WAL on closing: retried here for the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                con.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` (a file, or a folder whose files SQLite creates) can be written:
+    permissions, a read-only file system, an immutable file (``os.access`` says so for
+    all three)."""
+    return os.access(path, os.W_OK) and os.access(path.parent if path.is_file() else path,
+                                                    os.W_OK)
 
 
 __all__ = ["DB_ENV", "DEFAULT_DB", "MIGRATIONS", "SCHEMA_VERSION", "Parts", "RowInfo",

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.backbones import SplitBackbone
-from harness.config import TrainConfig
+from harness.config import TrainConfig, require
 from harness.data import DatasetInfo, Split
 from harness.distributed import Engine, direct
-from harness.errors import UserError
+from harness.errors import UserError, shown
 from harness.geometry import map_box_mask
 from methods.abn import ABN
 from methods.base import Output, descend, eval_batches, register_method
@@ -98,7 +98,10 @@ class AMB(ABNFineTune):
                  alpha: float = 1e-4, mechanism: str = "residual") -> None:
         super().__init__(backbone, info, mechanism=mechanism)
         if sigma != "auto" and not isinstance(sigma, (int, float)):
-            raise UserError(f"{self.name}: sigma must be a number or 'auto', got {sigma!r}")
+            raise UserError(f"{self.name}: sigma must be a number or 'auto', got {shown(sigma)}")
+        if sigma != "auto":  # a threshold on the attention map, which lies in [0, 1]
+            require(self.name, "sigma", sigma, 0, 1)
+        require(self.name, "alpha", alpha, 0, None)
         self.alpha = alpha
         self.sigma_option = sigma
         self.register_buffer("sigma", torch.tensor(
@@ -229,6 +232,7 @@ class HK(ABNFineTune):
         super().__init__(backbone, info, mechanism=mechanism)
         if not info.has_boxes:
             raise UserError(f"abn-hk needs bounding boxes; dataset {info.name!r} has none")
+        require("abn-hk", "gamma", gamma, 0, None)
         self.gamma = gamma
         self.selected = torch.zeros(0, dtype=torch.bool)
 

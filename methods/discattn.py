@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.backbones import SplitBackbone
+from harness.config import require
 from harness.data import DatasetInfo
 from harness.distributed import Engine, direct
 from methods.base import Method, Output, descend, register_method, upsample
@@ -68,6 +69,7 @@ class DiscriminativeAttention(Method):
         super().__init__(backbone, info)
         if self.kind not in ATTENTION:
             raise TypeError(f"{type(self).__name__}: kind must be one of {sorted(ATTENTION)}")
+        require(type(self).name or "discattn", "alpha", alpha, 0, 1)  # a share of attention
         self.alpha, self.create_graph = alpha, create_graph
 
     def layers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -274,7 +274,7 @@ def test_other_layouts_bad_files(built: dict[str, Fixture], tmp_path: Path,
     monkeypatch.delenv(data.DATA_ENV, raising=False)
     with pytest.raises(UserError, match="--data-dir"):
         data.build("cub200-2011", "test")
-    with pytest.raises(UserError, match="not a directory"):
+    with pytest.raises(UserError, match="no such directory"):
         data.build("cub200-2011", "test", data_dir=tmp_path / "nowhere")
     with pytest.raises(DataError, match="no cub200-2011 here"):
         data.build("cub200-2011", "test", data_dir=tmp_path)

@@ -61,7 +61,9 @@ def _nothing_written(tmp: Path) -> None:
     ("eval.batch_size=0", "eval.batch_size must be an integer in [1, 65536], got 0"),
     # once: silently scored on all but the last 3 images
     ("eval.causal_n=-3", "eval.causal_n must be an integer in [1, 2147483647], got -3"),
-    ("eval.bootstrap=0", "eval.bootstrap must be an integer in [40, 1000000], got 0"),
+    ("eval.bootstrap=0", "eval.bootstrap must be an integer in [40, 10000], got 0"),
+    # once: 8 GB of resampling weights per metric, after the training
+    ("eval.bootstrap=1000000", "eval.bootstrap must be an integer in [40, 10000]"),
     ("eval.gallery_n=-1", "eval.gallery_n must be an integer in [0, 1000], got -1"),
     ("eval.timing_batches=0", "eval.timing_batches must be an integer in [1, 1000], got 0"),
     ("eval.streams=-1", "eval.streams must be an integer in [0, 256], got -1"),
@@ -84,6 +86,14 @@ def _nothing_written(tmp: Path) -> None:
                                             "got [1, 2]"),
     ("methods.abn-amb.options.sigma=.nan", "methods.abn-amb.options.sigma must be a finite "
                                            "number, got nan"),
+    # a factory's own ranges, before any run record: once accepted and trained
+    ("methods.abn-amb.options.sigma=-5", "abn-amb: sigma must be a number in [0, 1], got -5"),
+    ("methods.abn-amb.options.alpha=-1", "abn-amb: alpha must be a number >= 0, got -1"),
+    # once: terabytes asked of the digit generator (a MemoryError, exit 1)
+    ("dataset_kwargs.n_train=2000000000", "cluttered-digits: n_train must be an integer in "
+                                          "[1, 100000], got 2000000000"),
+    # PyYAML reads 1e-3 as a string: once "train.lr must be a number, got '1e-3'"
+    ("train.lr=-1e-3", "train.lr must be a number > 0, got -0.001"),
     ("backbone_kwargs.stem_stride=two", "cifar-resnet stem_stride must be 1, 2 or 4, got "
                                         "'two'"),
     ("methods.cam.train.epochs=3", "methods.cam.train: cam trains nothing (it explains the "
@@ -110,6 +120,18 @@ def test_a_config_file_and_the_presets_are_range_checked_too(
     _nothing_written(tmp_path)
     for name in config.PRESETS:  # every shipped preset lies within the ranges
         config.resolve(name)
+
+
+def test_photo_and_cifar_image_sizes_are_bounded() -> None:
+    """An absurd size once went on to allocate it (``image_size`` had no upper bound)."""
+    from harness.data.files import IMAGENET_MEAN, IMAGENET_STD, PhotoTransforms
+    from harness.errors import UserError
+
+    for size, resize in ((100_000, None), (4, None), (224, 10**6)):
+        with pytest.raises(UserError, match=r"dataset_kwargs: (image_size|resize) must be "
+                                            r"an integer in \[8, (4096|8192)\]"):
+            PhotoTransforms(size, IMAGENET_MEAN, IMAGENET_STD, resize=resize)
+    assert config.resolve("smoke", sets=["train.lr=1e-3"]).train.lr == 0.001
 
 
 def test_a_post_hoc_method_keeps_its_registered_zero_epochs() -> None:

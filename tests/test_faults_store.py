@@ -249,6 +249,103 @@ def test_a_full_disk_under_the_store_and_under_the_cache(
         assert _runs(disk / "db.sqlite")[0] == (1, "done")
 
 
+def test_a_failed_checkpoint_write_is_one_line_naming_the_file(
+        tmp_path: Path, trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """torch's writer reports a full disk as a RuntimeError without an errno; as any
+    user (the tmpfs case above needs root): the free space names the cause."""
+    import torch
+
+    from harness import safeio
+
+    def full(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        Path(str(f)).write_bytes(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 "
+                           "vs 0: PytorchStreamWriter failed writing file data/0: file "
+                           "write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(safeio, "free_bytes", lambda folder: 4096)
+    assert _run(tmp_path, tmp_path / "cache", tmp_path / "db.sqlite") == 2
+    line = _line(capsys)
+    assert line.startswith(f"error: cannot write {tmp_path / 'cache'}/baseline-") and \
+        "no space left on its disk (0 MB free)" in line and "inline_container" not in line
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".tmp" in p.name]
+    monkeypatch.setattr(safeio, "free_bytes", lambda folder: 1 << 40)  # a quota, not space
+    assert _run(tmp_path, tmp_path / "cache", tmp_path / "db.sqlite") == 2
+    assert "torch could not write it" in _line(capsys)
+
+
+def test_a_db_linked_to_an_output_is_refused(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    link = tmp_path / "results.sqlite"
+    link.symlink_to(tmp_path / "out" / "leaderboard.csv")
+    assert _run(tmp_path, tmp_path / "cache", link) == 2
+    assert "is one of the run's outputs" in _line(capsys)
+
+
+#: each process opens store i of a folder at the agreed moment start + i / 4 s
+_OPEN = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from harness.store import Store
+folder, start, rounds = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+for i in range(rounds):
+    time.sleep(max(0.0, start + i / 4 - time.time()))
+    with Store(folder / f"{{i}}.sqlite") as st:
+        st.begin_run(meta={{}}, config={{}}, argv=[])
+"""
+
+
+@pytest.mark.parametrize("start", ["new", "version 1"])
+def test_runs_opening_one_store_at_once_never_break_it(tmp_path: Path, start: str) -> None:
+    """Three processes open (create, or bring forward) one store at the same moment,
+    in eight rounds: each opens it and adds its run; none sees it half made, none
+    breaks it for the next (the checks once ran outside the write lock)."""
+    import subprocess
+    import sys
+    import time
+
+    from harness.store import MIGRATIONS, SCHEMA_VERSION
+
+    rounds = 8
+    if start == "version 1":
+        for i in range(rounds):
+            con = sqlite3.connect(tmp_path / f"{i}.sqlite")
+            con.executescript(MIGRATIONS[0])
+            con.execute("PRAGMA user_version = 1")
+            con.close()
+    script = _OPEN.format(root=str(Path(__file__).resolve().parents[1]))
+    t0 = time.time() + 15  # after every process's imports
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(t0),
+                               str(rounds)], stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 3, errs
+    for i in range(rounds):
+        with Store(tmp_path / f"{i}.sqlite") as st:
+            assert st.version == SCHEMA_VERSION and len(st.runs(status=None)) == 3
+
+
+def test_the_report_brings_an_older_store_forward(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.store import MIGRATIONS, SCHEMA_VERSION
+
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript(MIGRATIONS[0])
+    con.execute("PRAGMA user_version = 1")
+    con.close()
+    assert report.main(["--db", str(db), "--list"]) == 0
+    with Store(db, readonly=True) as st:
+        assert st.version == SCHEMA_VERSION
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).close()
+    assert report.main(["--db", str(empty), "--list"]) == 2
+    assert "an empty database, no results store yet" in _line(capsys)
+
+
 def test_a_db_that_is_a_folder_a_fifo_or_a_device(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     fifo = tmp_path / "fifo"

@@ -10,6 +10,7 @@ import torch
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
+from harness.config import require
 from harness.data.core import (
     DATASETS,
     BatchRandomCrop,
@@ -19,7 +20,6 @@ from harness.data.core import (
     make_transform,
 )
 from harness.data.files import DataError, subset
-from harness.errors import UserError
 
 #: per-channel statistics of the CIFAR training images (as in the ABN reference code)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -78,8 +78,7 @@ def _cifar(name: str, base: type[tvd.CIFAR10], num_classes: int, folder: str,
         keep = subset(list(range(len(labels))), n_train if split == "train" else n_test,
                       split)
         images, labels = images[keep], labels[keep]
-        if image_size < 8:
-            raise UserError(f"image_size must be at least 8 px, got {image_size}")
+        require("dataset_kwargs", "image_size", image_size, 8, 1024, integer=True)
         info = DatasetInfo(name=name, num_classes=num_classes,
                            image_size=(image_size, image_size), mean=CIFAR_MEAN,
                            std=CIFAR_STD, has_boxes=False)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from harness.errors import UserError
+from harness.errors import UserError, shown_path
 from harness.registry import Registry
 
 
@@ -329,9 +329,12 @@ def _data_dir(name: str, data_dir: str | Path | None, meta: dict[str, Any]) -> P
         raise DataDirMissing(f"dataset {name!r} is read from disk: give --data-dir DIR (or set "
                         f"${DATA_ENV}), the folder its archive was extracted into"
                         + (f" ({source})" if source else ""))
-    path = Path(given).expanduser()
+    from harness.safeio import need_dir
+
+    option = "--data-dir" if data_dir not in (None, "") else f"${DATA_ENV}"
+    path = need_dir(given, option)
     if not path.is_dir():
-        raise UserError(f"--data-dir {path}: not a directory (dataset {name!r})")
+        raise UserError(f"{option} {shown_path(path)}: no such directory (dataset {name!r})")
     return path
 
 

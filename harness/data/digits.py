@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from harness.config import require
 from harness.data.core import (
     DATASETS,
     BatchRandomCrop,
@@ -206,6 +207,10 @@ def _cached_digits(n: int, split: str, seed: int,
     return arrays
 
 
+#: the most images a split of cluttered-digits is generated with
+MAX_GENERATED = 100_000
+
+
 @DATASETS.register("cluttered-digits", embedded=True, needs_download=False, in_memory=True,
                    has_boxes=True,
                    version=GENERATOR_VERSION, test_only=("n_test",))
@@ -228,8 +233,8 @@ def cluttered_digits(split: str, n_train: int = 5000, n_test: int = 1000, data_s
     if image_size != DIGITS_INFO.image_size[0]:
         raise UserError(f"cluttered-digits is generated at {DIGITS_INFO.image_size[0]} px; "
                         f"image_size {image_size} is not available")
-    if n <= 0:
-        raise UserError(f"cluttered-digits: n_{split} must be positive, got {n}")
+    # generated in memory (12 KB an image): beyond this a run is a typo, not a plan
+    require("cluttered-digits", f"n_{split}", n, 1, MAX_GENERATED, integer=True)
     d = _cached_digits(n, split, data_seed, cache_dir)
     # the training augmentation (random crop, 4 px zero padding) runs per batch on the
     # device (BatchRandomCrop); the samples are only converted and normalised

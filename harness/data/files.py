@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from harness.config import require
 from harness.data.core import DATASETS, DatasetInfo, Split
 from harness.errors import UserError, clip, shown
 
@@ -38,6 +39,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: a box may overhang the image by this many pixels (annotation rounding) and is then
 #: clipped to it; further out it is an error
 BOX_SLACK = 1.0
+#: the largest image side a photo dataset is resized to (the papers use 224-448)
+MAX_SIDE = 4096
 #: the ImageNet test protocol: resize the shorter side to size / 0.875, centre crop
 CROP_FRACTION = 0.875
 TRAIN_CROPS = ("random-resized", "random", "none")
@@ -367,14 +370,15 @@ class PhotoTransforms:
         if self.extra_augment is not None and self.extra_augment not in EXTRA_AUGMENT:
             raise UserError(f"extra_augment must be one of {', '.join(EXTRA_AUGMENT)}, got "
                             f"{self.extra_augment!r}")
-        if self.size < 8:
-            raise UserError(f"image_size must be at least 8 px, got {self.size}")
+        require("dataset_kwargs", "image_size", self.size, 8, MAX_SIDE, integer=True)
         if self.train_crop not in TRAIN_CROPS:
             raise UserError(f"train_crop must be one of {', '.join(TRAIN_CROPS)}, got "
                             f"{self.train_crop!r}")
         if self.test_crop not in TEST_CROPS:
             raise UserError(f"test_crop must be one of {', '.join(TEST_CROPS)}, got "
                             f"{self.test_crop!r}")
+        if self.resize is not None:
+            require("dataset_kwargs", "resize", self.resize, 8, 2 * MAX_SIDE, integer=True)
         if self.resize is not None and self.resize < self.size:
             raise UserError(f"resize ({self.resize}) must be at least image_size "
                             f"({self.size})")
