@@ -2,15 +2,23 @@
 
 ``ATTNBENCH_BENCH_QUICK=1`` (with ``--benchmark-min-rounds=1``, as CI runs it) measures
 every pair once, on few images: every ratio is printed, none is worth quoting. At the
-end the suite prints one table: each measured pair, the two medians and their ratio.
+end the suite prints two tables: each measured pair, the two medians and their ratio;
+and the insertion/deletion throughput over TorchCAM's, quiet and under a competing load.
+
+``ATTNBENCH_BENCH_LOAD`` sets how many competing CPU-bound processes the loaded
+scenarios start (default 1); each ends with its scenario, or after
+``ATTNBENCH_BENCH_LOAD_SECONDS`` (default 1200) whatever happens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -73,6 +81,67 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 3
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+#: competing processes of a loaded scenario, and the most each may live (seconds)
+LOAD_PROCESSES = int(os.environ.get("ATTNBENCH_BENCH_LOAD", "1"))
+LOAD_SECONDS = float(os.environ.get("ATTNBENCH_BENCH_LOAD_SECONDS", "1200"))
+#: a CPU-bound loop that ends by itself after argv[1] seconds
+_BUSY = ("import sys, time\n"
+         "end = time.monotonic() + float(sys.argv[1])\n"
+         "n = 0\n"
+         "while time.monotonic() < end:\n"
+         "    for _ in range(10000):\n"
+         "        n += 1\n")
+
+
+@contextlib.contextmanager
+def competing_load(on: bool, processes: int = LOAD_PROCESSES,
+                   seconds: float = LOAD_SECONDS) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``processes`` CPU-bound processes running beside the block (none when not
+    ``on``), as another job on a shared machine would: started here, stopped when the
+    block ends (or fails), and ending by themselves after ``seconds`` in any case."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        if on:
+            procs = [subprocess.Popen([sys.executable, "-c", _BUSY, str(seconds)],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                     for _ in range(processes)]
+            time.sleep(0.2)  # scheduled and spinning before anything is measured
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+#: (model, engine) -> {"quiet"/"loaded": (throughput over TorchCAM, forward batch)}
+THROUGHPUT: dict[tuple[str, str], dict[str, tuple[float, str]]] = {}
+
+
+def record_throughput(model: str, engine: str, load: str, ratio: float, batch: str) -> None:
+    """Keep one insertion/deletion throughput over TorchCAM's for the summary."""
+    THROUGHPUT.setdefault((model, engine), {})[load] = (ratio, batch)
+
+
+def throughput_table(rows: dict[tuple[str, str], dict[str, tuple[float, str]]]
+                     ) -> list[str]:
+    """The lines of the quiet / loaded table: model, engine, both throughputs over
+    TorchCAM's and the forward batch each used."""
+    head = (f"{'model':<16} {'engine':<12} {'quiet':>7} {'loaded':>7}  "
+            "forward batch (quiet / loaded)")
+    lines = [head, "-" * len(head)]
+    for (model, engine), by in rows.items():
+        q, lo = by.get("quiet"), by.get("loaded")
+        cell = [f"{v[0]:.2f}x" if v else "-" for v in (q, lo)]
+        lines.append(f"{model:<16} {engine:<12} {cell[0]:>7} {cell[1]:>7}  "
+                     f"{q[1] if q else '-'} / {lo[1] if lo else '-'}")
+    return lines
+
+
 def record_ratio(benchmark: Any, label: str, reference_s: float) -> float | None:
     """Store and print the benchmark's median over ``reference_s`` (measured in the same
     process just before); None when benchmarks are disabled (plain test runs)."""
@@ -110,6 +179,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("attnbench speed ratios (medians, side by side in this run)")
     for line in summary_table(PAIRS):
         terminalreporter.write_line(line)
+    if THROUGHPUT:
+        terminalreporter.section("insertion + deletion throughput over TorchCAM "
+                                 f"(quiet, and beside {LOAD_PROCESSES} CPU-bound "
+                                 f"process{'es' if LOAD_PROCESSES != 1 else ''})")
+        for line in throughput_table(THROUGHPUT):
+            terminalreporter.write_line(line)
     if QUICK:
         terminalreporter.write_line("quick mode (ATTNBENCH_BENCH_QUICK): one measurement "
                                     "per side on few images; not for quoting")

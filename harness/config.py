@@ -139,9 +139,12 @@ class EvalConfig:
         causal_n: number of test images (the first ones) scored with insertion/deletion.
         causal_step: positions changed per step; 0 means one image row (RISE protocol).
         forward_batch: images per forward pass inside the causal metrics; 0 (the
-            default): the batch with the least time per image for the scored model on
-            this device, timed once per model kind (:func:`metrics.causal.choose_batch`;
-            the scores depend on it by float rounding at most).
+            default): tuned while the passes run, per model kind, from their measured
+            time per image (:class:`metrics.tuning.BatchTuner`; with ``compile``, one
+            batch chosen up front). The scores depend on it by float rounding at most;
+            a fixed value makes them bitwise reproducible. What was used is recorded
+            per row and per model kind (``causal_passes`` in ``config.yaml`` and the
+            store, and on the protocol line).
         batch_size: test images per evaluation batch.
         bootstrap: resamples for the 95 % intervals.
         gallery_n: test images shown in the HTML attention gallery.
@@ -161,7 +164,7 @@ class EvalConfig:
             float rounding only (checked within 1e-5) and not part of any cache key.
         streams: forward passes of the causal metrics run at once on a CPU, each with
             its share of the intra-op threads; 0 (the default): one per thread, within
-            the perturbed images' memory budget (:func:`metrics.causal.choose_streams`),
+            the perturbed images' memory budget (:func:`metrics.tuning.choose_streams`),
             one with ``compile`` (its kernels' thread count is fixed when compiled) and
             on a GPU. Float rounding at most (the same images in every pass), not part
             of any cache key.

@@ -139,11 +139,13 @@ def check_engine(name: str) -> str:
 
 def onnx_logits(model: nn.Module, batch: int, sample: torch.Tensor,
                 threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model`` (images -> logits, eval mode, float32) exported to ONNX at ``batch``
-    images like ``sample`` ``[C,H,W]`` and run by ONNX Runtime's CPU provider with
-    ``threads`` threads a call (default: this process's thread count; calls from
-    several threads run at once) (:func:`fixed_batch`); inputs and outputs stay torch
-    tensors on the CPU.
+    """``model`` (images -> logits, eval mode, float32) exported to ONNX, traced on
+    ``batch`` images like ``sample`` ``[C,H,W]`` with the batch dimension left free (any
+    number of images a call: the forward batch may change while the causal metrics
+    run; as fast as a graph of one fixed batch, measured), and run by ONNX Runtime's
+    CPU provider with ``threads`` threads a call (default: this process's thread count;
+    calls from several threads run at once); inputs and outputs stay torch tensors on
+    the CPU.
 
     Raises:
         UserError: the ``onnx`` extra is not installed, or ``sample`` is not on the CPU.
@@ -159,14 +161,16 @@ def onnx_logits(model: nn.Module, batch: int, sample: torch.Tensor,
                         "'attnbench[onnx]'") from None
     if sample.device.type != "cpu":
         raise UserError("--engine onnxruntime runs on the CPU; on CUDA use --compile")
-    x = sample.detach().expand(batch, *sample.shape).contiguous().float()
+    x = sample.detach().expand(max(2, batch), *sample.shape).contiguous().float()
+    images = torch.export.Dim("images", min=1)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "scoring.onnx")
         quiet = io.StringIO()
         with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
                 torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(model, (x,), path, input_names=["images"],
-                              output_names=["logits"], dynamo=True)
+                              output_names=["logits"], dynamo=True,
+                              dynamic_shapes=({0: images},))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
@@ -180,4 +184,4 @@ def onnx_logits(model: nn.Module, batch: int, sample: torch.Tensor,
         arr = z.detach().float().contiguous().numpy()
         return torch.from_numpy(session.run(None, {"images": arr})[0])
 
-    return fixed_batch(run, batch)
+    return run

@@ -199,7 +199,9 @@ def evaluate_cached(store: Store | None, method: Method, name: str, split: Split
     n_test = len(split)
     res = MethodResult(name, seed, values, {k: per_image[k] for k in values if k in per_image},
                        per_class, curves, n_test=n_test, n_causal=min(n_test, cfg.causal_n),
-                       gallery=gallery, explainer=explainer)
+                       gallery=gallery, explainer=explainer,
+                       causal_passes=(fresh.causal_passes if fresh is not None else {})
+                       or (stored.causal_passes if stored is not None else {}))
     return res, keys, len(hits)
 
 

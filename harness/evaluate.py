@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,11 +31,12 @@ from harness.stats import SeedScores
 from methods.base import Method, Output
 from methods.explainers import Explainer
 from methods.explainers import build as build_explainer
-from metrics import causal
+from metrics import causal, tuning
 from metrics.base import METRICS, EvalBatch, PerImageMetric
 from metrics.confusion import target_pair
 from metrics.localization import normalize
 from metrics.standard import CausalAUC
+from metrics.tuning import BatchTuner
 
 
 @dataclass
@@ -49,6 +51,10 @@ class MethodResult:
         per_class: metrics aggregated as the mean of per-class means.
         curves: mean insertion/deletion curve of each causal metric.
         gallery: maps of the first test images for the report.
+        causal_passes: how the causal metrics' forward passes ran, when they ran here
+            (empty when none did, e.g. all read from the evaluation cache): the model
+            kind, the engine, the streams, the forward batch that scored most images
+            (``forward_batch``) and the images scored at each size.
     """
 
     method: str
@@ -61,6 +67,7 @@ class MethodResult:
     n_causal: int
     gallery: dict[str, np.ndarray] = field(default_factory=dict)
     explainer: str = "native"
+    causal_passes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def row(self) -> str:
@@ -171,22 +178,25 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     def logits_of(z: torch.Tensor) -> torch.Tensor:
         return forward(z).logits
 
-    if cfg.forward_batch <= 0:  # the causal metrics' forward batch, timed for this model
-        h, w = split.info.image_size
-        n_params = sum(p.numel() for p in method.parameters())
+    kind = model_kind(method, precision)
+    sample = torch.zeros(3, *split.info.image_size, device=device)
+    if cfg.forward_batch <= 0 and cfg.compile:  # one shape, chosen up front
         def timed() -> int:
-            return causal.choose_batch(logits_of, torch.zeros(3, h, w, device=device),
-                                       key=(type(method).__name__, n_params, precision))
+            return tuning.choose_batch(logits_of, sample, key=(kind,))
 
-        # sharded: timed on rank 0 and shared, so every rank computes the same way
+        # sharded: timed on rank 0 and shared, so every rank compiles one shape
         cfg = dataclasses.replace(cfg, forward_batch=distributed.share(timed) if sharded
                                   else timed())
-    cfg = dataclasses.replace(cfg, streams=causal_streams(cfg, device, split.info.image_size))
+    cfg = dataclasses.replace(cfg, streams=causal_streams(cfg, device, sample))
     metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg, only).items()}
     causal_logits: Callable[[torch.Tensor], torch.Tensor] = logits_of
-    if any(isinstance(m, CausalAUC) for m in metrics.values()):  # an engine to build
+    tuner: BatchTuner | None = None
+    if any(isinstance(m, CausalAUC) for m in metrics.values()):  # a forward batch, an engine
+        tuner = forward_tuner(cfg, sample, key=(kind, cfg.engine, cfg.compile, cfg.streams))
         causal_logits = causal_engine(scoring, cfg, device, precision,
-                                      split.info.image_size, default=logits_of)
+                                      split.info.image_size, default=logits_of,
+                                      batch=tuner.current)
+    used_before = tuner.usage() if tuner is not None else {}
 
     has_class_maps = ex.class_maps is not None
     label = row_id(name, explainer)
@@ -223,7 +233,8 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         n_c = int((batch["index"] < cfg.causal_n).sum())  # a prefix of the batch
         ev = EvalBatch(images=x, labels=y, logits=logits, saliency=sal,
                        boxes={b: batch[b] for b in box_names if b in batch},
-                       model=causal_logits, pointing_tolerance=split.info.pointing_tolerance,
+                       model=causal_logits, forward_batch=tuner,
+                       pointing_tolerance=split.info.pointing_tolerance,
                        fixed_logits=None if fixed is None else fixed.float(),
                        comb_mask=None if comb_subset is None
                        else comb_subset.to(device)[batch["index"]],
@@ -267,6 +278,10 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                          precision=precision, explainer=explainer, only=set(),
                          parts=(GALLERY,), shard=False).gallery
         gallery = {k: [torch.from_numpy(v)] for k, v in first.items()}
+    passes: dict[str, Any] = {}
+    if tuner is not None and (used := tuning.summary(used_before, tuner.usage())):
+        passes = {"model_kind": kind, "engine": engine_label(cfg), "streams": cfg.streams,
+                  **used}
     n_test = n_split
     return MethodResult(name, seed, values, per_image,
                         {k for k, m in metrics.items() if m.per_class}, curves, n_test=n_test,
@@ -274,7 +289,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                         gallery={k: torch.cat(v).numpy() if v else np.zeros((0, 1, 1))
                                  for k, v in gallery.items()}
                         if GALLERY in parts and (world.main or not sharded) else {},
-                        explainer=explainer)
+                        explainer=explainer, causal_passes=passes)
 
 
 class _Logits(torch.nn.Module):
@@ -288,10 +303,10 @@ class _Logits(torch.nn.Module):
         return self.method(x).logits  # type: ignore[no-any-return]
 
 
-def causal_streams(cfg: EvalConfig, device: torch.device, image_size: tuple[int, int]
-                   ) -> int:
-    """``eval.streams`` resolved for ``cfg.forward_batch`` (already chosen): as set,
-    or (0) :func:`metrics.causal.choose_streams`; one with ``eval.compile``.
+def causal_streams(cfg: EvalConfig, device: torch.device, sample: torch.Tensor) -> int:
+    """``eval.streams`` resolved: as set, or (0) :func:`metrics.tuning.choose_streams`
+    at ``eval.forward_batch`` (0: the tuner's first size) for inputs like ``sample``;
+    one with ``eval.compile``.
 
     Raises:
         UserError: a negative count, or more than one stream with ``eval.compile``.
@@ -306,18 +321,50 @@ def causal_streams(cfg: EvalConfig, device: torch.device, image_size: tuple[int,
         return 1
     if cfg.streams:
         return cfg.streams
-    return causal.choose_streams(cfg.forward_batch, torch.zeros(3, *image_size, device=device))
+    batch = cfg.forward_batch or tuning.start_size(tuning.candidates(sample), device)
+    return tuning.choose_streams(batch, sample)
+
+
+def model_kind(method: torch.nn.Module, precision: str) -> str:
+    """What the forward batch is tuned for: the model's class, size and arithmetic
+    (models of one kind run at the same pace)."""
+    n_params = sum(p.numel() for p in method.parameters())
+    return f"{type(method).__name__} ({n_params / 1e6:.3g}M parameters, {precision})"
+
+
+def forward_tuner(cfg: EvalConfig, sample: torch.Tensor, key: tuple[object, ...]
+                  ) -> BatchTuner:
+    """The causal passes' forward batch for inputs like ``sample``: ``eval.forward_batch``
+    when set (or chosen for ``--compile``), else this process's tuner for ``key``
+    (models of one kind share it: each goes on where the last left off), over the sizes
+    the memory budget allows ``eval.streams`` passes at once."""
+    if cfg.forward_batch > 0:
+        return BatchTuner([cfg.forward_batch], cfg.forward_batch, adaptive=False)
+    full_key = (*key, tuple(sample.shape), str(sample.device), str(sample.dtype))
+
+    def make() -> BatchTuner:
+        sizes = tuning.candidates(sample, streams=cfg.streams)
+        return BatchTuner(sizes, tuning.start_size(sizes, sample.device),
+                          prefer_large=sample.device.type == "cuda")
+
+    return tuning.tuner_for(full_key, make)
+
+
+def engine_label(cfg: EvalConfig) -> str:
+    """The causal passes' engine as recorded: ``torch``, ``torch.compile`` or
+    ``onnxruntime``."""
+    return "torch.compile" if cfg.compile else cfg.engine
 
 
 def causal_engine(scoring: torch.nn.Module, cfg: EvalConfig, device: torch.device,
                   precision: str, image_size: tuple[int, int], *,
-                  default: Callable[[torch.Tensor], torch.Tensor]
+                  default: Callable[[torch.Tensor], torch.Tensor], batch: int
                   ) -> Callable[[torch.Tensor], torch.Tensor]:
     """What computes the causal metrics' logits of perturbed images: ``default`` (the
-    eager scoring copy), or with ``eval.compile`` its ``torch.compile``, or with
-    ``eval.engine: onnxruntime`` its ONNX Runtime session (CPU, fp32 only; each of the
-    ``eval.streams`` passes at once with its share of the threads), each at the chosen
-    forward batch. Predictions and explanations stay eager.
+    eager scoring copy), or with ``eval.compile`` its ``torch.compile`` specialised to
+    ``batch`` images, or with ``eval.engine: onnxruntime`` its ONNX Runtime session
+    (CPU, fp32 only; any number of images a call; each of the ``eval.streams`` passes
+    at once with its share of the threads). Predictions and explanations stay eager.
 
     Raises:
         UserError: an unknown engine, both ``compile`` and ``onnxruntime``, or ONNX
@@ -331,12 +378,11 @@ def causal_engine(scoring: torch.nn.Module, cfg: EvalConfig, device: torch.devic
             raise UserError(f"--engine onnxruntime computes in fp32; the evaluation "
                             f"precision is {precision}")
         sample = torch.zeros(3, *image_size, device=device)
-        return dev.onnx_logits(_Logits(scoring).eval(), cfg.forward_batch, sample,
+        return dev.onnx_logits(_Logits(scoring).eval(), batch, sample,
                                threads=causal.stream_threads(cfg.streams))
     if not cfg.compile:
         return default
-    compiled = dev.compiled_logits(lambda z: scoring(dev.channels_last(z)).logits,
-                                   cfg.forward_batch)
+    compiled = dev.compiled_logits(lambda z: scoring(dev.channels_last(z)).logits, batch)
     if precision == "fp32":
         return compiled
 

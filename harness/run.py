@@ -677,7 +677,9 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
             mm["seeds"][seed] = {"key": trained.key, "cached": trained.cached,
                                  "train_seconds": round(trained.train_seconds, 2),
                                  "facts": trained.facts, "history": trained.history,
-                                 "eval_cached": n_hit == len(keys)}
+                                 "eval_cached": n_hit == len(keys),
+                                 **({"causal_passes": res.causal_passes}
+                                    if res.causal_passes else {})}
             if store is not None:
                 store.add_row(run_id, res, checkpoint_key=trained.key, eval_keys=keys,
                               method_meta=method_meta)
@@ -724,6 +726,11 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
     for b in ("bbox", *test_split.info.extra_boxes):
         if samples and b in samples[0]:
             extras[f"box_{b}"] = np.stack([s[b].numpy() for s in samples])
+    passes = passes_by_kind(results)
+    if passes:  # how the causal metrics' forward passes ran, on the protocol line too
+        meta_run = dict(meta_run, causal_passes=passes,
+                        protocol=f"{meta_run['protocol']}; causal forward passes: "
+                                 f"{describe_passes(passes)}")
     meta_run = dict(meta_run, n_test=results[0].n_test, n_causal=results[0].n_causal,
                     comb_reference=cfg.comb_reference if n_comb else None,
                     n_comb=n_comb or None,
@@ -741,6 +748,41 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
         (row.method, metric, e.value, e.lo, e.hi, e.seed_sd)
         for row in record.analysis.rows for metric, e in row.estimates.items()])
     return record
+
+
+def passes_by_kind(results: Sequence[MethodResult]) -> dict[str, dict[str, Any]]:
+    """The causal metrics' forward passes of this run's rows, per model kind, engine and
+    stream count: the images scored at each forward batch, summed over the rows, and
+    the batch that scored most of them (rows read from the evaluation cache ran none)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in results:
+        p = r.causal_passes
+        if not p:
+            continue
+        label = f"{p['model_kind']}, {p['engine']}, {p['streams']} stream" \
+                f"{'s' if p['streams'] != 1 else ''}"
+        entry = out.setdefault(label, {"model_kind": p["model_kind"], "engine": p["engine"],
+                                       "streams": p["streams"], "images_per_batch": {}})
+        for size, n in p["images_per_batch"].items():
+            entry["images_per_batch"][size] = entry["images_per_batch"].get(size, 0) + n
+    for entry in out.values():
+        used = entry["images_per_batch"]
+        entry["images_per_batch"] = dict(sorted(used.items()))
+        entry["forward_batch"] = max(used, key=lambda s: (used[s], s))
+    return out
+
+
+def describe_passes(passes: dict[str, dict[str, Any]]) -> str:
+    """One phrase per kind: ``Name (0.08M parameters, fp32), torch, 2 streams: batch 32
+    (91 % of the images; also 16, 64)``."""
+    parts = []
+    for label, e in passes.items():
+        used = e["images_per_batch"]
+        share = 100 * used[e["forward_batch"]] / sum(used.values())
+        others = [str(s) for s in used if s != e["forward_batch"]]
+        parts.append(f"{label}: batch {e['forward_batch']} ({share:.0f} % of the images"
+                     + (f"; also {', '.join(others)}" if others else "") + ")")
+    return "; ".join(parts)
 
 
 def mark(store: store_mod.Store, run_id: int, status: str, *, quiet: bool = False) -> None:

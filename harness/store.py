@@ -665,7 +665,21 @@ class Store:
                 (row_id, part))]
             if curve:
                 p.curves[part] = np.asarray(curve, dtype=np.float32)
+                p.causal_passes = p.causal_passes or self._passes_of(row_id)
         return p
+
+    def _passes_of(self, row_id: int) -> dict[str, Any]:
+        """How the causal passes of a stored row ran, as its run recorded them."""
+        run_id, row, seed = self.con.execute("SELECT run_id, row, seed FROM rows WHERE "
+                                             "id = ?", (row_id,)).fetchone()
+        (blob,) = self.con.execute("SELECT method_meta FROM runs WHERE id = ?",
+                                   (run_id,)).fetchone()
+        seeds = (json.loads(blob) if blob else {}).get(row, {}).get("seeds", {})
+        passes = seeds.get(str(seed), {}).get("causal_passes") or {}
+        if "images_per_batch" in passes:  # JSON keys are strings: sizes again
+            passes["images_per_batch"] = {int(k): v for k, v in
+                                          passes["images_per_batch"].items()}
+        return dict(passes)
 
 
 @dataclass
@@ -677,6 +691,8 @@ class Parts:
     per_class: set[str] = field(default_factory=set)
     curves: dict[str, np.ndarray] = field(default_factory=dict)
     gallery: dict[str, np.ndarray] = field(default_factory=dict)
+    #: how the run that computed the causal metrics' parts ran their forward passes
+    causal_passes: dict[str, Any] = field(default_factory=dict)
 
 
 def _wal(con: sqlite3.Connection) -> None:

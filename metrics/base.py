@@ -18,6 +18,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from harness import stats
 from harness.registry import Registry
+from metrics.tuning import BatchTuner
 
 
 @dataclass
@@ -31,6 +32,8 @@ class EvalBatch:
         saliency: ``[B,1,H,W]`` explanation of the ground-truth class.
         boxes: named ``[B,4]`` xyxy boxes (``"bbox"``, ``"distractor_bbox"``, ...).
         model: images -> logits, for metrics that perturb the input.
+        forward_batch: how many perturbed images go through ``model`` at once, chosen
+            pass by pass (None: the metric's own ``forward_batch``).
         causal_images/causal_saliency/causal_classes: the subset scored by the causal
             metrics, the batch's first rows (so ``logits[:n]`` are their predictions),
             with the explanation of the tracked class (None if none here).
@@ -57,6 +60,7 @@ class EvalBatch:
     saliency: torch.Tensor
     boxes: dict[str, torch.Tensor] = field(default_factory=dict)
     model: Callable[[torch.Tensor], torch.Tensor] | None = None
+    forward_batch: BatchTuner | None = None
     causal_images: torch.Tensor | None = None
     causal_saliency: torch.Tensor | None = None
     causal_classes: torch.Tensor | None = None

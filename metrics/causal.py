@@ -9,8 +9,9 @@ the tracked class is recorded, giving a curve of ``n + 1`` points; its AUC is th
 trapezoid over the changed fraction on [0, 1]: ``(sum(s) - s_0/2 - s_n/2) / n``.
 
 All images x steps are evaluated in large batches of perturbed images on the images'
-device; there is no Python loop over steps. On a CPU several of those forward passes
-may run at once (``streams``), each with its share of the threads.
+device; there is no Python loop over steps. How many go through one pass is decided
+while the passes run (:class:`metrics.tuning.BatchTuner`). On a CPU several of those
+forward passes may run at once (``streams``), each with its share of the threads.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from metrics import checks
+from metrics.tuning import BatchTuner, candidates, start_size
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 MODES = ("insertion", "deletion")
@@ -78,63 +80,6 @@ def rank_positions(saliency: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-#: forward-batch sizes :func:`choose_batch` tries
-BATCH_CANDIDATES = (8, 16, 32, 64, 128, 256, 512)
-#: bytes the perturbed images of one forward pass may take
-MEMORY_BUDGET = 512 * 2**20
-_CHOSEN: dict[tuple[object, ...], int] = {}
-
-
-def choose_batch(model: Model, sample: torch.Tensor, key: tuple[object, ...] = (),
-                 budget: int = MEMORY_BUDGET) -> int:
-    """The forward batch with the least time per image for ``model`` on inputs like
-    ``sample`` ``[C,H,W]``, measured once per ``key`` (model kind, device, precision)
-    and input shape: a cache-friendly batch is several times faster per image on a CPU
-    than a large one, and a GPU wants the largest that fits. Candidates whose perturbed
-    images exceed ``budget`` bytes are not tried; the search stops when the time per
-    image has grown twice in a row. The batch size changes the scores by float rounding
-    at most (each image's forward pass is independent of the others' in eval mode, but
-    kernels may differ by batch size: ~1e-7; on the default backbone here, not at all);
-    a fixed ``eval.forward_batch`` makes them bitwise reproducible."""
-    import time
-
-    full_key = (*key, tuple(sample.shape), str(sample.device), str(sample.dtype))
-    if full_key in _CHOSEN:
-        return _CHOSEN[full_key]
-    per_image = sample.numel() * sample.element_size()
-    sync = torch.cuda.synchronize if sample.device.type == "cuda" else (lambda: None)
-    best, best_t, worse = BATCH_CANDIDATES[0], math.inf, 0
-    for bs in BATCH_CANDIDATES:
-        if bs > BATCH_CANDIDATES[0] and bs * per_image > budget:
-            break
-        x = sample.expand(bs, *sample.shape).contiguous()
-        with torch.inference_mode():
-            model(x)  # warm-up (allocations, kernel selection)
-            sync()
-            t0 = time.perf_counter()
-            model(x)
-            sync()
-        t = (time.perf_counter() - t0) / bs
-        if t < best_t:
-            best, best_t, worse = bs, t, 0
-        else:
-            worse += 1
-            if worse == 2:
-                break
-    _CHOSEN[full_key] = best
-    return best
-
-
-def choose_streams(batch: int, sample: torch.Tensor, budget: int = MEMORY_BUDGET) -> int:
-    """Concurrent forward passes for :func:`causal_curves` on ``sample``'s device:
-    on a CPU one per intra-op thread, as many as fit ``budget`` bytes of perturbed
-    images at ``batch`` images a pass (at least one); elsewhere one."""
-    if sample.device.type != "cpu":
-        return 1
-    per_pass = batch * sample.numel() * sample.element_size()
-    return max(1, min(torch.get_num_threads(), budget // max(1, per_pass)))
-
-
 def stream_threads(streams: int) -> int:
     """Intra-op threads each of ``streams`` concurrent passes gets: an equal share of
     this process's, at least one."""
@@ -179,6 +124,42 @@ def concurrently(fn: Callable[[int, threading.Event], None], streams: int) -> No
         raise errors[0]
 
 
+class _Rows:
+    """The rows ``0 .. total-1`` of the perturbed images, handed out in consecutive
+    spans to the passes of every stream (thread-safe)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._next = 0
+        self._back: list[tuple[int, int]] = []  # spans a failed pass gave back
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> tuple[int, int] | None:
+        """The next span of at most ``size`` rows, or None when all are taken."""
+        with self._lock:
+            if self._back:
+                lo, hi = self._back.pop()
+                if hi - lo > size:
+                    self._back.append((lo + size, hi))
+                    hi = lo + size
+                return lo, hi
+            if self._next >= self.total:
+                return None
+            lo = self._next
+            self._next = min(self.total, lo + size)
+            return lo, self._next
+
+    def left(self) -> int:
+        """Rows not handed out yet."""
+        with self._lock:
+            return self.total - self._next + sum(hi - lo for lo, hi in self._back)
+
+    def give_back(self, lo: int, hi: int) -> None:
+        """Rows ``lo:hi`` were not scored: hand them out again."""
+        with self._lock:
+            self._back.append((lo, hi))
+
+
 def n_steps(height: int, width: int, step: int) -> int:
     """Number of steps ``n = ceil(H*W / step)`` (the curve has ``n + 1`` points)."""
     return math.ceil(height * width / step)
@@ -187,7 +168,7 @@ def n_steps(height: int, width: int, step: int) -> int:
 @torch.inference_mode()
 def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
                   classes: torch.Tensor, *, mode: str, step: int, substrate: str,
-                  batch_size: int = 256, unperturbed: torch.Tensor | None = None,
+                  batch_size: int | BatchTuner = 0, unperturbed: torch.Tensor | None = None,
                   streams: int = 1) -> torch.Tensor:
     """Insertion or deletion curves of ``images`` under ``saliency``.
 
@@ -199,7 +180,10 @@ def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
         mode: ``"insertion"`` or ``"deletion"``.
         step: positions changed per step (RISE: one image row, ``W``).
         substrate: ``"blur"``, ``"zero"`` or ``"mean"``.
-        batch_size: perturbed images per forward pass; 0: :func:`choose_batch`.
+        batch_size: perturbed images per forward pass; a :class:`BatchTuner` that
+            chooses it pass by pass (the evaluator's, one per model kind); 0: a new
+            tuner for this call (:func:`metrics.tuning.candidates`). Every image is
+            scored once whatever pass it goes through.
         unperturbed: ``[B]`` the tracked class's probability on the images themselves,
             when the caller has it (the evaluator does): deletion's first point and
             insertion's last are then not computed again.
@@ -216,7 +200,9 @@ def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
 
     The perturbed images of one forward pass are written into one reused buffer,
     image by image with the steps broadcast (no per-row copy of whole images), in
-    the memory format of ``images``.
+    the memory format of ``images``. The passes take the next rows in turn, each at
+    the size the tuner gives; a pass that runs out of GPU memory
+    (``torch.cuda.OutOfMemoryError``) is run again at a smaller size.
 
     Raises:
         ValueError: bad ``mode`` / ``step``; ``images`` not ``[B,C,H,W]``; ``saliency``
@@ -240,8 +226,6 @@ def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
     n = n_steps(h, w, step)
     if b == 0:
         return torch.zeros(0, n + 1, device=images.device)
-    if batch_size <= 0:
-        batch_size = choose_batch(model, images[0])
     dev = images.device
     rank = rank_positions(saliency.to(dev)).view(b, 1, h, w)
     base = make_substrate(images, substrate)
@@ -256,35 +240,62 @@ def causal_curves(model: Model, images: torch.Tensor, saliency: torch.Tensor,
     fmt = (torch.channels_last if images.is_contiguous(memory_format=torch.channels_last)
            and not images.is_contiguous() else torch.contiguous_format)
     scores = torch.empty(total, device=dev, dtype=torch.float32)
-    n_pass = -(-total // batch_size)
-    streams = 1 if dev.type != "cpu" else max(1, min(streams, n_pass))
+    if isinstance(batch_size, BatchTuner):
+        tuner = batch_size
+    elif batch_size > 0:
+        tuner = BatchTuner([batch_size], batch_size, adaptive=False)
+    else:
+        sizes = candidates(images[0], streams=streams)
+        tuner = BatchTuner(sizes, start_size(sizes, dev), prefer_large=dev.type == "cuda")
+    streams = 1 if dev.type != "cpu" else max(1, min(streams, -(-total // min(tuner.sizes))))
+    rows = _Rows(total)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
 
-    def run_passes(first: int, stop: threading.Event | None = None) -> None:
-        """Passes ``first``, ``first + streams``, ... into one reused buffer (until
-        ``stop`` is set)."""
-        buffer = torch.empty((min(batch_size, total), c, h, w), dtype=images.dtype,
-                             device=dev).contiguous(memory_format=fmt)
-        for lo in range(first * batch_size, total, streams * batch_size):
-            if stop is not None and stop.is_set():
+    def run_passes(first: int = 0, stop: threading.Event | None = None) -> None:
+        """Passes over the next rows not yet taken, each into this stream's reused
+        buffer (until none is left or ``stop`` is set)."""
+        buffer: torch.Tensor | None = None
+        while stop is None or not stop.is_set():
+            size = tuner.size(rows.total, rows.left())
+            span = rows.take(size)
+            if span is None:
+                tuner.unused(size)
                 return
-            hi = min(lo + batch_size, total)
-            x = buffer[: hi - lo]
-            r = lo
-            while r < hi:  # the rows of each image in this pass, its steps broadcast
-                i, j = divmod(r, m)
-                j1 = min(m, j + hi - r)
-                torch.where(rank[i] < thresholds[j:j1], finish[i], start[i],
-                            out=x[r - lo : r - lo + j1 - j])
-                r += j1 - j
-            logits = model(x).float()
-            if lo == 0:  # the classes exist in the model's output
-                checks.classes(classes, b, logits.shape[1])
-            img = torch.arange(lo, hi, device=dev) // m
-            probs = torch.softmax(logits, dim=1)
-            scores[lo:hi] = probs.gather(1, classes[img].view(-1, 1)).squeeze(1)
+            lo, hi = span
+            if buffer is None or len(buffer) < hi - lo:
+                buffer = torch.empty((hi - lo, c, h, w), dtype=images.dtype,
+                                     device=dev).contiguous(memory_format=fmt)
+            t0 = tuner.clock()
+            try:
+                probs = one_pass(buffer[: hi - lo], lo, hi)
+                if sync is not None:
+                    sync()
+            except torch.cuda.OutOfMemoryError:
+                buffer = None
+                rows.give_back(lo, hi)
+                tuner.too_big(size)  # raises when no smaller size is left
+                continue
+            tuner.observe(size, hi - lo, tuner.clock() - t0)
+            scores[lo:hi] = probs
+
+    def one_pass(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """The tracked classes' probabilities of rows ``lo:hi``, perturbed into ``x``."""
+        r = lo
+        while r < hi:  # the rows of each image in this pass, its steps broadcast
+            i, j = divmod(r, m)
+            j1 = min(m, j + hi - r)
+            torch.where(rank[i] < thresholds[j:j1], finish[i], start[i],
+                        out=x[r - lo : r - lo + j1 - j])
+            r += j1 - j
+        logits = model(x).float()
+        if lo == 0:  # the classes exist in the model's output
+            checks.classes(classes, b, logits.shape[1])
+        img = torch.arange(lo, hi, device=dev) // m
+        probs = torch.softmax(logits, dim=1)
+        return probs.gather(1, classes[img].view(-1, 1)).squeeze(1)
 
     if streams == 1:
-        run_passes(0)
+        run_passes()
     else:
         concurrently(run_passes, streams)
     if unperturbed is None:

@@ -47,8 +47,9 @@ class CausalAUC(PerImageMetric):
         mode: ``"insertion"`` (higher is better) or ``"deletion"`` (lower is better).
         substrate: defaults to the RISE protocol: blur for insertion, zero for deletion.
         step: positions per step; 0 = one image row (RISE).
-        forward_batch: perturbed images per forward pass; 0 (the default): chosen for
-            the model (:func:`metrics.causal.choose_batch`).
+        forward_batch: perturbed images per forward pass when the batch does not bring
+            the evaluator's tuner; 0 (the default): a tuner for each call
+            (:class:`metrics.tuning.BatchTuner`).
         streams: forward passes run at once on a CPU (``causal_curves``' ``streams``).
     """
 
@@ -74,7 +75,8 @@ class CausalAUC(PerImageMetric):
             1, batch.causal_classes.view(-1, 1).to(batch.logits.device)).squeeze(1)
         curves = causal.causal_curves(batch.model, batch.causal_images, batch.causal_saliency,
                                       batch.causal_classes, mode=self.mode, step=step,
-                                      substrate=self.substrate, batch_size=self.forward_batch,
+                                      substrate=self.substrate,
+                                      batch_size=batch.forward_batch or self.forward_batch,
                                       unperturbed=known, streams=self.streams)
         self.curves.append(curves)
         return causal.auc(curves), torch.arange(n_img, device=batch.labels.device)
@@ -165,7 +167,8 @@ class CombInsertionAUC(CausalAUC):
         step = -(-h * w * self.percent_step // 100)
         curves = causal.causal_curves(batch.model, x, batch.saliency[sel], batch.labels[sel],
                                       mode="insertion", step=step, substrate=self.substrate,
-                                      batch_size=self.forward_batch, streams=self.streams)
+                                      batch_size=batch.forward_batch or self.forward_batch,
+                                      streams=self.streams)
         self.curves.append(curves)
         return causal.auc(curves), sel
 

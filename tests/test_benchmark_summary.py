@@ -42,3 +42,41 @@ def test_interleaved_medians_take_turns(monkeypatch: pytest.MonkeyPatch) -> None
     cost = {"a": [0.0, 4.0], "b": [0.0, 5.0]}
     assert interleaved_medians({"a": side("a"), "b": side("b")}) == {"a": 4.0, "b": 5.0}
     assert calls == ["a", "b", "a", "b"]
+
+
+def test_throughput_table_shows_quiet_and_loaded() -> None:
+    lines = conftest.throughput_table({
+        ("cifar-resnet8", "eager"): {"quiet": (1.16, "32"), "loaded": (1.02, "16")},
+        ("resnet18", "onnxruntime"): {"quiet": (1.33, "64")}})
+    assert lines[0].split()[:4] == ["model", "engine", "quiet", "loaded"]
+    assert lines[2].split() == ["cifar-resnet8", "eager", "1.16x", "1.02x", "32", "/", "16"]
+    assert lines[3].split() == ["resnet18", "onnxruntime", "1.33x", "-", "64", "/", "-"]
+
+
+def test_competing_load_runs_beside_the_block_and_is_stopped() -> None:
+    """The competing process spins while the block runs (its CPU time grows), and is
+    gone afterwards, also when the block fails; without load nothing starts."""
+    import os
+    import time
+
+    def cpu_seconds(pid: int) -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    with conftest.competing_load(True, processes=1, seconds=60) as procs:
+        (p,) = procs
+        t0 = cpu_seconds(p.pid)
+        time.sleep(1.0)
+        assert cpu_seconds(p.pid) - t0 >= 0.1  # busy, not sleeping (even on a busy CPU)
+    assert p.poll() is not None
+    with pytest.raises(RuntimeError, match="inside"):
+        with conftest.competing_load(True, processes=2, seconds=60) as procs:
+            raise RuntimeError("inside")
+    assert all(q.poll() is not None for q in procs)
+    with conftest.competing_load(False) as procs:
+        assert procs == []
+    # bounded in time even if never stopped: it ends by itself
+    with conftest.competing_load(True, processes=1, seconds=0.3) as procs:
+        procs[0].wait(timeout=10)
+        assert procs[0].returncode == 0

@@ -181,29 +181,6 @@ def test_bad_inputs_raise() -> None:
         causal.make_substrate(torch.zeros(1, 3, 2, 2), "noise")
 
 
-def test_choose_batch_picks_the_fastest_within_the_budget(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A model whose cost per call is flat up to 32 images and grows after: 32 is the
-    cheapest per image; the budget caps the candidates; the choice is kept per key."""
-    import time
-
-    calls: list[int] = []
-
-    def model(x: torch.Tensor) -> torch.Tensor:
-        calls.append(len(x))
-        time.sleep(0.002 * max(1, len(x) / 32) ** 2)
-        return torch.zeros(len(x), 3)
-
-    monkeypatch.setattr(causal, "_CHOSEN", {})
-    sample = torch.zeros(3, 4, 4)
-    assert causal.choose_batch(model, sample, key=("toy",)) == 32
-    assert max(calls) <= 128  # stopped after two worse candidates
-    n = len(calls)
-    assert causal.choose_batch(model, sample, key=("toy",)) == 32 and len(calls) == n
-    # a budget of 16 images' bytes: nothing larger is tried
-    budget = 16 * sample.numel() * sample.element_size()
-    assert causal.choose_batch(model, sample, key=("small",), budget=budget) == 16
-
-
 def test_scores_depend_on_the_forward_batch_by_rounding_only() -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
@@ -245,6 +222,7 @@ def test_streams_share_the_threads_and_give_them_back() -> None:
     """Each stream runs in its own thread with its share of the intra-op threads and
     under inference mode; the process's thread count is restored afterwards."""
     import threading
+    import time
 
     model = small_model()
     seen: list[tuple[int, int, bool]] = []
@@ -254,6 +232,7 @@ def test_streams_share_the_threads_and_give_them_back() -> None:
         with lock:
             seen.append((threading.get_ident(), torch.get_num_threads(),
                          torch.is_inference_mode_enabled()))
+        time.sleep(0.02)  # the passes take turns from a shared queue: both streams get some
         return model(z)
 
     imgs, sal = torch.randn(3, 3, 6, 5), torch.rand(3, 6, 5)
@@ -296,18 +275,3 @@ def test_a_failing_stream_stops_the_others_and_raises() -> None:
                              mode="insertion", step=5, substrate="zero", batch_size=2,
                              streams=2)
     assert torch.get_num_threads() == before
-
-
-def test_choose_streams_one_per_thread_within_the_budget() -> None:
-    sample = torch.zeros(3, 8, 8)
-    per_image = sample.numel() * sample.element_size()
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        assert causal.choose_streams(4, sample) == 2
-        # the budget holds one pass's images only
-        assert causal.choose_streams(4, sample, budget=4 * per_image) == 1
-        assert causal.choose_streams(4, sample, budget=1) == 1
-        assert causal.choose_streams(4, torch.zeros(3, 8, 8, device="meta")) == 1
-    finally:
-        torch.set_num_threads(before)

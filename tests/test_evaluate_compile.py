@@ -136,12 +136,14 @@ def test_streams_give_the_one_stream_aucs(engine: str, smoke_cfg: config.RunConf
 
 def test_causal_streams_resolution(smoke_cfg: config.RunConfig) -> None:
     from harness.evaluate import causal_streams
-    from metrics import causal
+    from metrics import tuning
 
     ecfg = dataclasses.replace(smoke_cfg.eval, forward_batch=16)
-    size = (64, 64)
-    assert causal_streams(ecfg, CPU, size) == causal.choose_streams(
-        16, torch.zeros(3, *size))
+    size = torch.zeros(3, 64, 64)
+    assert causal_streams(ecfg, CPU, size) == tuning.choose_streams(16, size)
+    # no forward batch set: streams for the tuner's first size
+    assert causal_streams(dataclasses.replace(ecfg, forward_batch=0), CPU, size) == \
+        tuning.choose_streams(tuning.START["cpu"], size)
     assert causal_streams(dataclasses.replace(ecfg, streams=3), CPU, size) == 3
     assert causal_streams(dataclasses.replace(ecfg, compile=True), CPU, size) == 1
     assert causal_streams(dataclasses.replace(ecfg, compile=True, streams=1), CPU, size) == 1
