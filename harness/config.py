@@ -168,6 +168,8 @@ class EvalConfig:
             one with ``compile`` (its kernels' thread count is fixed when compiled) and
             on a GPU. Float rounding at most (the same images in every pass), not part
             of any cache key.
+        lens_seed: seeds the trust lenses' random draws (``class_sensitivity``'s other
+            class of each image); the same for every method, so their scores pair.
     """
 
     causal_n: int = field(default=128, metadata=within(1, MAX_IMAGES))
@@ -181,6 +183,7 @@ class EvalConfig:
     compile: bool = False
     engine: str = field(default="torch", metadata=one_of(ENGINES))
     streams: int = field(default=0, metadata=within(0, MAX_STREAMS))
+    lens_seed: int = field(default=0, metadata=within(0, 2 ** 32 - 1))
 
 
 @dataclass(frozen=True)

@@ -320,9 +320,11 @@ def _estimate(p: Plan, name: str, mcfg: RunConfig, info: DatasetInfo, n_train: i
     p.eval_timing = forwards[key]
     n = p.eval_timing.batches[-1]
     per_image = p.eval_timing.seconds(n, info.image_size) / n
-    # predictions + explanations (about 3 forward-equivalents an image), then the two
-    # causal curves (one forward per step and image) on causal_n images
-    p.eval_seconds = per_image * (3 * n_test + 2 * (causal_steps + 1)
+    # predictions + explanations, of the ground-truth and of another class
+    # (class_sensitivity): about 5 forward-equivalents an image; then on causal_n images
+    # the two causal curves (one forward per step and image) and the two confidence
+    # changes (one forward each)
+    p.eval_seconds = per_image * (5 * n_test + (2 * (causal_steps + 1) + 2)
                                   * min(ev.causal_n, n_test))
 
 

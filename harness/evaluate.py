@@ -207,6 +207,10 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
             maps = ex.class_maps(z, classes)
         return None if maps is None else finite(maps.float(), f"{label} class maps")
 
+    def explain_again(z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # in float32, as the explanations
+            return finite(ex.explain(z, classes).float(), f"{label} explanations")
+
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
     gallery_n = cfg.gallery_n if GALLERY in parts and not sharded else 0
     # metrics that score the first causal_n images only need no more of the split
@@ -239,7 +243,8 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                        comb_mask=None if comb_subset is None
                        else comb_subset.to(device)[batch["index"]],
                        class_maps=ClassMapMemo(class_maps, x) if has_class_maps else None,
-                       indices=batch["index"], original_sizes=batch.get("orig_size"))
+                       indices=batch["index"], original_sizes=batch.get("orig_size"),
+                       explain=explain_again)
         if n_c:
             pred = logits[:n_c].argmax(1)
             sal_c = sal[:n_c].clone()

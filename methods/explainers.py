@@ -18,11 +18,13 @@ left as they were (gradients are taken with ``torch.autograd.grad``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from captum.attr import LayerGradCam
 from torch import nn
@@ -271,5 +273,44 @@ register_explainer("scorecam", paper="Wang et al., CVPR-W 2020",
                    )(_torchcam("scorecam", "ScoreCAM", batch_size=64))
 
 
+#: the random explainer's seed (recorded here and in README's explainer table)
+RANDOM_SEED = 0
+#: the random explainer's grid: one uniform value per cell, bilinearly upsampled
+RANDOM_GRID = 7
+
+
+def random_maps(x: torch.Tensor, seed: int = RANDOM_SEED, grid: int = RANDOM_GRID
+                ) -> torch.Tensor:
+    """``[B,1,H,W]``: a smooth random map per image, in [0, 1): ``grid`` x ``grid``
+    uniform values drawn from a generator seeded by ``seed`` and the image's bytes
+    (float32, on the CPU), bilinearly upsampled to the input. The same image gets the
+    same map whatever the batch, class, model or device; another image (a perturbed
+    copy too) gets an independent one."""
+    raw = x.detach().float().cpu().contiguous().numpy()
+    cells = np.stack([
+        np.random.default_rng([seed, int.from_bytes(hashlib.blake2b(
+            img.tobytes(), digest_size=8).digest(), "little")]).random((grid, grid))
+        for img in raw])
+    m = torch.from_numpy(cells).float().unsqueeze(1).to(x.device)
+    return upsample(m, tuple(x.shape[-2:]))
+
+
+@register_explainer("random", description="a smooth random map per image (7 x 7 uniform "
+                                          "values, seed 0 and the image's bytes, bilinear "
+                                          "upsampling): ignores the model and the class; "
+                                          "the floor every lens is read against")
+def random_explainer(method: Method) -> Explainer:
+    """The reference a real explanation must beat: it does not depend on the model (it
+    must fail the randomisation checks) nor on the class (class sensitivity 1)."""
+    k = method.info.num_classes
+
+    def explain(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.numel() and not (0 <= int(target.min()) and int(target.max()) < k):
+            raise IndexError(f"class {int(target.max())} is beyond the model's {k} classes")
+        return random_maps(x)
+
+    return Explainer("random", explain, None)
+
+
 __all__ = ["EXPLAINERS", "Explainer", "NotApplicable", "build", "native_equivalent",
-           "register_explainer", "scored_layer", "stage_output"]
+           "random_maps", "register_explainer", "scored_layer", "stage_output"]

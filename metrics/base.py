@@ -48,6 +48,9 @@ class EvalBatch:
         indices: ``[B]`` the images' indices in the test split (scores are paired across
             methods and seeds by them); None: numbered in the order the metric sees
             them.
+        explain: (images, classes ``[n]``) -> the explainer's maps ``[n,1,H,W]`` (float,
+            finite), for metrics that explain again (another class, other images);
+            None: not available.
         original_sizes: ``[B,2]`` (H, W), in original pixels, of the region of each
             image that the input shows (the whole image when the test transform
             resizes it, the centre crop's side when it crops), for datasets read from
@@ -70,6 +73,7 @@ class EvalBatch:
     class_maps: Callable[[torch.Tensor], torch.Tensor | None] | None = None
     indices: torch.Tensor | None = None
     original_sizes: torch.Tensor | None = None
+    explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 #: which images of a batch a metric scored: a bool mask ``[B]`` or row indices
@@ -108,15 +112,19 @@ class PerImageMetric(Metric):
         super().reset()
         self._seen = 0
 
+    def image_ids_of(self, batch: EvalBatch) -> torch.Tensor:
+        """``[B]`` the batch's test-split indices (numbered in arrival order when the
+        batch carries none), as :meth:`update` records them."""
+        if batch.indices is not None:
+            return batch.indices
+        return torch.arange(len(batch.labels), device=batch.labels.device) + self._seen
+
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
         out = self.score(batch)
         if out is None:
             return
         scores, rows = out
-        if batch.indices is not None:
-            ids = batch.indices
-        else:  # batches in test-split order: number the images as they come
-            ids = torch.arange(len(batch.labels), device=batch.labels.device) + self._seen
+        ids = self.image_ids_of(batch)  # in test-split order when numbered here
         self._seen += len(batch.labels)
         self.scores.append(scores.detach().float())
         self.classes.append(batch.labels[rows].detach().long())

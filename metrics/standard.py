@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metrics import causal, confusion, localization
+from metrics import causal, confusion, lenses, localization
 from metrics.base import EvalBatch, MetricSpec, PerImageMetric, Rows, register_metric
 
 
@@ -267,6 +267,84 @@ class PointingGame(PerImageMetric):
         return hits, ok
 
 
+class Sparseness(PerImageMetric):
+    """Gini index of the explanation of the ground-truth class
+    (:func:`metrics.lenses.sparseness`); higher is sparser. No forward pass."""
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows]:
+        return lenses.sparseness(batch.saliency).float(), _all(batch)
+
+
+class Complexity(PerImageMetric):
+    """Entropy of the explanation of the ground-truth class
+    (:func:`metrics.lenses.complexity`); lower is simpler. No forward pass."""
+
+    higher_is_better = False
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows]:
+        return lenses.complexity(batch.saliency).float(), _all(batch)
+
+
+class ClassSensitivity(PerImageMetric):
+    """Random Logit (Sixt et al., ICML 2020): SSIM (:func:`metrics.lenses.ssim`) between
+    the explanation of the ground-truth class and that of one other class drawn per
+    image from ``seed`` (:func:`metrics.lenses.other_classes`), both at input size.
+    Lower is more class-sensitive; an explanation that ignores the class scores 1. One
+    explanation per image; n/a where the batch brings no explainer or the images are
+    smaller than the SSIM window."""
+
+    higher_is_better = False
+
+    def __init__(self, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seed = seed
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
+        if batch.explain is None or min(batch.saliency.shape[-2:]) < 7:
+            return None
+        k = batch.logits.shape[1]
+        if k < 2:
+            return None
+        other = lenses.other_classes(batch.labels, k, self.image_ids_of(batch), self.seed)
+        maps = batch.explain(batch.images, other)
+        return lenses.ssim(batch.saliency, maps).float(), _all(batch)
+
+
+class ConfidenceChange(PerImageMetric):
+    """Grad-CAM++'s confidence change (Chattopadhay et al., WACV 2018, Sec. 5) on the
+    causal subset: the predicted class's probability Y of each image and O of the image
+    multiplied by its map of that class (:func:`metrics.lenses.confidence_change`), each
+    image's term given by :attr:`term`. One forward pass per image."""
+
+    term = staticmethod(lenses.avg_drop)
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
+        if batch.causal_images is None or batch.model is None:
+            return None
+        assert batch.causal_saliency is not None and batch.causal_classes is not None
+        n = batch.causal_images.shape[0]
+        known = torch.softmax(batch.logits[:n].float(), 1).gather(
+            1, batch.causal_classes.view(-1, 1).to(batch.logits.device))[:, 0]
+        y, o = lenses.confidence_change(batch.model, batch.causal_images,
+                                        batch.causal_saliency, batch.causal_classes, known)
+        return self.term(y, o).to(batch.labels.device), torch.arange(
+            n, device=batch.labels.device)
+
+
+class AvgDrop(ConfidenceChange):
+    """Average Drop's term, max(0, Y - O) / Y (lower is better)."""
+
+    higher_is_better = False
+    term = staticmethod(lenses.avg_drop)
+
+
+class IncreaseConf(ConfidenceChange):
+    """Increase in Confidence's term, 1 where O > Y (higher is better)."""
+
+    higher_is_better = True
+    term = staticmethod(lenses.increase_conf)
+
+
 def _all(batch: EvalBatch) -> Rows:
     return torch.ones(len(batch.labels), dtype=torch.bool, device=batch.labels.device)
 
@@ -346,6 +424,23 @@ _spec("siou_confusion", False, "soft IoU (Eq. 6, no mask) between the maps of th
 _spec("siou_confusion_pred", False, "label-free siou_confusion: the predicted class against "
       "the runner-up (highest other logit)", lambda cfg: SiouConfusion("pred"),
       paper="Wang et al., 2019 (discriminative attention)")
+_spec("sparseness", True, "Gini index of |map| over the pixels (the ground-truth class's "
+      "map at input size): 0 uniform, (n-1)/n one pixel", lambda cfg: Sparseness(),
+      paper="Chalasani et al., ICML 2020")
+_spec("complexity", False, "entropy (nats) of the map's share per pixel, |a| / sum |a| "
+      "(ground-truth class, input size): 0 one pixel, log(H*W) uniform",
+      lambda cfg: Complexity(), paper="Bhatt et al., IJCAI 2020", bounds=None)
+_spec("class_sensitivity", False, "Random Logit: SSIM between the maps of the ground-truth "
+      "class and of one other class drawn per image (eval.lens_seed); 1 = the map ignores "
+      "the class", lambda cfg: ClassSensitivity(seed=cfg.lens_seed),
+      paper="Sixt et al., ICML 2020", bounds=(-1.0, 1.0), options=("lens_seed",))
+_spec("avg_drop", False, "Average Drop: max(0, Y - O) / Y, Y the predicted class's "
+      "probability, O that of the image times its min-max normalised map (causal subset)",
+      lambda cfg: AvgDrop(), paper="Chattopadhay et al., WACV 2018",
+      options=("causal_n",))
+_spec("increase_conf", True, "Increase in Confidence: share of images with O > Y (as "
+      "avg_drop; causal subset)", lambda cfg: IncreaseConf(),
+      paper="Chattopadhay et al., WACV 2018", options=("causal_n",))
 _spec("explain_ms", False, "milliseconds per explanation (batched)", unit="ms", bounds=None)
 _spec("explain_overhead", False, "explanation time / plain forward time on the same batch",
       bounds=None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 from collections.abc import Callable
 
 import numpy as np
@@ -35,6 +36,8 @@ from methods.posthoc import CAM, Baseline, GradCAM
 from tests.conftest import all_hooks
 
 NON_NATIVE = [e for e in EXPLAINERS.names() if e != "native"]
+#: the explainers that read the scored layer (all but native and random)
+LAYER_READING = [e for e in NON_NATIVE if e != "random"]
 #: one method per distinct inference path (forward, attend, explain, class_maps); the
 #: ABN fine-tunes (abn-amb, -cot, -comb, -hk) and msabn-puzzle / msabn-cr inherit
 #: abn's / msabn's, which test_representatives_cover_every_method checks. The full
@@ -180,7 +183,7 @@ X_TINY = torch.stack([F0, F1, torch.full((2, 2), 7.0)])[None]
 
 def test_registry_names() -> None:
     assert set(EXPLAINERS.names()) == {"native", "cam", "gradcam", "att-ch", "att-px",
-                                       "gradcampp", "scorecam"}
+                                       "gradcampp", "scorecam", "random"}
 
 
 def test_representatives_cover_every_method(smoke_cfg: config.RunConfig,
@@ -224,7 +227,7 @@ def test_contract(name: str, explainer: str, smoke_cfg: config.RunConfig,
 
     classes = torch.stack([y, (y + 1) % smoke_test.info.num_classes], 1)
     if ex.class_maps is None:
-        assert explainer == "native" and name == "baseline"
+        assert (explainer == "native" and name == "baseline") or explainer == "random"
     else:
         cm = ex.class_maps(x, classes)
         assert cm is not None and cm.shape[:2] == (n, 2)
@@ -572,7 +575,7 @@ def _on_baseline_weights(cls: Callable[..., Method], cfg: config.RunConfig,
     return cls(base.backbone, base.info).eval()
 
 
-@pytest.mark.parametrize("explainer", NON_NATIVE)
+@pytest.mark.parametrize("explainer", LAYER_READING)
 def test_stage_run_twice_not_applicable(explainer: str, smoke_cfg: config.RunConfig,
                                         smoke_test: data.Split) -> None:
     method = _on_baseline_weights(TwiceStage, smoke_cfg, smoke_test)
@@ -654,3 +657,34 @@ def test_native_is_the_methods_own(smoke_cfg: config.RunConfig,
     na = build("native", abn)
     assert na.class_maps == abn.class_maps
     assert torch.equal(na.explain(x, y), abn.explain(x, y))
+
+
+# --------------------------------------------------------------------------------------
+# random: the floor
+# --------------------------------------------------------------------------------------
+
+
+def test_random_maps_are_fixed_per_image_and_independent_of_the_rest(
+        smoke_cfg: config.RunConfig, smoke_test: data.Split) -> None:
+    x, y = _images(smoke_test, 6)
+    baseline, abn = _method("baseline", smoke_cfg, smoke_test), _method("abn", smoke_cfg,
+                                                                         smoke_test)
+    maps = build("random", baseline).explain(x, y)
+    assert maps.shape == (6, 1, *x.shape[-2:])
+    assert float(maps.min()) >= 0 and float(maps.max()) < 1
+    # the same image: the same map, whatever the batch, class or model
+    assert torch.equal(build("random", abn).explain(x[[3, 1]], (y[[3, 1]] + 1) % 10),
+                       maps[[3, 1]])
+    # another image, a slightly perturbed copy too: an unrelated map
+    moved = build("random", baseline).explain(x + 1e-3, y)
+    for i in range(6):
+        assert not torch.allclose(moved[i], maps[i], atol=0.05)
+        corr = np.corrcoef(maps[i].flatten(), maps[(i + 1) % 6].flatten())[0, 1]
+        assert abs(corr) < 0.9
+    # smooth: a bilinear upsampling of a 7 x 7 grid of draws
+    grid = np.random.default_rng([0, int.from_bytes(hashlib.blake2b(
+        x[0].numpy().tobytes(), digest_size=8).digest(), "little")]).random((7, 7))
+    torch.testing.assert_close(maps[:1], upsample(torch.from_numpy(grid).float()[None, None],
+                                                  tuple(x.shape[-2:])))
+    with pytest.raises(IndexError, match="beyond"):
+        build("random", baseline).explain(x, torch.full_like(y, 10))
