@@ -323,8 +323,8 @@ def _estimate(p: Plan, name: str, mcfg: RunConfig, info: DatasetInfo, n_train: i
     # predictions + explanations, of the ground-truth and of another class
     # (class_sensitivity): about 5 forward-equivalents an image; then on causal_n images
     # the two causal curves (one forward per step and image) and the two confidence
-    # changes (one forward each)
-    p.eval_seconds = per_image * (5 * n_test + (2 * (causal_steps + 1) + 2)
+    # changes (two forwards each)
+    p.eval_seconds = per_image * (5 * n_test + (2 * (causal_steps + 1) + 4)
                                   * min(ev.causal_n, n_test))
 
 

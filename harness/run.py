@@ -670,7 +670,8 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
                 row_meta = {"paper": xm.get("paper", ""),
                             "description": f"{xm.get('description', explainer)}, applied "
                                            f"to the trained {name}",
-                            "explainer": explainer, "reference": False}
+                            "explainer": explainer,
+                            "reference": bool(xm.get("reference", False))}
             mm = method_meta.setdefault(res.row, {
                 "method": name, **row_meta, "init_from": meta.get("init_from"),
                 "train": trained.cfg.to_dict()["train"], "seeds": {}})

@@ -55,9 +55,13 @@ class NotApplicable(Exception):
     """The explainer does not fit this model (the reason is the message)."""
 
 
-def register_explainer(name: str, *, paper: str = "", description: str = ""
+def register_explainer(name: str, *, paper: str = "", description: str = "",
+                       reference: bool = False
                        ) -> Callable[[ExplainerFactory], ExplainerFactory]:
-    return EXPLAINERS.register(name, paper=paper, description=description)
+    """Register an explainer factory; ``reference``: its rows are references (not
+    ranked on the explanation columns), as the random floor."""
+    return EXPLAINERS.register(name, paper=paper, description=description,
+                               reference=reference)
 
 
 def build(name: str, method: Method) -> Explainer:
@@ -281,7 +285,7 @@ RANDOM_GRID = 7
 
 def random_maps(x: torch.Tensor, seed: int = RANDOM_SEED, grid: int = RANDOM_GRID
                 ) -> torch.Tensor:
-    """``[B,1,H,W]``: a smooth random map per image, in [0, 1): ``grid`` x ``grid``
+    """``[B,1,H,W]``: a smooth random map per image, in [0, 1]: ``grid`` x ``grid``
     uniform values drawn from a generator seeded by ``seed`` and the image's bytes
     (float32, on the CPU), bilinearly upsampled to the input. The same image gets the
     same map whatever the batch, class, model or device; another image (a perturbed
@@ -298,15 +302,17 @@ def random_maps(x: torch.Tensor, seed: int = RANDOM_SEED, grid: int = RANDOM_GRI
 @register_explainer("random", description="a smooth random map per image (7 x 7 uniform "
                                           "values, seed 0 and the image's bytes, bilinear "
                                           "upsampling): ignores the model and the class; "
-                                          "the floor every lens is read against")
+                                          "the floor every lens is read against",
+                    reference=True)
 def random_explainer(method: Method) -> Explainer:
     """The reference a real explanation must beat: it does not depend on the model (it
     must fail the randomisation checks) nor on the class (class sensitivity 1)."""
     k = method.info.num_classes
 
     def explain(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if target.numel() and not (0 <= int(target.min()) and int(target.max()) < k):
-            raise IndexError(f"class {int(target.max())} is beyond the model's {k} classes")
+        bad = target[(target < 0) | (target >= k)]
+        if bad.numel():
+            raise IndexError(f"class {int(bad[0])} is not one of the model's {k} classes")
         return random_maps(x)
 
     return Explainer("random", explain, None)

@@ -18,16 +18,31 @@ import torch.nn.functional as F
 
 from harness.geometry import normalize
 
-__all__ = ["avg_drop", "complexity", "confidence_change", "increase_conf", "other_classes",
-           "sparseness", "ssim"]
+__all__ = ["avg_drop", "by_max", "complexity", "confidence_change", "increase_conf",
+           "other_classes", "sparseness", "ssim"]
+
+
+def _plane(maps: torch.Tensor) -> torch.Tensor:
+    """``[B,H,W]`` of ``[B,H,W]`` or ``[B,1,H,W]`` maps."""
+    if maps.dim() == 4 and maps.shape[1] == 1:
+        return maps[:, 0]
+    if maps.dim() != 3:
+        raise ValueError(f"maps must be [B,H,W] or [B,1,H,W], got {tuple(maps.shape)}")
+    return maps
 
 
 def _flat(maps: torch.Tensor) -> torch.Tensor:
     """``[B,H*W]`` float64 of ``[B,H,W]`` or ``[B,1,H,W]`` maps."""
-    m = maps[:, 0] if maps.dim() == 4 else maps
-    if m.dim() != 3:
-        raise ValueError(f"maps must be [B,H,W] or [B,1,H,W], got {tuple(maps.shape)}")
+    m = _plane(maps)
     return m.reshape(m.shape[0], -1).double()
+
+
+def by_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each map divided by its largest magnitude (Quantus' ``normalise_by_max``, its
+    default before a similarity); a map without mass stays 0."""
+    peak = maps.flatten(1).abs().amax(1).view(-1, *([1] * (maps.dim() - 1)))
+    return torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny),
+                       torch.zeros_like(maps))
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, win: int = 7, k1: float = 0.01,
@@ -46,10 +61,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win: int = 7, k1: float = 0.01,
     Returns:
         ``[B]`` in [-1, 1]; 1 for identical maps.
     """
-    if a.shape != b.shape:
+    x, y = _plane(a).double().unsqueeze(1), _plane(b).double().unsqueeze(1)
+    if x.shape != y.shape:
         raise ValueError(f"maps of different shapes: {tuple(a.shape)} and {tuple(b.shape)}")
-    x = (a[:, 0] if a.dim() == 4 else a).double().unsqueeze(1)
-    y = (b[:, 0] if b.dim() == 4 else b).double().unsqueeze(1)
     if min(x.shape[-2:]) < win:
         raise ValueError(f"maps of {tuple(x.shape[-2:])} pixels are smaller than the "
                          f"{win} x {win} SSIM window")
@@ -116,18 +130,19 @@ def other_classes(labels: torch.Tensor, n_classes: int, ids: torch.Tensor,
 
 
 def confidence_change(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                      maps: torch.Tensor, classes: torch.Tensor,
-                      known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      maps: torch.Tensor, classes: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Y, O) of Grad-CAM++ Sec. 5: the softmax probability of ``classes`` for the images
-    (``known``, ``[B]``, from the prediction already made) and for the images multiplied
-    by their maps, min-max normalised to [0, 1] per image. The images are the model's
-    inputs (normalised), so a pixel with map 0 becomes 0, the mean colour, as deletion's
-    substrate. One forward pass of ``B`` images."""
+    and for the images multiplied by their maps, min-max normalised to [0, 1] per image,
+    both from one call of ``model`` (so an inference engine's rounding is the same on
+    both sides of O > Y). The images are the model's inputs (normalised), so a pixel
+    with map 0 becomes 0, the mean colour, as deletion's substrate. One forward pass of
+    ``2 B`` images."""
     m = normalize(maps).unsqueeze(1).to(images.dtype)
     with torch.inference_mode():
-        logits = model(images * m).float()
-    after = torch.softmax(logits, 1).gather(1, classes.view(-1, 1).to(logits.device))[:, 0]
-    return known.float().to(after.device), after
+        logits = model(torch.cat([images, images * m])).float()
+    p = torch.softmax(logits, 1).gather(1, classes.repeat(2).view(-1, 1).to(logits.device))
+    return p[: len(images), 0], p[len(images):, 0]
 
 
 def avg_drop(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

@@ -288,7 +288,9 @@ class Complexity(PerImageMetric):
 class ClassSensitivity(PerImageMetric):
     """Random Logit (Sixt et al., ICML 2020): SSIM (:func:`metrics.lenses.ssim`) between
     the explanation of the ground-truth class and that of one other class drawn per
-    image from ``seed`` (:func:`metrics.lenses.other_classes`), both at input size.
+    image from ``seed`` (:func:`metrics.lenses.other_classes`), both at input size and
+    divided by their maxima (:func:`metrics.lenses.by_max`, Quantus' default), so a
+    weaker map of the same shape is not counted as another explanation.
     Lower is more class-sensitive; an explanation that ignores the class scores 1. One
     explanation per image; n/a where the batch brings no explainer or the images are
     smaller than the SSIM window."""
@@ -307,14 +309,16 @@ class ClassSensitivity(PerImageMetric):
             return None
         other = lenses.other_classes(batch.labels, k, self.image_ids_of(batch), self.seed)
         maps = batch.explain(batch.images, other)
-        return lenses.ssim(batch.saliency, maps).float(), _all(batch)
+        return lenses.ssim(lenses.by_max(batch.saliency), lenses.by_max(maps)).float(), _all(
+            batch)
 
 
 class ConfidenceChange(PerImageMetric):
     """Grad-CAM++'s confidence change (Chattopadhay et al., WACV 2018, Sec. 5) on the
     causal subset: the predicted class's probability Y of each image and O of the image
     multiplied by its map of that class (:func:`metrics.lenses.confidence_change`), each
-    image's term given by :attr:`term`. One forward pass per image."""
+    image's term given by :attr:`term`. Two forward passes per image (Y and O through
+    the same engine)."""
 
     term = staticmethod(lenses.avg_drop)
 
@@ -323,10 +327,8 @@ class ConfidenceChange(PerImageMetric):
             return None
         assert batch.causal_saliency is not None and batch.causal_classes is not None
         n = batch.causal_images.shape[0]
-        known = torch.softmax(batch.logits[:n].float(), 1).gather(
-            1, batch.causal_classes.view(-1, 1).to(batch.logits.device))[:, 0]
         y, o = lenses.confidence_change(batch.model, batch.causal_images,
-                                        batch.causal_saliency, batch.causal_classes, known)
+                                        batch.causal_saliency, batch.causal_classes)
         return self.term(y, o).to(batch.labels.device), torch.arange(
             n, device=batch.labels.device)
 

@@ -673,7 +673,8 @@ def test_random_maps_are_fixed_per_image_and_independent_of_the_rest(
     assert maps.shape == (6, 1, *x.shape[-2:])
     assert float(maps.min()) >= 0 and float(maps.max()) < 1
     # the same image: the same map, whatever the batch, class or model
-    assert torch.equal(build("random", abn).explain(x[[3, 1]], (y[[3, 1]] + 1) % 10),
+    k = smoke_test.info.num_classes
+    assert torch.equal(build("random", abn).explain(x[[3, 1]], (y[[3, 1]] + 1) % k),
                        maps[[3, 1]])
     # another image, a slightly perturbed copy too: an unrelated map
     moved = build("random", baseline).explain(x + 1e-3, y)
@@ -686,5 +687,7 @@ def test_random_maps_are_fixed_per_image_and_independent_of_the_rest(
         x[0].numpy().tobytes(), digest_size=8).digest(), "little")]).random((7, 7))
     torch.testing.assert_close(maps[:1], upsample(torch.from_numpy(grid).float()[None, None],
                                                   tuple(x.shape[-2:])))
-    with pytest.raises(IndexError, match="beyond"):
-        build("random", baseline).explain(x, torch.full_like(y, 10))
+    for bad in (k, -1):
+        with pytest.raises(IndexError, match=f"class {bad} is not one of the model's {k}"):
+            build("random", baseline).explain(x, torch.full_like(y, bad))
+    assert EXPLAINERS.entry("random").meta["reference"] is True  # not ranked: the floor

@@ -52,11 +52,22 @@ def test_ssim_known_answers() -> None:
     assert torch.equal(lenses.ssim(x, y), lenses.ssim(x[:, 0], y[:, 0]))
 
 
+def test_by_max_scales_each_map_to_a_peak_of_one() -> None:
+    m = torch.tensor([[[0.0, 2.0], [-4.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]).unsqueeze(1)
+    out = lenses.by_max(m)
+    assert out[0, 0].tolist() == [[0.0, 0.5], [-1.0, 0.25]]
+    assert out[1].abs().sum() == 0  # no mass: stays 0
+
+
 def test_ssim_refuses_what_it_cannot_score() -> None:
     with pytest.raises(ValueError, match="smaller than the 7 x 7"):
         lenses.ssim(torch.rand(1, 6, 9), torch.rand(1, 6, 9))
     with pytest.raises(ValueError, match="different shapes"):
         lenses.ssim(torch.rand(1, 8, 8), torch.rand(1, 8, 9))
+    with pytest.raises(ValueError, match=r"\[B,1,H,W\]"):  # several channels: not a map
+        lenses.ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(lenses.ssim(x, x[:, 0]), lenses.ssim(x, x))  # layouts mix
 
 
 # ---------------------------------------------------------------- complexity
@@ -133,7 +144,7 @@ def test_other_classes_are_uniform_never_the_label_and_fixed_per_image() -> None
         assert torch.all((share[torch.arange(k) != c] - 0.25).abs() < 0.03)
     # an image's draw does not depend on which other images were asked for, or in
     # which order: batches, ranks and split lengths agree
-    some = torch.tensor([19999, 3, 250, 4])
+    some = torch.tensor([250, 3, 17, 4])  # a stream of 251 words, not 20000
     assert torch.equal(lenses.other_classes(labels[some], k, some, seed=7), other[some])
     assert torch.equal(lenses.other_classes(labels[:10], k, ids[:10], seed=7), other[:10])
     assert not torch.equal(lenses.other_classes(labels, k, ids, seed=8), other)
@@ -166,10 +177,11 @@ def test_class_sensitivity_is_ssim_to_one_other_class() -> None:
     m = ClassSensitivity(seed=3)
     m.update(b)
     other = lenses.other_classes(b.labels, 4, b.indices, seed=3)
-    ref = [structural_similarity(b.saliency[i, 0].double().numpy(),
-                                 explain(b.images, other)[i, 0].double().numpy(),
-                                 data_range=_pair_range(b.saliency[i].numpy(),
-                                                        explain(b.images, other)[i].numpy()))
+    mine = b.saliency[:, 0].double().numpy()
+    theirs = explain(b.images, other)[:, 0].double().numpy()
+    mine = mine / mine.max((1, 2), keepdims=True)  # each map divided by its maximum
+    theirs = theirs / theirs.max((1, 2), keepdims=True)
+    ref = [structural_similarity(mine[i], theirs[i], data_range=_pair_range(mine[i], theirs[i]))
            for i in range(6)]
     np.testing.assert_allclose(m.per_image()[0], ref, atol=1e-6)
     assert float(m.compute()) < 0.9
@@ -181,6 +193,17 @@ def test_class_sensitivity_is_ssim_to_one_other_class() -> None:
     flat = ClassSensitivity(seed=3)
     flat.update(_sens_batch(agnostic))
     assert flat.per_image()[0].tolist() == [1.0] * 6
+
+    # a weaker map of the same shape is the same explanation: the maps are compared
+    # after dividing each by its maximum
+    def weaker(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return agnostic(x, classes) * torch.where(classes == 0, 1.0, 0.2).view(-1, 1, 1, 1)
+
+    scaled = ClassSensitivity(seed=3)
+    scaled.update(_sens_batch(weaker))
+    np.testing.assert_allclose(scaled.per_image()[0], 1.0, atol=1e-6)
+    assert float(lenses.ssim(explain(b.images, b.labels),
+                             0.2 * explain(b.images, b.labels)).max()) < 0.9  # raw SSIM
 
 
 def test_class_sensitivity_pairs_images_whatever_the_batching() -> None:

@@ -35,7 +35,8 @@ def test_metric_columns_and_sources() -> None:
 
     names = METRICS.names()
     for new in ("balanced_acc", "pointing_game_0px", "siou_confusion_pred",
-                "attn_fix_gain_wrong_prob_all", "attn_fix_gain_top1_all"):
+                "attn_fix_gain_wrong_prob_all", "attn_fix_gain_top1_all", "sparseness",
+                "complexity", "class_sensitivity", "avg_drop", "increase_conf"):
         assert new in names, new
     # MSABN (Gupta & Sintorn, 2022) defines the binarised-map localisation measure
     assert "Gupta & Sintorn" in METRICS.get("bbox_inside_frac").paper
