@@ -322,9 +322,9 @@ def _estimate(p: Plan, name: str, mcfg: RunConfig, info: DatasetInfo, n_train: i
     per_image = p.eval_timing.seconds(n, info.image_size) / n
     # predictions + explanations, of the ground-truth and of another class
     # (class_sensitivity): about 5 forward-equivalents an image; then on causal_n images
-    # the two causal curves (one forward per step and image) and the two confidence
-    # changes (two forwards each)
-    p.eval_seconds = per_image * (5 * n_test + (2 * (causal_steps + 1) + 4)
+    # the two causal curves (one forward per step and image) and the confidence change
+    # (two forwards, shared by avg_drop and increase_conf)
+    p.eval_seconds = per_image * (5 * n_test + (2 * (causal_steps + 1) + 2)
                                   * min(ev.causal_n, n_test))
 
 

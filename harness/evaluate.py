@@ -207,7 +207,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
             maps = ex.class_maps(z, classes)
         return None if maps is None else finite(maps.float(), f"{label} class maps")
 
-    def explain_again(z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    def explanations(z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # in float32, as the explanations
             return finite(ex.explain(z, classes).float(), f"{label} explanations")
 
@@ -230,7 +230,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         with torch.no_grad():
             out = forward(x)
             logits = out.logits.float()
-            sal = finite(ex.explain(x, y).float(), f"{label} explanations")
+            sal = explanations(x, y)
             with dev.autocast(device, precision):  # as the logits they are compared to
                 fixed = (scoring.fixed_attention_logits(out, batch["bbox"], tuple(x.shape[-2:]))
                          if "bbox" in box_names else None)
@@ -244,7 +244,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                        else comb_subset.to(device)[batch["index"]],
                        class_maps=ClassMapMemo(class_maps, x) if has_class_maps else None,
                        indices=batch["index"], original_sizes=batch.get("orig_size"),
-                       explain=explain_again)
+                       explain=explanations)
         if n_c:
             pred = logits[:n_c].argmax(1)
             sal_c = sal[:n_c].clone()

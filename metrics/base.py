@@ -51,6 +51,8 @@ class EvalBatch:
         explain: (images, classes ``[n]``) -> the explainer's maps ``[n,1,H,W]`` (float,
             finite), for metrics that explain again (another class, other images);
             None: not available.
+        shared: what metrics computing the same thing on this batch share (each key
+            named by the function that fills it).
         original_sizes: ``[B,2]`` (H, W), in original pixels, of the region of each
             image that the input shows (the whole image when the test transform
             resizes it, the centre crop's side when it crops), for datasets read from
@@ -74,6 +76,7 @@ class EvalBatch:
     indices: torch.Tensor | None = None
     original_sizes: torch.Tensor | None = None
     explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 #: which images of a batch a metric scored: a bool mask ``[B]`` or row indices

@@ -18,8 +18,12 @@ import torch.nn.functional as F
 
 from harness.geometry import normalize
 
-__all__ = ["avg_drop", "by_max", "complexity", "confidence_change", "increase_conf",
+__all__ = ["SSIM_WINDOW", "avg_drop", "by_max", "complexity", "confidence_change", "increase_conf",
            "other_classes", "sparseness", "ssim"]
+
+
+#: the side of SSIM's window (scikit-image's default); smaller maps cannot be scored
+SSIM_WINDOW = 7
 
 
 def _plane(maps: torch.Tensor) -> torch.Tensor:
@@ -45,7 +49,7 @@ def by_max(maps: torch.Tensor) -> torch.Tensor:
                        torch.zeros_like(maps))
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, win: int = 7, k1: float = 0.01,
+def ssim(a: torch.Tensor, b: torch.Tensor, win: int = SSIM_WINDOW, k1: float = 0.01,
          k2: float = 0.03) -> torch.Tensor:
     """Structural similarity of each pair of maps (Wang et al., IEEE TIP 2004, Eq. 13),
     computed as ``skimage.metrics.structural_similarity`` computes it by default: a
@@ -54,6 +58,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win: int = 7, k1: float = 0.01,
     (skimage's crop of ``(win - 1) / 2`` pixels per side). The data range R of a pair is
     that of both maps together (Quantus' ``similarity_func.ssim``). Two maps that are one
     and the same constant (R = 0, where skimage returns NaN) score 1. In float64.
+    (torchmetrics' SSIM pads the borders, takes population variances and one data
+    range for the batch, so it is another number.)
 
     Args:
         a, b: ``[B,H,W]`` or ``[B,1,H,W]`` maps of one shape, H and W >= ``win``.

@@ -302,7 +302,7 @@ class ClassSensitivity(PerImageMetric):
         self.seed = seed
 
     def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
-        if batch.explain is None or min(batch.saliency.shape[-2:]) < 7:
+        if batch.explain is None or min(batch.saliency.shape[-2:]) < lenses.SSIM_WINDOW:
             return None
         k = batch.logits.shape[1]
         if k < 2:
@@ -318,7 +318,7 @@ class ConfidenceChange(PerImageMetric):
     causal subset: the predicted class's probability Y of each image and O of the image
     multiplied by its map of that class (:func:`metrics.lenses.confidence_change`), each
     image's term given by :attr:`term`. Two forward passes per image (Y and O through
-    the same engine)."""
+    the same engine), made once per batch for both columns (``EvalBatch.shared``)."""
 
     term = staticmethod(lenses.avg_drop)
 
@@ -327,8 +327,10 @@ class ConfidenceChange(PerImageMetric):
             return None
         assert batch.causal_saliency is not None and batch.causal_classes is not None
         n = batch.causal_images.shape[0]
-        y, o = lenses.confidence_change(batch.model, batch.causal_images,
-                                        batch.causal_saliency, batch.causal_classes)
+        if "confidence_change" not in batch.shared:
+            batch.shared["confidence_change"] = lenses.confidence_change(
+                batch.model, batch.causal_images, batch.causal_saliency, batch.causal_classes)
+        y, o = batch.shared["confidence_change"]
         return self.term(y, o).to(batch.labels.device), torch.arange(
             n, device=batch.labels.device)
 

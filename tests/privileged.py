@@ -2,7 +2,7 @@
 a full disk. As root (CI, containers) permissions do not stop writes, so these use a
 read-only bind mount, ``chattr +i`` and a small tmpfs; as another user, permissions
 where they suffice. A test whose fault this machine cannot make is skipped, saying
-why."""
+why; with ``ATTNBENCH_REQUIRE_FAULTS=1`` (CI) it fails instead."""
 
 from __future__ import annotations
 
@@ -16,6 +16,17 @@ from pathlib import Path
 import pytest
 
 ROOT = os.geteuid() == 0
+#: set by CI, whose machine can make every fault: a fault it cannot make fails the test
+#: instead of skipping it, so these checks cannot pass unrun there
+REQUIRED = os.environ.get("ATTNBENCH_REQUIRE_FAULTS", "") not in ("", "0")
+
+
+def _cannot(why: str) -> None:
+    """Skip the test (or, with ``ATTNBENCH_REQUIRE_FAULTS``, fail it): this machine cannot
+    make the fault."""
+    if REQUIRED:
+        pytest.fail(f"ATTNBENCH_REQUIRE_FAULTS is set, but {why}")
+    pytest.skip(why)
 
 
 def _try(*cmd: str) -> bool:
@@ -35,10 +46,10 @@ def read_only_folder(folder: Path) -> Iterator[Path]:
             folder.chmod(0o755)
         return
     if not (_try("mount", "--bind", str(folder), str(folder))):
-        pytest.skip("a read-only folder needs a bind mount, which this machine refuses")
+        _cannot("a read-only folder needs a bind mount, which this machine refuses")
     try:
         if not _try("mount", "-o", "remount,bind,ro", str(folder)):
-            pytest.skip("this machine refuses a read-only remount")
+            _cannot("this machine refuses a read-only remount")
         yield folder
     finally:
         _try("umount", "-l", str(folder))
@@ -55,7 +66,7 @@ def immutable(path: Path) -> Iterator[Path]:
             path.chmod(0o644)
         return
     if not _try("chattr", "+i", str(path)):
-        pytest.skip("chattr +i is not supported here")
+        _cannot("chattr +i is not supported here")
     try:
         yield path
     finally:
@@ -68,7 +79,7 @@ def small_disk(folder: Path, kib: int) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     if not ROOT or not _try("mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs",
                             str(folder)):
-        pytest.skip("a full disk needs a small tmpfs, which only root can mount")
+        _cannot("a full disk needs a small tmpfs, which only root can mount")
     try:
         yield folder
     finally:

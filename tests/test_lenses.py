@@ -351,3 +351,23 @@ def test_map_lenses_score_the_ground_truth_map_of_every_image() -> None:
     np.testing.assert_allclose(s.per_image()[0], lenses.sparseness(maps).float().numpy())
     np.testing.assert_allclose(c.per_image()[0], lenses.complexity(maps).float().numpy())
     assert c.higher_is_better is False and s.higher_is_better is True
+
+
+def test_avg_drop_and_increase_conf_share_one_call_per_batch() -> None:
+    calls: list[int] = []
+    model = _MeanModel(2.0)
+
+    def counted(z: torch.Tensor) -> torch.Tensor:
+        calls.append(len(z))
+        return model(z)
+
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    b = _conf_batch(model, x, torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(3)))
+    b.model = counted
+    drop, inc = AvgDrop(), IncreaseConf()
+    drop.update(b)
+    inc.update(b)
+    assert calls == [8]  # Y and O of the 4 images, once for both columns
+    alone = AvgDrop()
+    alone.update(_conf_batch(model, x, b.causal_saliency))
+    np.testing.assert_array_equal(drop.per_image()[0], alone.per_image()[0])
