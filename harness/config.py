@@ -136,7 +136,9 @@ class EvalConfig:
     """Evaluation budget and metric options.
 
     Attributes:
-        causal_n: number of test images (the first ones) scored with insertion/deletion.
+        causal_n: number of test images (the first ones) scored by the lenses that
+            perturb the images or explain them again: insertion/deletion, the confidence
+            change, ROAD, the randomisation test and the robustness lenses.
         causal_step: positions changed per step; 0 means one image row (RISE protocol).
         forward_batch: images per forward pass inside the causal metrics; 0 (the
             default): tuned while the passes run, per model kind, from their measured
@@ -158,10 +160,12 @@ class EvalConfig:
             by default: compiling takes seconds to minutes per model and needs a C++
             compiler on CPU). The AUCs agree with eager ones to float rounding (checked
             within 1e-5), like ``forward_batch``, so it is not part of any cache key.
-        engine: what runs those forward passes: ``torch`` (the default) or
-            ``onnxruntime`` (``--engine``; CPU, fp32: the scoring copy exported to ONNX
-            once per model and run by ONNX Runtime; the optional ``onnx`` extra). Also
-            float rounding only (checked within 1e-5) and not part of any cache key.
+        engine: what runs those forward passes (``--engine``): ``torch``, or
+            ``onnxruntime`` (CPU, fp32: the scoring copy exported to ONNX once per model
+            and run by ONNX Runtime; the optional ``onnx`` extra), or ``auto`` (the
+            default): ONNX Runtime on a CPU in fp32 without ``compile`` where it is
+            installed, else torch (:func:`harness.device.resolve_engine`). Float
+            rounding only (checked within 1e-5) and not part of any cache key.
         streams: forward passes of the causal metrics run at once on a CPU, each with
             its share of the intra-op threads; 0 (the default): one per thread, within
             the perturbed images' memory budget (:func:`metrics.tuning.choose_streams`),
@@ -169,7 +173,18 @@ class EvalConfig:
             on a GPU. Float rounding at most (the same images in every pass), not part
             of any cache key.
         lens_seed: seeds the trust lenses' random draws (``class_sensitivity``'s other
-            class of each image); the same for every method, so their scores pair.
+            class of each image, the randomised models' weights, the robustness
+            perturbations, ROAD's noise); the same for every method, so their scores
+            pair.
+        road_noise: the standard deviation of ROAD's imputation noise in [0, 1] pixel
+            units (Rong et al.'s 0.01), divided by the normalisation's std per channel
+            for the model inputs.
+        sensitivity_radius: r of the robustness lenses' L-infinity ball, in normalised
+            input units (0.1: about 10 % of a pixel's spread on the default data, 5-6
+            grey levels, below the 8/255 budget read as imperceptible; captum uses
+            0.02, about one grey level, Quantus 0.2).
+        sensitivity_n: perturbations per image of the robustness lenses (10, captum's
+            default; the scores are maxima over them, so they grow with it).
     """
 
     causal_n: int = field(default=128, metadata=within(1, MAX_IMAGES))
@@ -181,9 +196,12 @@ class EvalConfig:
     timing_batches: int = field(default=3, metadata=within(1, 1000))
     precision: str = field(default="fp32", metadata=one_of(PRECISIONS))
     compile: bool = False
-    engine: str = field(default="torch", metadata=one_of(ENGINES))
+    engine: str = field(default="auto", metadata=one_of(ENGINES))
     streams: int = field(default=0, metadata=within(0, MAX_STREAMS))
     lens_seed: int = field(default=0, metadata=within(0, 2 ** 32 - 1))
+    road_noise: float = field(default=0.01, metadata=within(0, 1))
+    sensitivity_radius: float = field(default=0.1, metadata=within(0, 100, lo_open=True))
+    sensitivity_n: int = field(default=10, metadata=within(1, 10_000))
 
 
 @dataclass(frozen=True)

@@ -126,8 +126,9 @@ def compiled_logits(fn: Callable[[torch.Tensor], torch.Tensor], batch: int
     return fixed_batch(torch.compile(fn, dynamic=False), batch)
 
 
-#: inference engines for the causal metrics' forward passes (``eval.engine``)
-ENGINES = ("torch", "onnxruntime")
+#: inference engines for the causal metrics' forward passes (``eval.engine``); ``auto``
+#: resolves to one of the others (:func:`resolve_engine`)
+ENGINES = ("auto", "torch", "onnxruntime")
 
 
 def check_engine(name: str) -> str:
@@ -135,6 +136,22 @@ def check_engine(name: str) -> str:
     if name not in ENGINES:
         raise UserError(f"eval.engine must be one of {', '.join(ENGINES)}, got {shown(name)}")
     return name
+
+
+def resolve_engine(name: str, device: torch.device, precision: str, compiled: bool) -> str:
+    """``eval.engine`` as it runs: ``auto`` is ``onnxruntime`` on a CPU in fp32 without
+    ``--compile`` when ONNX Runtime and the ONNX exporter are installed (the ``onnx``
+    extra; the same scores to float rounding, faster on a CPU), else ``torch``; the
+    others as given."""
+    if check_engine(name) != "auto":
+        return name
+    if device.type != "cpu" or precision != "fp32" or compiled:
+        return "torch"
+    import importlib.util
+
+    have = all(importlib.util.find_spec(m) is not None
+               for m in ("onnxruntime", "onnx", "onnxscript"))
+    return "onnxruntime" if have else "torch"
 
 
 def onnx_logits(model: nn.Module, batch: int, sample: torch.Tensor,

@@ -320,12 +320,25 @@ def _estimate(p: Plan, name: str, mcfg: RunConfig, info: DatasetInfo, n_train: i
     p.eval_timing = forwards[key]
     n = p.eval_timing.batches[-1]
     per_image = p.eval_timing.seconds(n, info.image_size) / n
-    # predictions + explanations, of the ground-truth and of another class
-    # (class_sensitivity): about 5 forward-equivalents an image; then on causal_n images
-    # the two causal curves (one forward per step and image) and the confidence change
-    # (two forwards, shared by avg_drop and increase_conf)
-    p.eval_seconds = per_image * (5 * n_test + (2 * (causal_steps + 1) + 2)
-                                  * min(ev.causal_n, n_test))
+    p.eval_seconds = per_image * (5 * n_test + causal_forwards(
+        causal_steps, len(model.parameter_groups()), ev.sensitivity_n)
+        * min(ev.causal_n, n_test))
+
+
+#: ROAD's forward passes per image: MoRF and LeRF at 10, 20, ..., 90 %
+ROAD_FORWARDS = 18
+
+
+def causal_forwards(causal_steps: int, groups: int, sensitivity_n: int) -> int:
+    """Forward-pass equivalents per image of the causal subset (an explanation counted
+    as two: a forward and a backward pass): the two causal curves (one forward per step),
+    the confidence change (two, shared by avg_drop and increase_conf), ROAD
+    (:data:`ROAD_FORWARDS`), the randomisation test (2 G - 1 explanations for G
+    parameter groups) and the robustness lenses (``sensitivity_n`` explanations). The
+    rest of the split costs about 5 an image: the prediction, the explanations of the
+    ground-truth class and of another class (class_sensitivity)."""
+    return (2 * (causal_steps + 1) + 2 + ROAD_FORWARDS + 2 * (2 * groups - 1)
+            + 2 * sensitivity_n)
 
 
 def _px(size: tuple[int, int]) -> str:

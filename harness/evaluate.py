@@ -31,11 +31,11 @@ from harness.stats import SeedScores
 from methods.base import Method, Output
 from methods.explainers import Explainer
 from methods.explainers import build as build_explainer
-from metrics import causal, tuning
-from metrics.base import METRICS, EvalBatch, PerImageMetric
+from metrics import causal, lenses, randomisation, tuning
+from metrics.base import METRICS, CurveMetric, EvalBatch, PerImageMetric
 from metrics.confusion import target_pair
 from metrics.localization import normalize
-from metrics.standard import CausalAUC
+from metrics.standard import ROAD, CausalAUC
 from metrics.tuning import BatchTuner
 
 
@@ -187,11 +187,14 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         # sharded: timed on rank 0 and shared, so every rank compiles one shape
         cfg = dataclasses.replace(cfg, forward_batch=distributed.share(timed) if sharded
                                   else timed())
-    cfg = dataclasses.replace(cfg, streams=causal_streams(cfg, device, sample))
+    cfg = dataclasses.replace(cfg, streams=causal_streams(cfg, device, sample),
+                              engine=dev.resolve_engine(cfg.engine, device, precision,
+                                                        cfg.compile))
     metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg, only).items()}
     causal_logits: Callable[[torch.Tensor], torch.Tensor] = logits_of
     tuner: BatchTuner | None = None
-    if any(isinstance(m, CausalAUC) for m in metrics.values()):  # a forward batch, an engine
+    # a forward batch and an engine for the metrics that score perturbed images
+    if any(isinstance(m, (CausalAUC, ROAD)) for m in metrics.values()):
         tuner = forward_tuner(cfg, sample, key=(kind, cfg.engine, cfg.compile, cfg.streams))
         causal_logits = causal_engine(scoring, cfg, device, precision,
                                       split.info.image_size, default=logits_of,
@@ -211,6 +214,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         with torch.no_grad():  # in float32, as the explanations
             return finite(ex.explain(z, classes).float(), f"{label} explanations")
 
+    randomised = RandomisedExplainers(method, explainer, cfg.lens_seed, label)
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
     gallery_n = cfg.gallery_n if GALLERY in parts and not sharded else 0
     # metrics that score the first causal_n images only need no more of the split
@@ -244,7 +248,8 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                        else comb_subset.to(device)[batch["index"]],
                        class_maps=ClassMapMemo(class_maps, x) if has_class_maps else None,
                        indices=batch["index"], original_sizes=batch.get("orig_size"),
-                       explain=explanations)
+                       explain=explanations, randomised=randomised,
+                       input_std=tuple(split.info.std))
         if n_c:
             pred = logits[:n_c].argmax(1)
             sal_c = sal[:n_c].clone()
@@ -258,10 +263,21 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         need = gallery_n - sum(len(s) for s in gallery["saliency"])
         if need > 0:
             gallery["saliency"].append(normalize(sal[:need]).cpu())
+            if logits.shape[1] >= 2:  # class_sensitivity's pair, as the metric draws it
+                other = lenses.other_classes(y[:need], logits.shape[1], batch["index"][:need],
+                                             cfg.lens_seed)
+                pair = torch.stack([sal[:need, 0], explanations(x[:need], other)[:, 0]], 1)
+                gallery.setdefault("class_pair_maps", []).append(
+                    lenses.by_max(pair.abs().flatten(0, 1)).view_as(pair).cpu())
+                gallery.setdefault("class_pair_classes", []).append(
+                    torch.stack([y[:need], other], 1).cpu())
             if has_class_maps:
                 for k, v in confusion_gallery(class_maps, x[:need], logits[:need],
                                               y[:need]).items():
                     gallery.setdefault(k, []).append(v)
+            if "mprt_cascade" not in gallery:  # the first image, as each group goes
+                gallery["mprt_cascade"] = [cascade_gallery(sal[:1], randomised(), x[:1],
+                                                           y[:1])]
 
     if sharded:
         for m in metrics.values():
@@ -273,7 +289,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
         scores, classes = m.per_image()
         per_image[k] = SeedScores(scores, classes, m.image_ids())
         values[k] = m.aggregate(scores, classes)
-        if isinstance(m, CausalAUC) and m.curves:
+        if isinstance(m, CurveMetric) and m.curves:
             curves[k] = m.mean_curve()
     if TIMING in parts and world.main:
         values.update(time_explanation(method, ex.explain, batches, device,
@@ -395,6 +411,54 @@ def causal_engine(scoring: torch.nn.Module, cfg: EvalConfig, device: torch.devic
         with dev.autocast(device, precision):
             return compiled(z)
     return run
+
+
+class RandomisedExplainers:
+    """The model-parameter randomisation's explainers of one row, built on first call
+    (copies of the model, :func:`metrics.randomisation.randomised_models`, from the
+    lens seed): (mode, group, explain) per step, explain as the evaluator's (float32,
+    no gradient kept, non-finite values scored as 0). A step that is the previous
+    one's model (the first of each scheme) shares its explain function."""
+
+    def __init__(self, method: Method, explainer: str, seed: int, label: str) -> None:
+        self.method, self.explainer, self.seed, self.label = method, explainer, seed, label
+        self.steps: list[tuple[str, str, Callable[[torch.Tensor, torch.Tensor],
+                                                  torch.Tensor]]] | None = None
+
+    def __call__(self) -> list[tuple[str, str, Callable[[torch.Tensor, torch.Tensor],
+                                                        torch.Tensor]]]:
+        if self.steps is None:
+            models = randomisation.randomised_models(
+                self.method, self.method.parameter_groups(), self.seed)
+            made: dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+            self.steps = []
+            for mode, group, model in models:
+                if id(model) not in made:
+                    assert isinstance(model, Method)  # a copy of the method
+                    made[id(model)] = self._explain(build_explainer(self.explainer, model),
+                                                    f"{self.label} randomised ({group})")
+                self.steps.append((mode, group, made[id(model)]))
+        return self.steps
+
+    @staticmethod
+    def _explain(ex: Explainer, what: str) -> Callable[[torch.Tensor, torch.Tensor],
+                                                       torch.Tensor]:
+        def run(z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return finite(ex.explain(z, classes).float(), what)
+        return run
+
+
+def cascade_gallery(original: torch.Tensor, steps: list[tuple[str, str, Any]],
+                    x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[n, G + 1, H, W]``: the maps of images ``x`` for classes ``y`` by the trained
+    model (``original``) and after each step of the cascade, |map| each divided by its
+    maximum (Adebayo et al.'s Fig. 2)."""
+    maps = [original] + [explain(x, y) for mode, _g, explain in steps
+                         if mode == randomisation.MODES[0]]
+    out = torch.cat([m.abs() for m in maps], 1)
+    peak = out.flatten(2).amax(2).clamp_min(1e-12)[..., None, None]
+    return (out / peak).cpu()
 
 
 class ClassMapMemo:

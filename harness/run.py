@@ -63,10 +63,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    description="Train and compare visual-explanation methods.")
     p.add_argument("--methods", default="all",
                    help="comma-separated method ids, or 'all' (default)")
-    p.add_argument("--explainers", default="native", metavar="NAMES",
+    p.add_argument("--explainers", default=None, metavar="NAMES",
                    help="comma-separated explainers applied to every trained model that "
-                        "they fit (default native: each method's own); e.g. "
-                        "native,gradcam,cam,att-ch,att-px")
+                        "they fit, e.g. native,gradcam,cam,att-ch,att-px,random (default: "
+                        "native, each method's own, and one reference row of the random "
+                        f"explainer on the {REFERENCE_MODEL!r} model, the floor of every "
+                        "column; '--explainers native' leaves it out)")
     p.add_argument("--list", action="store_true", help="list every registry and exit")
     p.add_argument("--dataset", default=None, help="dataset id (default: the preset's)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
@@ -113,8 +115,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "compiling takes a while per model and needs a C++ compiler on "
                         "CPU)")
     p.add_argument("--engine", default=None, choices=dev.ENGINES,
-                   help="what runs the insertion / deletion forward passes: torch (the "
-                        "default) or onnxruntime (CPU, fp32, the onnx extra; eval.engine)")
+                   help="what runs the perturbed images' forward passes: auto (the "
+                        "default: onnxruntime on a CPU in fp32 where installed, else torch), "
+                        "torch, or onnxruntime (CPU, fp32, the onnx extra; eval.engine)")
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun, train with batch norm statistics over the global "
                         "batch (torch.nn.SyncBatchNorm; CUDA only)")
@@ -200,6 +203,19 @@ def resolve_explainers(spec: str) -> list[str]:
     for n in names:
         EXPLAINERS.entry(n)  # raises with close matches
     return list(dict.fromkeys(names))
+
+
+#: the model the default run's random reference row explains (the plain backbone)
+REFERENCE_MODEL = "baseline"
+
+
+def reference_rows(args: argparse.Namespace, names: list[str]) -> list[tuple[str, str]]:
+    """The (method, explainer) rows added when ``--explainers`` is not given: the
+    ``random`` explainer on :data:`REFERENCE_MODEL` (the first method when it is not
+    run), the floor every explanation column is read against."""
+    if args.explainers is not None or not names:
+        return []
+    return [(REFERENCE_MODEL if REFERENCE_MODEL in names else names[0], "random")]
 
 
 def lineage(names: list[str]) -> set[str]:
@@ -409,7 +425,8 @@ def run(args: argparse.Namespace) -> Path:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, engine=args.engine))
     dev.check_engine(cfg.eval.engine)  # before any work
     names = resolve_methods(args.methods, cfg.for_methods)
-    explainers = sorted(resolve_explainers(args.explainers), key=lambda e: e != "native")
+    explainers = sorted(resolve_explainers(args.explainers or "native"),
+                        key=lambda e: e != "native")
     other = [n for n in names if cfg.for_methods and n not in cfg.for_methods]
     if other:  # asked for by name: run, but not silently under another paper's protocol
         print(f"note: preset {cfg.preset!r} follows the protocol of "
@@ -628,6 +645,7 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
         # twice (cam and gradcam load baseline's weights) is one row
         made: dict[tuple[str, str], str] = {}
         plan = [(n, e) for e in explainers for n in names]  # the methods' own rows first
+        plan += reference_rows(args, names)
         for i, (name, explainer) in enumerate(plan):
             t0 = time.perf_counter()
             trained = train.obtain(name, scfg, train_split, device, cache, progress=progress,
@@ -649,7 +667,8 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
             total = len(plan) * len(seeds)
             elapsed = t0 - t_start
             eta = (f", ETA {duration(elapsed / done * (total - done))}" if done else "")
-            what = ("method", "") if explainers == ["native"] else ("row", "at most ")
+            what = (("method", "") if explainers == ["native"] and len(plan) == len(names)
+                    else ("row", "at most "))
             say(f"{what[0]} {done + 1} of {what[1]}{total}: {row_id(name, explainer)} (seed "
                 f"{seed}), elapsed {duration(elapsed)}{eta}", flush=True)
             res, keys, n_hit = evalcache.evaluate_cached(
@@ -674,7 +693,9 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
                             "reference": bool(xm.get("reference", False))}
             mm = method_meta.setdefault(res.row, {
                 "method": name, **row_meta, "init_from": meta.get("init_from"),
-                "train": trained.cfg.to_dict()["train"], "seeds": {}})
+                "train": trained.cfg.to_dict()["train"],
+                "parameter_groups": [g for g, _ in trained.method.parameter_groups()],
+                "seeds": {}})
             mm["seeds"][seed] = {"key": trained.key, "cached": trained.cached,
                                  "train_seconds": round(trained.train_seconds, 2),
                                  "facts": trained.facts, "history": trained.history,

@@ -143,6 +143,21 @@ class ABN(Method):
         """The attention map M (class-agnostic), bilinearly upsampled to the input."""
         return upsample(self.attend(x).map, tuple(x.shape[-2:]))
 
+    def parameter_groups(self) -> list[tuple[str, list[nn.Module]]]:
+        """Three groups, top-down: the perception branch (the last stage and classifier
+        that :meth:`perceive` runs), the attention branch (with the modules feeding it
+        alone, :meth:`attention_modules`) and the feature extractor g both share. The
+        attention map M does not depend on the perception branch, so randomising it
+        alone cannot change ABN's explanation although it changes the prediction."""
+        b = self.backbone
+        return [("perception branch", [b.last_stage, b.fc]),
+                ("attention branch", self.attention_modules()),
+                ("feature extractor", [b.features])]
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The modules of the attention branch (ABN: the branch itself)."""
+        return [self.attention_branch]
+
     def fixed_attention_logits(self, out: Output, boxes: torch.Tensor,
                                image_size: tuple[int, ...]) -> torch.Tensor:
         """Perception logits on g * (1 + M') with M' = M inside the box, 0 outside

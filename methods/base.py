@@ -125,6 +125,23 @@ class Method(nn.Module):
         recording in the run's config."""
         return {}
 
+    def parameter_groups(self) -> list[tuple[str, list[nn.Module]]]:
+        """The model's parameters as named groups in the order a cascading
+        randomisation re-initialises them, top-down (Adebayo et al., NeurIPS 2018,
+        Sec. 3.1, "from the top layer successively all the way to the bottom"). For the
+        plain backbone: the classifier, the last stage, then each module of the feature
+        extractor from the last down to the stem (modules without parameters are no
+        group). Every parameter belongs to exactly one group
+        (:func:`metrics.randomisation.check_groups`)."""
+        b = self.backbone
+        groups: list[tuple[str, list[nn.Module]]] = [("backbone.fc", [b.fc]),
+                                                      ("backbone.last_stage", [b.last_stage])]
+        for i in reversed(range(len(b.features))):
+            module = b.features[i]
+            if any(True for _ in module.parameters()):
+                groups.append((f"backbone.features.{i}", [module]))
+        return groups
+
     def fixed_attention_logits(self, out: Output, boxes: torch.Tensor,
                                image_size: tuple[int, ...]) -> torch.Tensor | None:
         """Prediction with the attention outside ``boxes`` removed (COMB, Table 1), from

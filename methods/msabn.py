@@ -90,6 +90,10 @@ class MSABN(ABN):
         self.fusion = ScaleFusion(backbone.tap_channels, backbone.feat_channels)
         reset_parameters(self.fusion)  # He init, as the rest of the network
 
+    def attention_modules(self) -> list[nn.Module]:
+        """The attention branch and the scale fusion feeding it."""
+        return [self.fusion, self.attention_branch]
+
     def attend(self, x: torch.Tensor) -> Attended:
         taps = self.backbone.pyramid(x)
         g = taps[-1]

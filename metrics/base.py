@@ -53,6 +53,12 @@ class EvalBatch:
             None: not available.
         shared: what metrics computing the same thing on this batch share (each key
             named by the function that fills it).
+        input_std: the per-channel standard deviation the inputs were normalised by (a
+            step of 1 in [0, 1] pixel units is 1 / std in input units); None: unknown.
+        randomised: () -> (mode, group, explain) for each step of the model-parameter
+            randomisation (:func:`metrics.randomisation.randomised_models`): the same
+            explainer on the model with parameter groups re-initialised; built on first
+            call; None: not available.
         original_sizes: ``[B,2]`` (H, W), in original pixels, of the region of each
             image that the input shows (the whole image when the test transform
             resizes it, the centre crop's side when it crops), for datasets read from
@@ -77,6 +83,9 @@ class EvalBatch:
     original_sizes: torch.Tensor | None = None
     explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     shared: dict[str, Any] = field(default_factory=dict)
+    input_std: tuple[float, ...] | None = None
+    randomised: Callable[[], list[tuple[str, str, Callable[[torch.Tensor, torch.Tensor],
+                                                            torch.Tensor]]]] | None = None
 
 
 #: which images of a batch a metric scored: a bool mask ``[B]`` or row indices
@@ -181,6 +190,34 @@ class PerImageMetric(Metric):
     def compute(self) -> torch.Tensor:
         scores, classes = self.per_image()
         return torch.tensor(self.aggregate(scores, classes))
+
+
+class CurveMetric(PerImageMetric):
+    """A per-image metric that also keeps one curve per scored image (``[n, points]``:
+    insertion / deletion scores per step, similarities per randomisation step, ROAD's
+    probabilities per fraction); the report shows their mean (:meth:`mean_curve`)."""
+
+    curves: list[torch.Tensor]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("curves", default=[], dist_reduce_fx="cat")
+
+    def empty_states(self) -> dict[str, torch.Tensor]:
+        """As the base class's, and ``[0, points]`` curves: the points agreed over the
+        ranks (a rank that scored no image does not know them)."""
+        import torch.distributed as dist
+
+        points = torch.tensor([self.curves[0].shape[1] if self.curves else 0],
+                              device=self.device)
+        dist.all_reduce(points, op=dist.ReduceOp.MAX)
+        return {**super().empty_states(), "curves": torch.zeros(0, int(points))}
+
+    def mean_curve(self) -> np.ndarray:
+        """The mean curve over all scored images."""
+        if not self.curves:
+            return np.zeros(0)
+        return torch.cat(self.curves).mean(0).cpu().numpy()
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,25 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
-from metrics import causal, confusion, lenses, localization
-from metrics.base import EvalBatch, MetricSpec, PerImageMetric, Rows, register_metric
+from metrics import (
+    causal,
+    confusion,
+    lenses,
+    localization,
+    randomisation,
+    road,
+    robustness,
+)
+from metrics.base import (
+    CurveMetric,
+    EvalBatch,
+    MetricSpec,
+    PerImageMetric,
+    Rows,
+    register_metric,
+)
 
 
 class TopK(PerImageMetric):
@@ -40,7 +54,7 @@ class BalancedAccuracy(TopK):
         super().__init__(1, **kwargs)
 
 
-class CausalAUC(PerImageMetric):
+class CausalAUC(CurveMetric):
     """Insertion or deletion AUC on the evaluator's causal subset (curves kept).
 
     Args:
@@ -61,8 +75,6 @@ class CausalAUC(PerImageMetric):
         self.step = step
         self.forward_batch = forward_batch
         self.streams = streams
-        self.curves: list[torch.Tensor]
-        self.add_state("curves", default=[], dist_reduce_fx="cat")
 
     def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
         if batch.causal_images is None or batch.model is None:
@@ -80,22 +92,6 @@ class CausalAUC(PerImageMetric):
                                       unperturbed=known, streams=self.streams)
         self.curves.append(curves)
         return causal.auc(curves), torch.arange(n_img, device=batch.labels.device)
-
-    def empty_states(self) -> dict[str, torch.Tensor]:
-        """As the base class's, and ``[0, n+1]`` curves: the points agreed over the
-        ranks (a rank without causal images does not know them)."""
-        import torch.distributed as dist
-
-        points = torch.tensor([self.curves[0].shape[1] if self.curves else 0],
-                              device=self.device)
-        dist.all_reduce(points, op=dist.ReduceOp.MAX)
-        return {**super().empty_states(), "curves": torch.zeros(0, int(points))}
-
-    def mean_curve(self) -> np.ndarray:
-        """The mean curve over all scored images."""
-        if not self.curves:
-            return np.zeros(0)
-        return torch.cat(self.curves).mean(0).cpu().numpy()
 
 
 class MaxWrongProb(PerImageMetric):
@@ -349,6 +345,160 @@ class IncreaseConf(ConfidenceChange):
     term = staticmethod(lenses.increase_conf)
 
 
+class MPRT(CurveMetric):
+    """Model-parameter randomisation test (Adebayo et al., NeurIPS 2018, Sec. 3.1) on
+    the causal subset: the explanation of each image's ground-truth class by the
+    trained model against that by each randomised copy
+    (:func:`metrics.randomisation.randomised_models`: the cascade, then each group
+    alone), compared by ``similarity``: ``"spearman"``, the rank correlation of |map|
+    (:func:`metrics.randomisation.spearman`), or ``"ssim"`` of |map| divided by its
+    maximum (:func:`metrics.lenses.ssim`, :func:`metrics.lenses.by_max`; n/a for maps
+    smaller than the SSIM window). An image's score is the mean over the cascade's
+    steps (the trained model's own map, similarity 1, is never one of them); its curve
+    holds every step, cascading then independent (``mprt.csv``). Lower passes: the
+    explanation changes with the model. One explanation per image and randomisation
+    step (2 G - 1 for G groups; the first step is one model in both schemes), made once
+    per batch for both columns (``EvalBatch.shared``)."""
+
+    higher_is_better = False
+
+    def __init__(self, similarity: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if similarity not in ("spearman", "ssim"):
+            raise ValueError(f"MPRT similarity must be 'spearman' or 'ssim', got {similarity!r}")
+        self.similarity = similarity
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
+        if batch.randomised is None or batch.causal_images is None:
+            return None
+        n = batch.causal_images.shape[0]
+        if self.similarity == "ssim" and min(batch.saliency.shape[-2:]) < lenses.SSIM_WINDOW:
+            return None
+        if "mprt" not in batch.shared:
+            batch.shared["mprt"] = mprt_similarities(
+                batch.saliency[:n], batch.randomised(), batch.causal_images,
+                batch.labels[:n])
+        steps, n_cascade = batch.shared["mprt"][self.similarity], batch.shared["mprt"]["n"]
+        self.curves.append(steps.float())
+        return steps[:, :n_cascade].mean(1).float(), torch.arange(n, device=batch.labels.device)
+
+
+class Sensitivity(PerImageMetric):
+    """A robustness lens on the causal subset (:func:`metrics.robustness.sensitivity`):
+    the explanation of each image's ground-truth class against those of ``n`` copies
+    perturbed uniformly in an L-infinity ball of ``radius`` (fixed per image by
+    ``seed`` and its test-split index), for the same class. ``kind`` is one of
+    :data:`metrics.robustness.SCORES`. Lower is more robust; a map that ignores its
+    input scores 0. Images whose map has no mass while a perturbed one has are not
+    scored on the relative changes (unbounded). ``n`` explanations per image, made once
+    per batch for the three columns (``EvalBatch.shared``), in calls of the evaluation
+    batch's size."""
+
+    higher_is_better = False
+
+    def __init__(self, kind: str, radius: float = 0.1, n: int = 10, seed: int = 0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if kind not in robustness.SCORES:
+            raise ValueError(f"robustness kind must be one of {robustness.SCORES}, got {kind!r}")
+        self.kind, self.radius, self.n, self.seed = kind, radius, n, seed
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
+        if batch.explain is None or batch.causal_images is None:
+            return None
+        n = batch.causal_images.shape[0]
+        if "sensitivity" not in batch.shared:
+            batch.shared["sensitivity"] = robustness.sensitivity(
+                batch.explain, batch.causal_images, batch.labels[:n],
+                self.image_ids_of(batch)[:n], self.radius, self.n, self.seed,
+                maps=batch.saliency[:n], chunk=len(batch.labels))
+        s = batch.shared["sensitivity"][self.kind].to(batch.labels.device)
+        ok = torch.isfinite(s)
+        return s[ok].float(), torch.arange(n, device=batch.labels.device)[ok]
+
+
+class ROAD(CurveMetric):
+    """ROAD (Rong et al., ICML 2022) on the causal subset: the predicted class's
+    probability after 10, 20, ..., 90 % of the pixels are removed by the map of that
+    class, most relevant first (``morf``) or least relevant first (``lerf``), exactly k
+    by rank with ties broken stably, and filled by noisy linear imputation
+    (:func:`metrics.road.road_scores`). This class is ``road_morf``, the mean over the
+    fractions (lower is better; curve kept); :class:`RoadLeRF` is ``road_lerf`` (higher;
+    curve kept) and :class:`RoadCombined` ``road_combined``, (LeRF - MoRF) / 2 (higher).
+    The imputation noise is ``noise`` in [0, 1] pixel units (the authors' 0.01), divided
+    by the inputs' normalisation std per channel; fixed per image by ``seed`` and its
+    test-split index. 18 forward passes per image through the evaluator's engine, made
+    once per batch for the three columns."""
+
+    kind = "road_morf"
+    higher_is_better = False
+
+    def __init__(self, noise: float = 0.01, seed: int = 0, forward_batch: int = 0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.noise, self.seed, self.forward_batch = noise, seed, forward_batch
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
+        if batch.causal_images is None or batch.model is None:
+            return None
+        assert batch.causal_saliency is not None and batch.causal_classes is not None
+        n = batch.causal_images.shape[0]
+        if "road" not in batch.shared:
+            c = batch.causal_images.shape[1]
+            std = batch.input_std if batch.input_std is not None else (1.0,) * c
+            size = (batch.forward_batch.current if batch.forward_batch is not None
+                    else self.forward_batch) or None
+            morf, lerf = road.road_scores(
+                batch.model, batch.causal_images, batch.causal_saliency,
+                batch.causal_classes, noise=[self.noise / s for s in std], seed=self.seed,
+                ids=self.image_ids_of(batch)[:n], forward_batch=size)
+            batch.shared["road"] = {"morf": morf, "lerf": lerf,
+                                    **road.road_summary(morf, lerf)}
+        shared = batch.shared["road"]
+        if self.kind != "road_combined":
+            self.curves.append(shared[self.kind[5:]].float())
+        return shared[self.kind].float().to(batch.labels.device), torch.arange(
+            n, device=batch.labels.device)
+
+
+class RoadLeRF(ROAD):
+    """ROAD, least relevant first."""
+
+    kind = "road_lerf"
+    higher_is_better = True
+
+
+class RoadCombined(ROAD):
+    """ROAD's (LeRF - MoRF) / 2."""
+
+    kind = "road_combined"
+    higher_is_better = True
+
+
+def mprt_similarities(original: torch.Tensor, steps: list[tuple[str, str, Any]],
+                      images: torch.Tensor, classes: torch.Tensor) -> dict[str, Any]:
+    """Spearman and SSIM (``[n, steps]``, float64) of ``original`` maps against those of
+    each randomisation step's explainer on ``images`` and ``classes``; ``n``: the
+    cascade's steps (the first columns). A step whose model is the previous step's
+    (the first of each scheme) is explained once."""
+    a = original.abs()
+    a_max = lenses.by_max(a)
+    can_ssim = min(a.shape[-2:]) >= lenses.SSIM_WINDOW
+    sp, ss = [], []
+    done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for _mode, _group, explain in steps:
+        if id(explain) not in done:
+            m = explain(images, classes).abs()
+            done[id(explain)] = (
+                randomisation.spearman(a, m),
+                lenses.ssim(a_max, lenses.by_max(m)) if can_ssim
+                else torch.full((len(a),), float("nan"), dtype=torch.float64, device=a.device))
+        sp.append(done[id(explain)][0])
+        ss.append(done[id(explain)][1])
+    n_cascade = sum(1 for mode, _g, _e in steps if mode == randomisation.MODES[0])
+    return {"spearman": torch.stack(sp, 1), "ssim": torch.stack(ss, 1), "n": n_cascade}
+
+
 def _all(batch: EvalBatch) -> Rows:
     return torch.ones(len(batch.labels), dtype=torch.bool, device=batch.labels.device)
 
@@ -445,6 +595,47 @@ _spec("avg_drop", False, "Average Drop: max(0, Y - O) / Y, Y the predicted class
 _spec("increase_conf", True, "Increase in Confidence: share of images with O > Y (as "
       "avg_drop; causal subset)", lambda cfg: IncreaseConf(),
       paper="Chattopadhay et al., WACV 2018", options=("causal_n",))
+_spec("mprt_spearman", False, "model-parameter randomisation: Spearman rank correlation of "
+      "|map| (ground-truth class, causal subset) between the trained model and the model "
+      "with its parameter groups re-initialised top-down, mean over the cascade's steps; "
+      "lower passes (per step in mprt.csv)", lambda cfg: MPRT("spearman"),
+      paper="Adebayo et al., NeurIPS 2018", bounds=(-1.0, 1.0),
+      options=("causal_n", "lens_seed"))
+_spec("mprt_ssim", False, "as mprt_spearman, SSIM of |map| divided by its maximum",
+      lambda cfg: MPRT("ssim"), paper="Adebayo et al., NeurIPS 2018", bounds=(-1.0, 1.0),
+      options=("causal_n", "lens_seed"))
+_ROAD = ("causal_n", "lens_seed", "road_noise")
+_spec("road_morf", False, "ROAD most relevant first: the predicted class's probability after "
+      "removing the top 10, 20, ..., 90 % of the pixels by its map (exactly k by rank) and "
+      "filling them by noisy linear imputation, mean over the fractions (causal subset)",
+      lambda cfg: ROAD(cfg.road_noise, cfg.lens_seed, cfg.forward_batch),
+      paper="Rong et al., ICML 2022", options=_ROAD)
+_spec("road_lerf", True, "ROAD least relevant first: as road_morf, the least relevant pixels "
+      "removed first", lambda cfg: RoadLeRF(cfg.road_noise, cfg.lens_seed,
+                                            cfg.forward_batch),
+      paper="Rong et al., ICML 2022", options=_ROAD)
+_spec("road_combined", True, "ROAD combined: (LeRF - MoRF) / 2 per image, mean over the "
+      "fractions", lambda cfg: RoadCombined(cfg.road_noise, cfg.lens_seed,
+                                            cfg.forward_batch),
+      paper="Rong et al., ICML 2022; pytorch-grad-cam's ROADCombined", bounds=(-0.5, 0.5),
+      options=_ROAD)
+_ROBUST = ("causal_n", "lens_seed", "sensitivity_radius", "sensitivity_n")
+_spec("max_sensitivity", False, "Max-Sensitivity: the largest ||map(x + d) - map(x)|| / "
+      "||map(x)|| over eval.sensitivity_n uniform perturbations d of L-inf radius "
+      "eval.sensitivity_radius (ground-truth class, causal subset); 0 for a map that "
+      "ignores its input", lambda cfg: Sensitivity(
+          "max_sensitivity", cfg.sensitivity_radius, cfg.sensitivity_n, cfg.lens_seed),
+      paper="Yeh et al., NeurIPS 2019", bounds=None, options=_ROBUST)
+_spec("avg_sensitivity", False, "Avg-Sensitivity: the mean of max_sensitivity's ratio over "
+      "the perturbations", lambda cfg: Sensitivity(
+          "avg_sensitivity", cfg.sensitivity_radius, cfg.sensitivity_n, cfg.lens_seed),
+      paper="Yeh et al., NeurIPS 2019; Bhatt et al., IJCAI 2020", bounds=None,
+      options=_ROBUST)
+_spec("local_lipschitz", False, "local Lipschitz estimate: the largest ||map(x + d) - "
+      "map(x)||_2 / ||d||_2 over max_sensitivity's perturbations (map units per input unit)",
+      lambda cfg: Sensitivity("local_lipschitz", cfg.sensitivity_radius, cfg.sensitivity_n,
+                              cfg.lens_seed),
+      paper="Alvarez-Melis & Jaakkola, 2018", bounds=None, options=_ROBUST)
 _spec("explain_ms", False, "milliseconds per explanation (batched)", unit="ms", bounds=None)
 _spec("explain_overhead", False, "explanation time / plain forward time on the same batch",
       bounds=None)

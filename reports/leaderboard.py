@@ -189,24 +189,56 @@ def mean_curves(record: RunRecord) -> dict[str, dict[str, np.ndarray]]:
     return {m: {k: np.mean(v, axis=0) for k, v in d.items()} for m, d in out.items()}
 
 
+#: metrics whose curves are not over a fraction of the pixels (their own CSV)
+OWN_CSV_CURVES = ("mprt_spearman", "mprt_ssim")
+#: curves over ROAD's removed shares, not over steps from 0 to 1
+
+
 def curves_frame(record: RunRecord) -> pd.DataFrame:
-    """Mean curves: method, metric (the AUC column they belong to), step, fraction, score."""
+    """Mean curves: method, metric (the column they belong to), step, fraction (of the
+    pixels inserted, deleted or removed), score; the randomisation's are in mprt.csv."""
     out = []
     for method, by_metric in mean_curves(record).items():
         for metric, curve in by_metric.items():
+            if metric in OWN_CSV_CURVES:
+                continue
             n = len(curve) - 1
+            x = (road_fractions(len(curve)) if metric in ROAD_PANELS
+                 else np.arange(len(curve)) / max(n, 1))
             for k, s in enumerate(curve):
                 out.append({"method": method, "metric": metric, "step": k,
-                            "fraction": k / n if n else 0.0, "score": float(s)})
+                            "fraction": float(x[k]), "score": float(s)})
     return pd.DataFrame.from_records(out, columns=["method", "metric", "step", "fraction",
                                                   "score"])
+
+
+def mprt_frame(record: RunRecord) -> pd.DataFrame:
+    """The model-parameter randomisation per step: row, scheme (``cascading``: the
+    groups down to this one re-initialised; ``independent``: this one alone), step, the
+    group re-initialised at this step, and the mean Spearman and SSIM (over images and
+    seeds) between the trained model's map and the randomised model's."""
+    out = []
+    for row, by_metric in mean_curves(record).items():
+        groups = list(record.method_meta.get(row, {}).get("parameter_groups", []))
+        sp, ss = by_metric.get("mprt_spearman"), by_metric.get("mprt_ssim")
+        curve = sp if sp is not None else ss
+        if curve is None or not groups or len(curve) != 2 * len(groups):
+            continue
+        for k in range(len(curve)):
+            out.append({"method": row, "scheme": "cascading" if k < len(groups)
+                        else "independent", "step": k % len(groups) + 1,
+                        "group": groups[k % len(groups)],
+                        "spearman": float(sp[k]) if sp is not None else math.nan,
+                        "ssim": float(ss[k]) if ss is not None else math.nan})
+    return pd.DataFrame.from_records(out, columns=["method", "scheme", "step", "group",
+                                                   "spearman", "ssim"])
 
 
 #: every file :func:`write_all` may write into its folder, by key
 OUTPUTS = {"csv": "leaderboard.csv", "curves": "curves.csv",
            "comparisons": "comparisons.csv", "stability": "stability.csv",
            "config": "config.yaml", "html": "leaderboard.html", "paper": "paper.csv",
-           "cr_sweep": "cr_sweep.csv", "cr_sweep_png": "cr_sweep.png"}
+           "cr_sweep": "cr_sweep.csv", "cr_sweep_png": "cr_sweep.png", "mprt": "mprt.csv"}
 
 
 def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
@@ -220,6 +252,10 @@ def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
     if record.paper_values:
         paths["paper"] = out / OUTPUTS["paper"]
         tables["paper"] = paper_frame(record)
+    mprt = mprt_frame(record)
+    if len(mprt):
+        paths["mprt"] = out / OUTPUTS["mprt"]
+        tables["mprt"] = mprt
     if record.cr_sweep is not None:
         paths["cr_sweep"] = out / OUTPUTS["cr_sweep"]
         tables["cr_sweep"] = pd.DataFrame.from_records(record.cr_sweep.rows())
@@ -362,6 +398,11 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
                  "confusion": _png(fig) if i == 0 and (fig := confusion_figure(sub))
                  is not None else ""}
                 for i, (title, sub) in enumerate(by_explainer(record))],
+        sanity=sanity_matrix(record),
+        sanity_figs={k: _png(f) for k, f in (("cascade", cascade_figure(record)),
+                                             ("class_pairs", class_pair_figure(record)),
+                                             ("road", road_figure(record)))
+                     if f is not None},
         sweep=record.cr_sweep,
         sweep_png=_png(sweep_figure(record.cr_sweep)) if record.cr_sweep else "",
         metrics=[{"id": c, **vars(METRICS.get(c))} for c in cols],
@@ -544,6 +585,172 @@ def confusion_figure(record: RunRecord) -> plt.Figure | None:
                 ax.text((2 * j + k) * (w + GAP) + w / 2, y0 - 1, title, ha="center",
                         va="bottom", fontsize=7)
     return fig
+
+
+@dataclass(frozen=True)
+class SanityCheck:
+    """One column of the HTML's sanity matrix: ``metric`` passes ``below`` a threshold
+    (``threshold`` set) or above the random explainer's reference row (``threshold``
+    None), judged on the row's 95 % interval: pass when the whole interval is on the
+    right side, fail when none of it is, unclear otherwise."""
+
+    metric: str
+    title: str
+    threshold: float | None = None
+
+
+#: the checks, with their thresholds (stated in the report; not from the papers, which
+#: judge by eye: a map still ranked like the trained model's at 0.5 has not changed much)
+SANITY_CHECKS = (
+    SanityCheck("mprt_spearman", "model randomisation, Spearman < 0.5", 0.5),
+    SanityCheck("mprt_ssim", "model randomisation, SSIM < 0.5", 0.5),
+    SanityCheck("data_rand_spearman", "data randomisation, Spearman < 0.5", 0.5),
+    SanityCheck("data_rand_ssim", "data randomisation, SSIM < 0.5", 0.5),
+    SanityCheck("class_sensitivity", "class sensitivity, SSIM < 0.9", 0.9),
+    SanityCheck("road_combined", "ROAD combined above the random row"),
+    SanityCheck("insertion_auc", "insertion above the random row"),
+)
+MARK = {"pass": ("✓", "pass"), "fail": ("✗", "fail"), "unclear": ("~", "unclear")}
+
+
+def random_floor(record: RunRecord) -> dict[str, float]:
+    """The random explainer's reference row's values (the floor), if the run has one."""
+    for row in record.analysis.rows:
+        if record.method_meta.get(row.method, {}).get("explainer") == "random":
+            return {k: e.value for k, e in row.estimates.items()}
+    return {}
+
+
+def sanity_matrix(record: RunRecord) -> dict[str, Any]:
+    """Rows × checks of :data:`SANITY_CHECKS` present in the run: each cell's verdict,
+    value and interval; the random row itself is not judged against itself."""
+    floor = random_floor(record)
+    checks = [c for c in SANITY_CHECKS
+              if any(c.metric in r.estimates for r in record.analysis.rows)
+              and (c.threshold is not None or c.metric in floor)]
+    rows = []
+    for row in record.analysis.rows:
+        is_floor = record.method_meta.get(row.method, {}).get("explainer") == "random"
+        cells: list[dict[str, str] | None] = []
+        for c in checks:
+            e = row.estimates.get(c.metric)
+            if e is None or math.isnan(e.value) or (c.threshold is None and is_floor):
+                cells.append(None)
+                continue
+            lo, hi = (e.lo, e.hi) if not math.isnan(e.lo) else (e.value, e.value)
+            if c.threshold is not None:
+                verdict = "pass" if hi < c.threshold else "fail" if lo >= c.threshold \
+                    else "unclear"
+            else:
+                ref = floor[c.metric]
+                better = METRICS.get(c.metric).higher_is_better
+                good, bad = (lo > ref, hi <= ref) if better else (hi < ref, lo >= ref)
+                verdict = "pass" if good else "fail" if bad else "unclear"
+            mark, cls = MARK[verdict]
+            cells.append({"mark": mark, "cls": cls, "value": f"{e.value:.3f}",
+                          "title": f"{verdict}: {e.value:.3f} [{lo:.3f}, {hi:.3f}]"
+                          + ("" if c.threshold is not None else
+                             f" against the random row's {floor[c.metric]:.3f}")})
+        rows.append({"method": row.method, "cells": cells})
+    return {"checks": checks, "rows": rows}
+
+
+def cascade_figure(record: RunRecord) -> plt.Figure | None:
+    """Adebayo et al.'s Fig. 2 for the first test image: per row, the image, the trained
+    model's map and the map as each parameter group is re-initialised in turn (top-down,
+    cascading; |map| over its maximum). None if no row has the cascade."""
+    rows = [r for r in record.gallery_rows if len(r.gallery.get("mprt_cascade", ()))]
+    if not rows or not len(record.gallery_images):
+        return None
+    img = record.gallery_images[0]
+    h, w = img.shape[:2]
+    grey = np.repeat(img.mean(-1, keepdims=True), 3, axis=-1)[None]
+    tiles = [[img] + [overlay(grey, r.gallery["mprt_cascade"][0][k][None], 0.6)[0]
+                      for k in range(len(r.gallery["mprt_cascade"][0]))] for r in rows]
+    vgap = max(GAP, h // 5)
+    fig, ax = _mosaic_axes(mosaic(tiles, vgap), 1.3 / w, left=1.3, top=0.3)
+    for i, r in enumerate(rows):
+        y0 = i * (h + vgap)
+        ax.text(-4, y0 + h / 2, r.row, ha="right", va="center", fontsize=8)
+        groups = list(record.method_meta.get(r.row, {}).get("parameter_groups", []))
+        titles = ["image", "trained"] + [f"+ {g}".replace("backbone.", "")
+                                         for g in groups]
+        for j, t in enumerate(titles[:len(tiles[i])]):
+            ax.text(j * (w + GAP) + w / 2, y0 - 1, t, ha="center", va="bottom", fontsize=6)
+    return fig
+
+
+#: test images per row in the target-vs-other-class figure
+CLASS_PAIR_IMAGES = 3
+
+
+def class_pair_figure(record: RunRecord) -> plt.Figure | None:
+    """Per row and first test images: the map of the ground-truth class beside the map
+    of the other class ``class_sensitivity`` drew for the image (each |map| over its
+    maximum), titled with the classes and the image's SSIM. None without the pairs."""
+    rows = [r for r in record.gallery_rows if len(r.gallery.get("class_pair_maps", ()))]
+    if not rows or not len(record.gallery_images):
+        return None
+    imgs = record.gallery_images
+    n = min(CLASS_PAIR_IMAGES, len(imgs), *(len(r.gallery["class_pair_maps"]) for r in rows))
+    h, w = imgs.shape[1:3]
+    grey = np.repeat(imgs[:n].mean(-1, keepdims=True), 3, axis=-1)
+    tiles = [[overlay(grey[j:j + 1], r.gallery["class_pair_maps"][j:j + 1, k], 0.6)[0]
+              for j in range(n) for k in range(2)] for r in rows]
+    vgap = max(GAP, h // 5)
+    fig, ax = _mosaic_axes(mosaic(tiles, vgap), 1.3 / w, left=1.3, top=0.3)
+    for i, r in enumerate(rows):
+        y0 = i * (h + vgap)
+        ax.text(-4, y0 + h / 2, r.row, ha="right", va="center", fontsize=8)
+        classes = r.gallery["class_pair_classes"]
+        scores = r.per_image.get("class_sensitivity")
+        for j in range(n):
+            for k, what in enumerate(("class", "other")):
+                title = f"{what} {int(classes[j, k])}"
+                if k and scores is not None and j < len(scores.scores):
+                    title += f" · SSIM {float(scores.scores[j]):.2f}"
+                ax.text((2 * j + k) * (w + GAP) + w / 2, y0 - 1, title, ha="center",
+                        va="bottom", fontsize=6)
+    return fig
+
+
+#: ROAD's panels: curve -> title
+ROAD_PANELS = {"road_morf": "ROAD, most relevant first (lower is better)",
+               "road_lerf": "ROAD, least relevant first (higher is better)"}
+
+
+def road_figure(record: RunRecord) -> plt.Figure | None:
+    """Mean probability of the predicted class against the share of pixels removed and
+    imputed, most and least relevant first, one line per row (legend: the column's
+    value). None without ROAD curves."""
+    curves = mean_curves(record)
+    if not any(k in c for c in curves.values() for k in ROAD_PANELS):
+        return None
+    values = {r.method: r.estimates for r in record.analysis.rows}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True, squeeze=False)
+    for ax, (metric, title) in zip(axes[0], ROAD_PANELS.items(), strict=True):
+        for row, by_metric in curves.items():
+            c = by_metric.get(metric)
+            if c is None or not len(c):
+                continue
+            e = values.get(row, {}).get(metric)
+            style = ":" if record.method_meta.get(row, {}).get("explainer") == "random" else "-"
+            ax.plot(road_fractions(len(c)), c, style, marker=".",
+                    label=f"{row} ({e.value if e is not None else math.nan:.3f})")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("share of pixels removed (noisy linear imputation)")
+        ax.set_ylabel("probability of the predicted class")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def road_fractions(n: int) -> np.ndarray:
+    """The removed shares of an ``n``-point ROAD curve: 1/(n+1) ... n/(n+1) (10 % ...
+    90 % for the default 9)."""
+    return np.arange(1, n + 1) / (n + 1)
 
 
 def _png(fig: plt.Figure) -> str:

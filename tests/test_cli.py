@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -39,9 +40,13 @@ def test_outputs_written(smoke_run: Path) -> None:
     for f in ("leaderboard.csv", "leaderboard.html", "curves.csv", "config.yaml"):
         assert (smoke_run / f).stat().st_size > 0
     df = pd.read_csv(smoke_run / "leaderboard.csv")
-    assert list(df["method"]) == METHODS.names()
+    # each method's own row, then the random explainer's reference row (the floor)
+    assert list(df["method"]) == [*METHODS.names(), "baseline+random"]
     cols = ["top1", "top5", "insertion_auc", "deletion_auc", "bbox_inside_frac", "energy_pg",
             "pointing_game", "distractor_frac", "explain_ms"]
+    own = df[~df["method"].str.contains("+", regex=False)]
+    assert own["top1"].notna().all() and df["top1"].iloc[-1] != df["top1"].iloc[-1]  # n/a
+    df = own  # the columns of the methods' own rows
     for c in cols:
         assert c in df and df[c].notna().all(), c
         if c != "explain_ms":
@@ -49,7 +54,8 @@ def test_outputs_written(smoke_run: Path) -> None:
             assert (df[f"{c}_lo"] <= df[c] + 1e-9).all() and (df[c] <= df[f"{c}_hi"] + 1e-9).all()
     assert (df["explain_ms"] > 0).all()
     # attention-fix analysis: n/a (not 0) without an attention mechanism
-    has_attention = df["method"].map(lambda m: METHODS.entry(m).meta["attention"])
+    has_attention = df["method"].map(
+        lambda m: "+" not in m and METHODS.entry(m).meta["attention"])
     for c in ("attn_fix_gain_wrong_prob", "attn_fix_gain_top1", "attn_fix_gain_wrong_prob_all",
               "attn_fix_gain_top1_all"):
         assert df.loc[~has_attention, c].isna().all() and df.loc[has_attention, c].notna().all()
@@ -67,6 +73,27 @@ def test_outputs_written(smoke_run: Path) -> None:
     curves = pd.read_csv(smoke_run / "curves.csv")
     assert {"insertion_auc", "deletion_auc"} <= set(curves["metric"])
     assert curves["score"].between(0, 1).all()
+    assert not curves["metric"].str.startswith("mprt").any()  # in mprt.csv
+
+
+def test_mprt_csv_and_columns(smoke_run: Path) -> None:
+    """Every row's randomisation steps; ABN's first step (the perception branch) leaves
+    its map as it was; the random explainer's maps never change (it fails)."""
+    mprt = pd.read_csv(smoke_run / "mprt.csv")
+    assert set(mprt["method"]) == {*METHODS.names(), "baseline+random"}
+    abn = mprt[(mprt["method"] == "abn")].set_index(["scheme", "step"])
+    assert list(abn.loc["cascading", "group"]) == ["perception branch", "attention branch",
+                                                   "feature extractor"]
+    assert abn.loc[("cascading", 1), "spearman"] == pytest.approx(1.0)
+    assert abn.loc[("cascading", 2), "spearman"] < 0.9
+    rnd = mprt[mprt["method"] == "baseline+random"]
+    assert np.allclose(rnd["spearman"], 1.0) and np.allclose(rnd["ssim"], 1.0)
+    df = pd.read_csv(smoke_run / "leaderboard.csv").set_index("method")
+    assert df.loc["baseline+random", "mprt_spearman"] == pytest.approx(1.0)
+    assert df["mprt_spearman"].between(-1, 1).all() and df["mprt_ssim"].between(-1, 1).all()
+    # the column is the mean of the cascade's steps (one seed: means of means agree)
+    casc = mprt[mprt["scheme"] == "cascading"].groupby("method")["spearman"].mean()
+    assert np.allclose(casc.loc[df.index], df["mprt_spearman"], atol=1e-5)
 
 
 def test_second_run_uses_the_cache(smoke_run: Path, cache_dir: Path, tmp_path: Path) -> None:
@@ -80,7 +107,7 @@ def test_second_run_uses_the_cache(smoke_run: Path, cache_dir: Path, tmp_path: P
     assert second["cached"].all()
     # same checkpoints, same data: identical accuracy and localisation
     for c in ("top1", "bbox_inside_frac", "insertion_auc"):
-        assert second[c].tolist() == pytest.approx(first[c].tolist(), abs=1e-6)
+        assert second[c].tolist() == pytest.approx(first[c].tolist(), abs=1e-6, nan_ok=True)
 
 
 def test_unknown_method_exits_2_with_one_line() -> None:
@@ -125,7 +152,7 @@ def test_lineage_and_boxless_datasets() -> None:
 def test_copy_replace_sweep(smoke_run: Path, cache_dir: Path, tmp_path: Path) -> None:
     rc = run.main(["--methods", "msabn", "--preset", "smoke", "--out", str(tmp_path),
                    "--cache-dir", str(cache_dir), "--no-progress", "--device", "cpu",
-                   "--cr-sweep", "1,0"])
+                   "--cr-sweep", "1,0", "--explainers", "native"])
     assert rc == 0
     sweep = pd.read_csv(tmp_path / "cr_sweep.csv")
     assert list(sweep["label"]) == ["lambda_out=0", "lambda_out=1", "vanilla", "msabn (before)"]
@@ -184,7 +211,8 @@ def test_seed_options() -> None:
 def test_multi_seed_run_writes_seed_rows_comparisons_and_stability(
         cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = run.main(["--methods", "baseline,gradcam,abn", "--preset", "smoke", "--seeds", "2",
-                   "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--device", "cpu"])
+                   "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--device", "cpu",
+                   "--explainers", "native"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "ranking stability" in out and "insertion_auc" in out

@@ -211,7 +211,10 @@ def test_torchrun_run_shares_checkpoints_with_one_process(tmp_path: Path) -> Non
     assert list(a["method"]) == list(b["method"])
     cols = [c for c in a.columns if a[c].dtype.kind == "f" and not c.startswith("explain")
             and "seconds" not in c]
-    assert (a[cols] - b[cols]).abs().max().max() <= 1e-6
+    # the CSV prints 6 significant digits: float rounding (thread counts, batch
+    # composition) may flip the last one, a step of 1e-6 on a value near 1
+    diff = (a[cols] - b[cols]).abs().max()
+    assert diff.max() <= 2e-6, diff[diff > 2e-6]
     sa, sb = _scores(tmp_path / "a.sqlite"), _scores(tmp_path / "b.sqlite")
     key = ["row", "metric", "pos"]
     m = sa.merge(sb, on=key, suffixes=("_a", "_b"), validate="one_to_one")

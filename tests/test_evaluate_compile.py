@@ -57,7 +57,7 @@ def test_engines_give_the_eager_aucs(engine: dict[str, object], smoke_cfg: confi
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"engine": "tensorrt"}, "eval.engine must be one of torch, onnxruntime"),
+    ({"engine": "tensorrt"}, "eval.engine must be one of auto, torch, onnxruntime"),
     ({"engine": "onnxruntime", "compile": True}, "exclude each other"),
     ({"streams": -1}, "eval.streams must be >= 0"),
     ({"streams": 2, "compile": True}, "eval.streams > 1 and --compile exclude each other"),
@@ -71,6 +71,24 @@ def test_engine_choices_are_checked(change: dict[str, object], message: str,
     ecfg = dataclasses.replace(smoke_cfg.eval, causal_n=2, forward_batch=8, **change)
     with pytest.raises(UserError, match=message):
         evaluate(model, "baseline", smoke_test, ecfg, CPU, progress=False, parts=())
+
+
+def test_auto_engine_is_onnxruntime_on_a_cpu_in_fp32_where_installed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    installed = importlib.util.find_spec("onnxruntime") is not None
+    assert dev.resolve_engine("auto", cpu, "fp32", False) == (
+        "onnxruntime" if installed else "torch")
+    assert dev.resolve_engine("auto", cpu, "bf16", False) == "torch"
+    assert dev.resolve_engine("auto", cpu, "fp32", True) == "torch"  # --compile
+    assert dev.resolve_engine("auto", cuda, "fp32", False) == "torch"
+    assert dev.resolve_engine("torch", cpu, "fp32", False) == "torch"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert dev.resolve_engine("auto", cpu, "fp32", False) == "torch"  # not installed
 
 
 def test_onnxruntime_refuses_lower_precision(smoke_cfg: config.RunConfig,

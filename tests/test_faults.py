@@ -139,7 +139,8 @@ def test_a_broken_checkpoint_and_resume_file_mean_training_again(
     assert "warning: unreadable checkpoint" in err and "warning: unreadable resume" in err
     assert "Traceback" not in err
     again = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
-    assert again["top1"].tolist() == first["top1"].tolist()  # the same training again
+    # the same training again (the random reference row has no top-1: NaN on both)
+    np.testing.assert_array_equal(again["top1"], first["top1"])
     assert not ckpt.with_suffix(".partial").exists()
     train._load(ckpt)  # a whole checkpoint again
 
@@ -209,7 +210,7 @@ def test_two_runs_sharing_a_cache_train_each_checkpoint_once(tmp_path: Path) -> 
     frames = [pd.read_csv(tmp_path / f"out{i}" / "leaderboard.csv") for i in range(2)]
     cached = [bool(f["cached"].iloc[0]) for f in frames]
     assert sorted(cached) == [False, True]  # one trained, the other loaded its checkpoint
-    assert frames[0]["top1"].tolist() == frames[1]["top1"].tolist()
+    np.testing.assert_array_equal(frames[0]["top1"], frames[1]["top1"])
     names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache").glob("*.pt"))
     assert names == ["abn", "abn-amb"]  # one checkpoint each
     for i in range(2):  # no temporary files left behind
@@ -324,8 +325,9 @@ def test_progress_in_a_log_is_one_line_per_epoch(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stdout + proc.stderr
     assert "baseline epoch 1/1: loss" in proc.stdout
-    assert "method 1 of 2: baseline (seed 0), elapsed" in proc.stdout
-    assert "method 2 of 2: cam (seed 0), elapsed" in proc.stdout and "ETA" in proc.stdout
+    # two methods and the random explainer's reference row
+    assert "row 1 of at most 3: baseline (seed 0), elapsed" in proc.stdout
+    assert "row 2 of at most 3: cam (seed 0), elapsed" in proc.stdout and "ETA" in proc.stdout
 
 
 # --------------------------------------------------------------------------------------

@@ -116,7 +116,12 @@ def test_steps_are_timed_at_a_reduced_scale_and_scaled_by_images_times_pixels(
     b = (0.35 - 0.05) / ((32 - 2) * small)
     a = 0.05 - b * 2 * small
     per_image = (a + b * 32 * real) / 32
-    assert p.eval_seconds == pytest.approx(per_image * (5 * 5794 + (2 * (352 + 1) + 2) * 1000))
+    # per causal image: the curves (353 steps each), the confidence change (2), ROAD (18),
+    # the randomisation test (2 G - 1 explanations, G = 7 groups of ResNet-50: fc,
+    # layer4, layer3, layer2, layer1, bn1, conv1) and robustness (10 explanations), an
+    # explanation counted as two forward passes
+    per_causal = 2 * (352 + 1) + 2 + 18 + 2 * (2 * 7 - 1) + 2 * 10
+    assert p.eval_seconds == pytest.approx(per_image * (5 * 5794 + per_causal * 1000))
     dryrun.report([p], cfg, info, (5994, 5794), True, CPU, 1)
     out = capsys.readouterr().out
     assert ("training steps timed at batch 2-4, 112 px and scaled to batch 16, 352 px; "

@@ -36,8 +36,15 @@ def test_metric_columns_and_sources() -> None:
     names = METRICS.names()
     for new in ("balanced_acc", "pointing_game_0px", "siou_confusion_pred",
                 "attn_fix_gain_wrong_prob_all", "attn_fix_gain_top1_all", "sparseness",
-                "complexity", "class_sensitivity", "avg_drop", "increase_conf"):
+                "complexity", "class_sensitivity", "avg_drop", "increase_conf",
+                "mprt_spearman", "mprt_ssim", "road_morf", "road_lerf", "road_combined",
+                "max_sensitivity", "avg_sensitivity", "local_lipschitz"):
         assert new in names, new
+    # the lenses' directions are the issue's contract
+    for name, up in (("mprt_spearman", False), ("mprt_ssim", False), ("road_morf", False),
+                     ("road_lerf", True), ("road_combined", True), ("max_sensitivity", False),
+                     ("avg_sensitivity", False), ("local_lipschitz", False)):
+        assert METRICS.get(name).higher_is_better is up, name
     # MSABN (Gupta & Sintorn, 2022) defines the binarised-map localisation measure
     assert "Gupta & Sintorn" in METRICS.get("bbox_inside_frac").paper
     assert "Mitsuhara" not in METRICS.get("bbox_inside_frac").paper

@@ -293,9 +293,12 @@ def test_a_run_records_its_forward_batches(tmp_path: Path) -> None:
     assert run.main(args) == 0
     doc = yaml.safe_load((out / "config.yaml").read_text())
     kinds = doc["run"]["causal_passes"]
-    assert len(kinds) == 2 and all(", torch, " in k for k in kinds)
+    from harness import device as dev
+
+    engine = dev.resolve_engine("auto", torch.device("cpu"), "fp32", False)  # the default
+    assert len(kinds) == 2 and all(f", {engine}, " in k for k in kinds)
     for k, e in kinds.items():
-        assert k.startswith(e["model_kind"]) and e["engine"] == "torch" and e["streams"] >= 1
+        assert k.startswith(e["model_kind"]) and e["engine"] == engine and e["streams"] >= 1
         used = {int(s): n for s, n in e["images_per_batch"].items()}
         assert set(used) <= set(tuning.BATCH_CANDIDATES)
         assert used[e["forward_batch"]] == max(used.values())
