@@ -165,7 +165,8 @@ def test_copy_replace_sweep(smoke_run: Path, cache_dir: Path, tmp_path: Path) ->
     assert bool(parent["cached"])  # the msabn of the smoke run
     html = (tmp_path / "leaderboard.html").read_text()
     assert "Copy-replace: accuracy against annotated share" in html
-    assert html.count("data:image/png;base64,") == 4  # curves, gallery, confusion, sweep
+    # curves, gallery, confusion, sweep; the sanity checks: cascade, class pairs, ROAD
+    assert html.count("data:image/png;base64,") == 7
     assert "Class confusion" in html  # msabn has class maps
     assert (tmp_path / "cr_sweep.png").stat().st_size > 0
 
