@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["MODES", "check_groups", "randomised_models", "ranks", "spearman", "step_seed"]
+__all__ = ["MODES", "check_groups", "randomised_models", "rank_correlation", "ranks",
+           "spearman", "step_seed"]
 
 #: the two randomisation schemes, in the order their steps are reported
 MODES = ("cascading", "independent")
@@ -144,7 +145,12 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     correlation of their ranks, ties averaged (``scipy.stats.spearmanr``). Where a map
     is constant it has no order: 1 if both are constant (nothing changed), else 0
     (scipy: NaN). In float64; ``[B]``."""
-    ra, rb = ranks(a.flatten(1).double()), ranks(b.flatten(1).double())
+    return rank_correlation(ranks(a.flatten(1).double()), ranks(b.flatten(1).double()))
+
+
+def rank_correlation(ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
+    """:func:`spearman` from the rows' :func:`ranks` (a map compared with several
+    others is ranked once)."""
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     sa, sb = ra.square().sum(1), rb.square().sum(1)
     flat_a, flat_b = sa == 0, sb == 0

@@ -482,7 +482,7 @@ def mprt_similarities(original: torch.Tensor, steps: list[tuple[str, str, Any]],
     cascade's steps (the first columns). A step whose model is the previous step's
     (the first of each scheme) is explained once."""
     a = original.abs()
-    a_max = lenses.by_max(a)
+    a_max, a_ranks = lenses.by_max(a), randomisation.ranks(a.flatten(1).double())
     can_ssim = min(a.shape[-2:]) >= lenses.SSIM_WINDOW
     sp, ss = [], []
     done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -490,7 +490,8 @@ def mprt_similarities(original: torch.Tensor, steps: list[tuple[str, str, Any]],
         if id(explain) not in done:
             m = explain(images, classes).abs()
             done[id(explain)] = (
-                randomisation.spearman(a, m),
+                randomisation.rank_correlation(a_ranks,
+                                               randomisation.ranks(m.flatten(1).double())),
                 lenses.ssim(a_max, lenses.by_max(m)) if can_ssim
                 else torch.full((len(a),), float("nan"), dtype=torch.float64, device=a.device))
         sp.append(done[id(explain)][0])

@@ -446,14 +446,20 @@ def curves_figure(record: RunRecord) -> plt.Figure:
             auc = e.value if e is not None else math.nan
             ax.plot(np.linspace(0, 1, len(c)), c, label=f"{method} ({auc:.3f})")
         title, xlabel = CURVE_PANELS[metric]
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("probability of the tracked class")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        probability_axes(ax, title, xlabel, "probability of the tracked class", 8)
     return fig
+
+
+def probability_axes(ax: Any, title: str, xlabel: str, ylabel: str, legend: int) -> None:
+    """A curve panel's frame: a probability against a share of the pixels, both in
+    [0, 1], grid and legend."""
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend)
 
 
 def sweep_figure(sweep: CRSweep) -> plt.Figure:
@@ -737,13 +743,8 @@ def road_figure(record: RunRecord) -> plt.Figure | None:
             style = ":" if record.method_meta.get(row, {}).get("explainer") == "random" else "-"
             ax.plot(road_fractions(len(c)), c, style, marker=".",
                     label=f"{row} ({e.value if e is not None else math.nan:.3f})")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("share of pixels removed (noisy linear imputation)")
-        ax.set_ylabel("probability of the predicted class")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        probability_axes(ax, title, "share of pixels removed (noisy linear imputation)",
+                         "probability of the predicted class", 7)
     return fig
 
 
