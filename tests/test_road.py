@@ -289,8 +289,9 @@ def test_road_combined_matches_pytorch_grad_cam(monkeypatch: pytest.MonkeyPatch)
     np.testing.assert_allclose(summary["road_lerf"].numpy(), lerf.mean(1).numpy())
 
 
-def _grad_cam_removed(order: str, percentile: int, cam: np.ndarray) -> int:
-    """Pixels pytorch-grad-cam's ROAD removes: its binary mask, caught at its imputer."""
+def grad_cam_keeps(order: str, percentile: int, cam: torch.Tensor) -> torch.Tensor:
+    """The pixels pytorch-grad-cam's ROAD keeps at ``percentile`` of ``cam`` ``[H,W]``:
+    its binary mask, caught at its imputer (bool ``[H,W]``)."""
     from pytorch_grad_cam.metrics.perturbation_confidence import (
         RemoveLeastRelevantFirst,
         RemoveMostRelevantFirst,
@@ -303,8 +304,13 @@ def _grad_cam_removed(order: str, percentile: int, cam: np.ndarray) -> int:
         return img
 
     cls = RemoveMostRelevantFirst if order == "morf" else RemoveLeastRelevantFirst
-    cls(percentile, catch)(torch.zeros(3, *cam.shape), torch.from_numpy(cam))
-    return int((seen[0] == 0).sum())  # 0 = imputed
+    cls(percentile, catch)(torch.zeros(3, *cam.shape), cam)
+    return seen[0] > 0.5  # 0 = imputed
+
+
+def _grad_cam_removed(order: str, percentile: int, cam: np.ndarray) -> int:
+    """How many pixels pytorch-grad-cam's ROAD removes."""
+    return int((~grad_cam_keeps(order, percentile, torch.from_numpy(cam))).sum())
 
 
 def test_pytorch_grad_cam_percentile_cut_differs_from_exact_k() -> None:
