@@ -115,6 +115,8 @@ class Plan:
     step_seconds: float = 0.0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    #: the evaluation's forward pass, seconds per test image
+    forward_seconds: float = 0.0
     #: what the training step and the evaluation's forward pass were timed at
     train_timing: Timing | None = None
     eval_timing: Timing | None = None
@@ -319,7 +321,7 @@ def _estimate(p: Plan, name: str, mcfg: RunConfig, info: DatasetInfo, n_train: i
         forwards[key] = Timing(size, tuple(ladder(forward_seconds, eval_cap)))
     p.eval_timing = forwards[key]
     n = p.eval_timing.batches[-1]
-    per_image = p.eval_timing.seconds(n, info.image_size) / n
+    per_image = p.forward_seconds = p.eval_timing.seconds(n, info.image_size) / n
     p.eval_seconds = per_image * (5 * n_test + causal_forwards(
         causal_steps, len(model.parameter_groups()), ev.sensitivity_n)
         * min(ev.causal_n, n_test))
@@ -339,6 +341,40 @@ def causal_forwards(causal_steps: int, groups: int, sensitivity_n: int) -> int:
     ground-truth class and of another class (class_sensitivity)."""
     return (2 * (causal_steps + 1) + 2 + ROAD_FORWARDS + 2 * (2 * groups - 1)
             + 2 * sensitivity_n)
+
+
+@dataclass(frozen=True)
+class RoarPlan:
+    """``--roar``'s work: the fractions, the rows it runs on (at most), and the seconds
+    to impute one image at every fraction of both modes."""
+
+    fractions: tuple[float, ...]
+    rows: int
+    impute_seconds: float
+
+
+#: images the imputation is timed on
+IMPUTED_IMAGES = 4
+
+
+def imputation_seconds(info: DatasetInfo, fractions: Sequence[float],
+                       device: torch.device) -> float:
+    """Seconds to impute one image at the real size at every fraction of ROAR and KAR
+    (:func:`metrics.road.road_images`), timed on :data:`IMPUTED_IMAGES` smooth
+    synthetic images with smooth maps (the fastest of two calls after one untimed)."""
+    from metrics import road
+
+    h, w = info.image_size
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(
+        torch.rand(IMPUTED_IMAGES, 4, 8, 8, generator=g), size=(h, w), mode="bilinear")
+    x, maps = smooth[:, :3].to(device), smooth[:, 3:].to(device)
+    fr = [*fractions, *(1 - t for t in fractions)]
+
+    def call() -> None:
+        road.road_images(x, maps, fr, ("morf",), 0.01, 0)
+
+    return _timed(call, device, 2) / IMPUTED_IMAGES
 
 
 def _px(size: tuple[int, int]) -> str:
@@ -379,8 +415,10 @@ def timing_note(plans: list[Plan], info: DatasetInfo) -> str:
 
 def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[int, int],
            official: bool, device: torch.device, seeds: int,
-           say: Callable[[str], None] = print) -> None:
-    """Print the plan: the run, the dataset, one line per method, the total."""
+           say: Callable[[str], None] = print, sanity: Sequence[str] = (),
+           roar: RoarPlan | None = None) -> None:
+    """Print the plan: the run, the dataset, one line per method, the opt-in checks
+    that train again (``sanity``: ``--sanity``'s; ``roar``: ``--roar``'s), the total."""
     where = " (official sizes: the data were not found)" if official else ""
     say(f"dry run: preset {cfg.preset}, dataset {cfg.dataset}{where}: {sizes[0]} train / "
         f"{sizes[1]} test images, {info.num_classes} classes, {info.image_size[0]} px; "
@@ -397,6 +435,23 @@ def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[in
             + (f"{p.step_seconds:>8.2f}s{duration(p.train_seconds):>13}"
                f"{duration(p.eval_seconds):>13}" if timed else ""))
         total += p.train_seconds + p.eval_seconds
+    if "data" in sanity:  # every method trained again; an explanation per causal image
+        n_causal = min(cfg.eval.causal_n, sizes[1])
+        extra = sum(p.train_seconds + 2 * p.forward_seconds * n_causal for p in plans)
+        say(f"  --sanity data: every method trained again on permuted labels, "
+            f"{duration(extra)}")
+        total += extra
+    if roar is not None:  # per row: 2F trainings of the retrained model, the images
+        from harness.roar import RETRAINED
+
+        base = next(p for p in plans if p.name == RETRAINED)
+        n_img = sum(sizes)
+        per_row = (2 * len(roar.fractions) * base.train_seconds
+                   + n_img * (roar.impute_seconds + 2 * 2 * base.forward_seconds))
+        say(f"  --roar: {RETRAINED} trained {2 * len(roar.fractions)} times for each of at "
+            f"most {roar.rows} rows, {n_img} images imputed at {2 * len(roar.fractions)} "
+            f"fractions each: {duration(per_row * roar.rows)}")
+        total += per_row * roar.rows
     if any(p.step_seconds or p.eval_seconds for p in plans):
         say(f"  estimated wall time: {duration(total * seeds)} on {device} (data loading "
             "not included)")

@@ -49,6 +49,7 @@ from metrics.base import METRICS
 _ROOT = Path(__file__).resolve().parent.parent
 #: the code an evaluated number depends on (a change to any of it is a cache miss)
 CODE = ("metrics", "methods", "harness/data", "harness/evaluate.py", "harness/fold.py",
+        "harness/roar.py",
         "harness/geometry.py", "harness/device.py", "harness/backbones.py",
         "harness/stats.py", "harness/distributed.py")
 #: libraries whose version can change an evaluated number
@@ -105,18 +106,25 @@ def mask_digest(mask: torch.Tensor | None) -> str | None:
 
 def part_keys(*, checkpoint: str, explainer: str, split_id: str, device: torch.device,
               precision: str, cfg: EvalConfig, metrics: Iterable[str],
-              comb_subset: torch.Tensor | None, weights: str = "") -> dict[str, str]:
-    """The key of each part of one evaluated row."""
+              comb_subset: torch.Tensor | None, weights: str = "",
+              permuted: str = "") -> dict[str, str]:
+    """The key of each part of one evaluated row.
+
+    Args:
+        permuted: the weights digest of the model trained on permuted labels, in the
+            keys of the columns scored against it (``MetricSpec.needs_permuted``)."""
     base = {"checkpoint": checkpoint, "weights": weights, "explainer": explainer,
             "split": split_id, "device": device.type, "precision": precision,
             "libraries": library_versions(), "code": code_version()}
     options = dict(vars(cfg), comb_subset=mask_digest(comb_subset))
     out = {m: _digest({**base, "part": m,
-                       "options": {o: options[o] for o in METRICS.get(m).options}})
+                       "options": {o: options[o] for o in METRICS.get(m).options},
+                       **({"permuted": permuted} if METRICS.get(m).needs_permuted else {})})
            for m in metrics}
     out[TIMING] = _digest({**base, "part": TIMING, "options": {
         "timing_batches": cfg.timing_batches, "batch_size": cfg.batch_size}})
-    out[GALLERY] = _digest({**base, "part": GALLERY, "options": {"gallery_n": cfg.gallery_n}})
+    out[GALLERY] = _digest({**base, "part": GALLERY, "options": {"gallery_n": cfg.gallery_n},
+                            **({"permuted": permuted} if permuted else {})})
     return out
 
 
@@ -147,11 +155,13 @@ def misclassified_cached(store: Store | None, reference: Method, split: Split,
     return wrong
 
 
-def row_metrics(split: Split, cfg: EvalConfig, explainer: str) -> list[str]:
+def row_metrics(split: Split, cfg: EvalConfig, explainer: str, *,
+                permuted: bool = False) -> list[str]:
     """The columns of a row: every applicable metric for a method's own explanation;
     for another explainer those that score the explanation (the model's accuracy and
-    attention-mechanism columns are in its own row)."""
-    names = list(applicable_metrics(split, cfg))
+    attention-mechanism columns are in its own row). ``permuted``: with the
+    data-randomisation columns."""
+    names = list(applicable_metrics(split, cfg, permuted=permuted))
     if explainer == "native":
         return names
     return [m for m in names if METRICS.get(m).explanation and not METRICS.get(m).of_model]
@@ -161,17 +171,22 @@ def evaluate_cached(store: Store | None, method: Method, name: str, split: Split
                     cfg: EvalConfig, device: torch.device, *, checkpoint: str,
                     split_key: str, read: bool = True, explainer: str = "native",
                     seed: int = 0, comb_subset: torch.Tensor | None = None,
-                    precision: str = "fp32", progress: bool = True, weights: str = ""
+                    precision: str = "fp32", progress: bool = True, weights: str = "",
+                    permuted: Method | None = None, permuted_weights: str = ""
                     ) -> tuple[MethodResult, dict[str, str], int]:
     """:func:`harness.evaluate.evaluate`, reading from ``store`` every part it holds
     (``read=False``: none). Returns (the row, each part's key, parts read).
 
     Args:
-        weights: :func:`weights_digest` of ``method`` (computed when not given)."""
-    names = row_metrics(split, cfg, explainer)
+        weights: :func:`weights_digest` of ``method`` (computed when not given).
+        permuted: the method trained on permuted labels (``--sanity data``) and its
+            :func:`weights_digest` (computed when not given)."""
+    names = row_metrics(split, cfg, explainer, permuted=permuted is not None)
     keys = part_keys(checkpoint=checkpoint, explainer=explainer, split_id=split_key,
                      device=device, precision=precision, cfg=cfg, metrics=names,
-                     comb_subset=comb_subset, weights=weights or weights_digest(method))
+                     comb_subset=comb_subset, weights=weights or weights_digest(method),
+                     permuted="" if permuted is None
+                     else permuted_weights or weights_digest(permuted))
     # under torchrun rank 0 alone holds the store and tells the others what to compute
     hits = distributed.share(lambda: store.lookup(keys) if store is not None and read else {})
     missing = {m for m in names if m not in hits}
@@ -181,7 +196,9 @@ def evaluate_cached(store: Store | None, method: Method, name: str, split: Split
     if missing or parts:
         fresh = evaluate(method, name, split, cfg, device, progress=progress, seed=seed,
                          comb_subset=comb_subset, precision=precision, explainer=explainer,
-                         only=missing, parts=parts)
+                         only=missing, parts=parts,
+                         permuted=permuted if GALLERY in parts or any(
+                             METRICS.get(m).needs_permuted for m in missing) else None)
     values: dict[str, float] = {}
     per_image, curves, gallery = {}, {}, {}
     per_class: set[str] = set()

@@ -98,16 +98,18 @@ def finite(maps: torch.Tensor, what: str) -> torch.Tensor:
     return torch.where(ok, maps, torch.zeros_like(maps))
 
 
-def applicable_metrics(split: Split, cfg: EvalConfig,
-                       only: set[str] | None = None) -> dict[str, PerImageMetric]:
+def applicable_metrics(split: Split, cfg: EvalConfig, only: set[str] | None = None, *,
+                       permuted: bool = False) -> dict[str, PerImageMetric]:
     """Fresh accumulators for every registered metric the dataset supports (those in
-    ``only``, when given)."""
+    ``only``, when given); the data-randomisation columns when ``permuted`` (a model
+    trained on permuted labels is given)."""
     have = {"bbox"} if split.info.has_boxes else set()
     have |= set(split.info.extra_boxes)
     out = {}
     for entry in METRICS:
         spec = entry.obj
         if spec.factory is not None and set(spec.needs_boxes) <= have and (
+                permuted or not spec.needs_permuted) and (
                 only is None or spec.name in only):
             out[spec.name] = spec.factory(cfg)
     return out
@@ -131,7 +133,8 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
              comb_subset: torch.Tensor | None = None,
              precision: str = "fp32", explainer: str = "native",
              only: set[str] | None = None,
-             parts: tuple[str, ...] = (TIMING, GALLERY), shard: bool = True) -> MethodResult:
+             parts: tuple[str, ...] = (TIMING, GALLERY), shard: bool = True,
+             permuted: Method | None = None) -> MethodResult:
     """Score ``method``, explained by ``explainer``, on the test ``split`` with every
     applicable metric.
 
@@ -150,6 +153,9 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
             image order, so that every number, interval and paired test is a single
             process's; the gallery and the timing are rank 0's (the others return
             neither). False: this process scores everything it is asked for.
+        permuted: the same method trained on permuted labels (``--sanity data``,
+            :func:`harness.data.permuted_labels`), explained by ``explainer``: the
+            data-randomisation columns are scored against it.
 
     The causal metrics score the test images with index below ``causal_n`` (in a single
     process: the first ``causal_n`` of the split).
@@ -190,7 +196,8 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     cfg = dataclasses.replace(cfg, streams=causal_streams(cfg, device, sample),
                               engine=dev.resolve_engine(cfg.engine, device, precision,
                                                         cfg.compile))
-    metrics = {k: m.to(device) for k, m in applicable_metrics(split, cfg, only).items()}
+    metrics = {k: m.to(device) for k, m in applicable_metrics(
+        split, cfg, only, permuted=permuted is not None).items()}
     causal_logits: Callable[[torch.Tensor], torch.Tensor] = logits_of
     tuner: BatchTuner | None = None
     # a forward batch and an engine for the metrics that score perturbed images
@@ -210,11 +217,10 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
             maps = ex.class_maps(z, classes)
         return None if maps is None else finite(maps.float(), f"{label} class maps")
 
-    def explanations(z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():  # in float32, as the explanations
-            return finite(ex.explain(z, classes).float(), f"{label} explanations")
-
+    explanations = RandomisedExplainers.explain_fn(ex, f"{label} explanations")
     randomised = RandomisedExplainers(method, explainer, cfg.lens_seed, label)
+    permuted_explain = None if permuted is None else RandomisedExplainers.explain_fn(
+        build_explainer(explainer, permuted.eval()), f"{label} trained on permuted labels")
     gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
     gallery_n = cfg.gallery_n if GALLERY in parts and not sharded else 0
     # metrics that score the first causal_n images only need no more of the split
@@ -249,7 +255,7 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                        class_maps=ClassMapMemo(class_maps, x) if has_class_maps else None,
                        indices=batch["index"], original_sizes=batch.get("orig_size"),
                        explain=explanations, randomised=randomised,
-                       input_std=tuple(split.info.std))
+                       permuted=permuted_explain, input_std=tuple(split.info.std))
         if n_c:
             pred = logits[:n_c].argmax(1)
             sal_c = sal[:n_c].clone()
@@ -278,6 +284,10 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
             if "mprt_cascade" not in gallery:  # the first image, as each group goes
                 gallery["mprt_cascade"] = [cascade_gallery(sal[:1], randomised(), x[:1],
                                                            y[:1])]
+            if permuted_explain is not None and "permuted_pair" not in gallery:
+                pair = torch.cat([sal[:1], permuted_explain(x[:1], y[:1])], 1).abs()
+                gallery["permuted_pair"] = [lenses.by_max(pair.flatten(0, 1)).view_as(pair)
+                                            .cpu()]
 
     if sharded:
         for m in metrics.values():
@@ -435,14 +445,16 @@ class RandomisedExplainers:
             for mode, group, model in models:
                 if id(model) not in made:
                     assert isinstance(model, Method)  # a copy of the method
-                    made[id(model)] = self._explain(build_explainer(self.explainer, model),
-                                                    f"{self.label} randomised ({group})")
+                    made[id(model)] = self.explain_fn(build_explainer(self.explainer, model),
+                                                      f"{self.label} randomised ({group})")
                 self.steps.append((mode, group, made[id(model)]))
         return self.steps
 
     @staticmethod
-    def _explain(ex: Explainer, what: str) -> Callable[[torch.Tensor, torch.Tensor],
-                                                       torch.Tensor]:
+    def explain_fn(ex: Explainer, what: str) -> Callable[[torch.Tensor, torch.Tensor],
+                                                         torch.Tensor]:
+        """``ex.explain`` as the evaluator's: float32, no gradient kept, non-finite
+        values scored as 0 (with one warning naming ``what``)."""
         def run(z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 return finite(ex.explain(z, classes).float(), what)

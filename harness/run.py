@@ -35,7 +35,7 @@ try:  # Ctrl-C or SIGTERM while the libraries load (seconds): one line, not a tr
     import torch
 
     import metrics  # noqa: F401  (registers metrics)
-    from harness import backbones, data, distributed, evalcache, paper_values, train
+    from harness import backbones, data, distributed, evalcache, paper_values, roar, train
     from harness import config as config_mod
     from harness import device as dev
     from harness import store as store_mod
@@ -135,6 +135,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--debug", action="store_true",
                    help="print the full traceback of an unexpected error (default: one line "
                         "and a log file in --out)")
+    p.add_argument("--sanity", default=None, metavar="CHECKS",
+                   help="opt-in sanity checks that train again: 'data' trains every method "
+                        "a second time on the training labels permuted once (eval.lens_seed) "
+                        "and scores data_rand_spearman / data_rand_ssim against it "
+                        "(Adebayo et al. 2018, Sec. 3.2; doubles the training)")
+    p.add_argument("--roar", nargs="?", const="auto", default=None, metavar="FRACTIONS",
+                   help="remove and retrain / keep and retrain (Hooker et al. 2019): for "
+                        "every row, train the baseline again from scratch on images whose "
+                        "top-t %% pixels by the row's maps are removed (ROAR) or kept alone "
+                        "(KAR) and imputed as ROAD's; roar_auc, kar_auc and roar.csv; "
+                        "comma-separated percents t (bare flag: 10,30,50,70,90); 2 x t "
+                        "trainings per row")
     p.add_argument("--cr-sweep", nargs="?", const="auto", default=None, metavar="LAMBDAS",
                    help="also fine-tune msabn-cr for each lambda_out and plot top-1 against "
                         "the annotated share: comma-separated values, 'paper' "
@@ -177,6 +189,25 @@ def resolve_seeds(seed: int | None, seeds: str | None) -> list[int]:
         raise UserError(f"seed {clip(bad[0])} is out of range: seeds are integers in "
                         "[0, 2**32)")
     return out
+
+
+#: the opt-in sanity checks of ``--sanity``
+SANITY_CHECKS = ("data",)
+
+
+def resolve_sanity(spec: str | None) -> list[str]:
+    """``--sanity``'s checks (comma-separated, each of :data:`SANITY_CHECKS`).
+
+    Raises:
+        UserError: an empty or unknown check."""
+    if spec is None:
+        return []
+    checks = [c.strip() for c in spec.split(",")]
+    bad = [c for c in checks if c not in SANITY_CHECKS]
+    if bad or not checks:
+        raise UserError(f"--sanity {shown(spec)}: unknown check {shown(bad[0] if bad else '')}"
+                        f" (choose from {', '.join(SANITY_CHECKS)})")
+    return sorted(set(checks), key=checks.index)
 
 
 def resolve_methods(spec: str, for_methods: Sequence[str] = ()) -> list[str]:
@@ -356,8 +387,16 @@ def dry_run(args: argparse.Namespace, names: list[str], cfg: config_mod.RunConfi
 
     info, sizes, official = dryrun.dataset_sizes(cfg, build)
     names = drop_unsupported(names, info, explicit=args.methods.strip() != "all")
-    plans = dryrun.plan(names, cfg, info, sizes[0], sizes[1], device)
-    dryrun.report(plans, cfg, info, sizes, official, device, n_seeds)
+    timed = names if not args.roar_fractions or roar.RETRAINED in names \
+        else [*names, roar.RETRAINED]  # what --roar trains again is timed too
+    plans = dryrun.plan(timed, cfg, info, sizes[0], sizes[1], device)
+    rows = len(names) * len(resolve_explainers(args.explainers or "native")) \
+        + len(reference_rows(args, names))
+    dryrun.report(plans, cfg, info, sizes, official, device, n_seeds,
+                  sanity=args.sanity_checks,
+                  roar=None if not args.roar_fractions else dryrun.RoarPlan(
+                      args.roar_fractions, rows, dryrun.imputation_seconds(
+                          info, args.roar_fractions, device)))
     return Path(args.out)
 
 
@@ -439,6 +478,8 @@ def run(args: argparse.Namespace) -> Path:
                             "of this run")
     sweep_on = args.cr_sweep is not None
     lambdas = parse_lambdas(args.cr_sweep) if sweep_on else None
+    args.sanity_checks = resolve_sanity(args.sanity)
+    args.roar_fractions = None if args.roar is None else roar.parse_fractions(args.roar)
     if args.check_data:
         return check_data(args, cfg)
     if args.pretrained is not None:  # a readable state dict of finite tensors, before any work
@@ -554,6 +595,12 @@ def train_and_report(args: argparse.Namespace, cfg: config_mod.RunConfig, names:
         "eval_precision": eval_precision, "explainers": explainers,
         "world_size": world.size, "backend": world.backend, "sync_bn": world.sync_bn,
         "reference": args.reference,
+        "sanity": args.sanity_checks,
+        **({"label_permutation_seed": cfg.eval.lens_seed}
+           if "data" in args.sanity_checks else {}),
+        **({"roar": {"fractions": list(args.roar_fractions), "retrained": roar.RETRAINED,
+                     "noise": cfg.eval.road_noise, "seed": cfg.eval.lens_seed}}
+           if args.roar_fractions else {}),
         "test_split_id": evalcache.split_id(test_split, cfg.dataset_kwargs),
         "protocol": "rise (insertion: blur 11/5 substrate; deletion: zero substrate; "
                     "predicted class; softmax score; one row of pixels per step; "
@@ -561,7 +608,16 @@ def train_and_report(args: argparse.Namespace, cfg: config_mod.RunConfig, names:
                     f"training in {cfg.precision}, evaluation forward passes in "
                     f"{eval_precision}, explanations in fp32; {world.size} process"
                     f"{'es' if world.size > 1 else ''}"
-                    f"{f' ({world.backend})' if world.size > 1 else ''})",
+                    f"{f' ({world.backend})' if world.size > 1 else ''})"
+                    + ("; data randomisation: every method trained again, same schedule "
+                       f"and seed, on the training labels permuted with seed "
+                       f"{cfg.eval.lens_seed}" if "data" in args.sanity_checks else "")
+                    + (f"; ROAR / KAR: {roar.RETRAINED} trained again on the images with "
+                       "the top t of each row's map (ground-truth class) removed or kept "
+                       "alone, imputed as ROAD's (noise "
+                       f"{cfg.eval.road_noise:g}), t = "
+                       + ", ".join(f"{100 * t:g} %" for t in args.roar_fractions)
+                       if args.roar_fractions else ""),
         "data_dir": None if args.data_dir is None else str(args.data_dir),
         "workers": workers, "pretrained": cfg.pretrained,
         "pretrained_sha256": train.file_digest(cfg.pretrained) if cfg.pretrained else None,
@@ -630,6 +686,9 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
             say(f"  no {name}+{explainer} row: {why}")
             told.add((name, explainer))
 
+    # the data-randomisation test's training split: labels permuted once
+    permuted_split = (data.permuted_labels(train_split, cfg.eval.lens_seed)
+                      if "data" in args.sanity_checks else None)
     for seed in seeds:
         scfg = dataclasses.replace(cfg, seed=seed)
         comb_subset = None
@@ -671,11 +730,28 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
                     else ("row", "at most "))
             say(f"{what[0]} {done + 1} of {what[1]}{total}: {row_id(name, explainer)} (seed "
                 f"{seed}), elapsed {duration(elapsed)}{eta}", flush=True)
+            shadow = None
+            if permuted_split is not None:  # --sanity data: trained again, or cached
+                shadow = train.obtain(name, scfg, permuted_split, device, cache,
+                                      progress=progress, _memo=memo)
             res, keys, n_hit = evalcache.evaluate_cached(
                 store, trained.method, name, test_split, trained.cfg.eval, device,
                 checkpoint=trained.key, split_key=split_key, read=read, explainer=explainer,
                 seed=seed, comb_subset=comb_subset, precision=eval_precision,
-                progress=progress, weights=digest)
+                progress=progress, weights=digest,
+                permuted=None if shadow is None else shadow.method,
+                permuted_weights="" if shadow is None else digest_of(shadow))
+            if args.roar_fractions:
+                res, rkeys, r_hit = roar.roar_row(
+                    res, trained.method, explainer, cfg=scfg, train_split=train_split,
+                    test_split=test_split, protocol=roar.Protocol(
+                        args.roar_fractions, trained.cfg.eval.road_noise,
+                        trained.cfg.eval.lens_seed, trained.cfg.eval.batch_size,
+                        eval_precision),
+                    device=device, cache=cache, store=store, read=read, weights=digest,
+                    split_key=split_key, progress=progress, memo=memo, say=say)
+                keys = {**keys, **rkeys}
+                n_hit += r_hit
             n_read += n_hit
             n_parts += len(keys)
             meta = METHODS.entry(name).meta
@@ -695,11 +771,17 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
                 "method": name, **row_meta, "init_from": meta.get("init_from"),
                 "train": trained.cfg.to_dict()["train"],
                 "parameter_groups": [g for g, _ in trained.method.parameter_groups()],
+                **({"roar_fractions": [0.0, *args.roar_fractions]}
+                   if args.roar_fractions else {}),
                 "seeds": {}})
             mm["seeds"][seed] = {"key": trained.key, "cached": trained.cached,
                                  "train_seconds": round(trained.train_seconds, 2),
                                  "facts": trained.facts, "history": trained.history,
                                  "eval_cached": n_hit == len(keys),
+                                 **({"permuted": {
+                                     "key": shadow.key, "cached": shadow.cached,
+                                     "train_seconds": round(shadow.train_seconds, 2),
+                                     "history": shadow.history}} if shadow else {}),
                                  **({"causal_passes": res.causal_passes}
                                     if res.causal_passes else {})}
             if store is not None:
@@ -707,6 +789,9 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
                               method_meta=method_meta)
             results.append(res)
             how = "cached" if trained.cached else f"trained {trained.train_seconds:.0f}s"
+            if shadow is not None:
+                how += (", on permuted labels " + ("cached" if shadow.cached
+                                                   else f"trained {shadow.train_seconds:.0f}s"))
             if n_hit:
                 how += ", evaluation cached" if n_hit == len(keys) else (
                     f", {n_hit} of {len(keys)} evaluation parts cached")

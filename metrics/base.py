@@ -59,6 +59,9 @@ class EvalBatch:
             randomisation (:func:`metrics.randomisation.randomised_models`): the same
             explainer on the model with parameter groups re-initialised; built on first
             call; None: not available.
+        permuted: (images, classes ``[n]``) -> the same explainer's maps by the model
+            trained on permuted labels (the data-randomisation test, ``--sanity
+            data``); None: no such model in this run.
         original_sizes: ``[B,2]`` (H, W), in original pixels, of the region of each
             image that the input shows (the whole image when the test transform
             resizes it, the centre crop's side when it crops), for datasets read from
@@ -86,6 +89,7 @@ class EvalBatch:
     input_std: tuple[float, ...] | None = None
     randomised: Callable[[], list[tuple[str, str, Callable[[torch.Tensor, torch.Tensor],
                                                             torch.Tensor]]]] | None = None
+    permuted: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 #: which images of a batch a metric scored: a bool mask ``[B]`` or row indices
@@ -244,6 +248,9 @@ class MetricSpec:
     #: measures the model whatever explains it (the attention mechanism's fixed-box
     #: gains): shown in the method's own row only, as the accuracy columns
     of_model: bool = False
+    #: scores against the model trained on permuted labels (``--sanity data``): a
+    #: column of runs that train one, its weights in the part's cache key
+    needs_permuted: bool = False
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")

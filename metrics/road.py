@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from metrics import checks
 from metrics.causal import rank_positions
 
-__all__ = ["FRACTIONS", "ORDERS", "image_seed", "impute", "removed_count", "road_keep_masks",
-           "road_scores", "road_summary"]
+__all__ = ["FRACTIONS", "ORDERS", "image_seed", "impute", "removed_count", "road_images",
+           "road_keep_masks", "road_scores", "road_summary"]
 
 #: the removed fractions of Rong et al.'s figures and of pytorch-grad-cam's ROAD averages
 FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -579,6 +579,72 @@ def _image_ids(ids: torch.Tensor | Sequence[int] | None, b: int) -> list[int]:
 
 
 @torch.inference_mode()
+def road_images(images: torch.Tensor, maps: torch.Tensor,
+                fractions: Sequence[float] = FRACTIONS, orders: Sequence[str] = ORDERS,
+                noise: float | Sequence[float] | torch.Tensor = 0.01, seed: int = 0,
+                ids: torch.Tensor | Sequence[int] | None = None, tol: float = 1e-7,
+                max_iter: int = 200) -> torch.Tensor:
+    """The images after ROAD's removal (Rong et al. 2022, Sec. 4): for each image,
+    order and fraction f, the pixels of :func:`road_keep_masks` removed and filled by
+    :func:`impute`, batched over images x orders x fractions.
+
+    The noise of image i is ``randn(len(orders) * F, C, H, W)`` (the first order's
+    fractions, then the next's) drawn on the CPU from a ``torch.Generator`` seeded with
+    :func:`image_seed` ``(seed, ids[i])``, then moved to the images' device and kept on
+    the removed pixels only: an image gets the same noise whatever else is in the batch,
+    on every device.
+
+    Args:
+        images: ``[B,C,H,W]`` model inputs.
+        maps: ``[B,H,W]`` or ``[B,1,H,W]`` at the input resolution.
+        fractions: removed fractions, each in (0, 1).
+        orders: which of :data:`ORDERS` to remove in, each giving F images.
+        noise: the imputation noise's standard deviation in the images' units, one value
+            or one per channel (:func:`impute`).
+        seed: the run's seed of the noise.
+        ids: ``[B]`` the images' indices in their split (None: 0..B-1).
+        tol, max_iter: the imputation's convergence (:func:`impute`).
+
+    Returns:
+        ``[B, len(orders) * F, C, H, W]`` of the images' dtype, on their device.
+
+    Raises:
+        ValueError: bad shapes, orders, fractions, noise or ids; a fraction that removes
+            every pixel.
+    """
+    images = checks.images(images)
+    b, c, h, w = images.shape
+    sal = checks.maps(maps, "maps", n=b)
+    if tuple(sal.shape[-2:]) != (h, w):
+        raise ValueError(f"maps of {tuple(sal.shape[-2:])} pixels for images of {(h, w)}: "
+                         "resize them to the input first")
+    bad = [o for o in orders if o not in ORDERS]
+    if bad or not orders:
+        raise ValueError(f"orders must be some of {ORDERS}, got {tuple(orders)}")
+    fr = _fractions(fractions)
+    n = len(orders) * len(fr)
+    std = _noise_std(noise, c, images)
+    seeds = [image_seed(seed, i) for i in _image_ids(ids, b)]
+    if b == 0:
+        return images.new_zeros(0, n, c, h, w)
+    sal = sal.to(images.device)
+    keep = torch.cat([road_keep_masks(sal, fr, o) for o in orders], 1)  # [B, n, H, W]
+    if not bool(keep.flatten(2).any(2).all()):
+        raise ValueError(f"a fraction of {max(fr):g} removes every pixel of a {h} x {w} "
+                         "image: linear imputation needs a kept pixel")
+    source = torch.arange(b, device=images.device).repeat_interleave(n)
+    x, _ = _linear_fill(images, keep.view(-1, h, w), tol, max_iter, source=source)
+    if bool((std > 0).any()):
+        gen = torch.Generator(device="cpu")
+        for i, s in enumerate(seeds):
+            gen.manual_seed(s)
+            eps = torch.randn((n, c, h, w), generator=gen, dtype=images.dtype)
+            rows = slice(i * n, (i + 1) * n)
+            x[rows] += torch.where(keep[i].unsqueeze(1), 0.0, eps.to(images.device) * std)
+    return x.view(b, n, c, h, w)
+
+
+@torch.inference_mode()
 def road_scores(model: Model, images: torch.Tensor, maps: torch.Tensor,
                 classes: torch.Tensor, fractions: Sequence[float] = FRACTIONS,
                 noise: float | Sequence[float] | torch.Tensor = 0.01, seed: int = 0,
@@ -587,12 +653,9 @@ def road_scores(model: Model, images: torch.Tensor, maps: torch.Tensor,
                 max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """The softmax probability of ``classes`` after ROAD's removal (Rong et al. 2022,
     Sec. 4 and 5): for each image and fraction f, the pixels of
-    :func:`road_keep_masks` removed in MoRF and in LeRF order, filled by :func:`impute`.
-
-    The noise of image i is ``randn(2F, C, H, W)`` (MoRF's fractions, then LeRF's) drawn
-    on the CPU from a ``torch.Generator`` seeded with :func:`image_seed` ``(seed, ids[i])``,
-    then moved to the images' device and kept on the removed pixels only: an image gets
-    the same noise whatever else is in the batch, on every device. The authors' code
+    :func:`road_keep_masks` removed in MoRF and in LeRF order, filled by :func:`impute`
+    (the images of :func:`road_images`: an image gets the same noise whatever else is in
+    the batch, on every device). The authors' code
     tracks the class predicted on the unperturbed image, pytorch-grad-cam's example the
     label: ``classes`` decides.
 
@@ -617,35 +680,13 @@ def road_scores(model: Model, images: torch.Tensor, maps: torch.Tensor,
         ValueError: bad shapes, classes, fractions, noise, ids or ``forward_batch``.
     """
     images = checks.images(images)
-    b, c, h, w = images.shape
-    sal = checks.maps(maps, "maps", n=b)
-    if tuple(sal.shape[-2:]) != (h, w):
-        raise ValueError(f"maps of {tuple(sal.shape[-2:])} pixels for images of {(h, w)}: "
-                         "resize them to the input first")
+    b = images.shape[0]
     classes = checks.classes(classes, b).to(images.device)
     if forward_batch is not None and forward_batch < 1:
         raise ValueError(f"forward_batch must be >= 1 or None, got {forward_batch}")
-    fr = _fractions(fractions)
-    nf = len(fr)
-    std = _noise_std(noise, c, images)
-    seeds = [image_seed(seed, i) for i in _image_ids(ids, b)]
-    if b == 0:
-        empty = torch.zeros(0, nf, device=images.device)
-        return empty, empty.clone()
-    sal = sal.to(images.device)
-    keep = torch.cat([road_keep_masks(sal, fr, o) for o in ORDERS], 1)  # [B, 2F, H, W]
-    if not bool(keep.flatten(2).any(2).all()):
-        raise ValueError(f"a fraction of {max(fr):g} removes every pixel of a {h} x {w} "
-                         "image: linear imputation needs a kept pixel")
-    source = torch.arange(b, device=images.device).repeat_interleave(2 * nf)
-    x, _ = _linear_fill(images, keep.view(-1, h, w), tol, max_iter, source=source)
-    if bool((std > 0).any()):
-        gen = torch.Generator(device="cpu")
-        for i, s in enumerate(seeds):
-            gen.manual_seed(s)
-            eps = torch.randn((2 * nf, c, h, w), generator=gen, dtype=images.dtype)
-            rows = slice(i * 2 * nf, (i + 1) * 2 * nf)
-            x[rows] += torch.where(keep[i].unsqueeze(1), 0.0, eps.to(images.device) * std)
+    nf = len(_fractions(fractions))
+    x = road_images(images, maps, fractions, ORDERS, noise, seed, ids, tol,
+                    max_iter).flatten(0, 1)
     rows_total = len(x)
     step = rows_total if forward_batch is None else forward_batch
     probs = torch.empty(rows_total, device=images.device, dtype=torch.float32)

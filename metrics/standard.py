@@ -345,6 +345,18 @@ class IncreaseConf(ConfidenceChange):
     term = staticmethod(lenses.increase_conf)
 
 
+def _similarity(name: str, what: str) -> str:
+    """``name`` if it is one of the map similarities (``spearman``, ``ssim``)."""
+    if name not in ("spearman", "ssim"):
+        raise ValueError(f"{what} similarity must be 'spearman' or 'ssim', got {name!r}")
+    return name
+
+
+def _too_small(similarity: str, batch: EvalBatch) -> bool:
+    """SSIM asked of maps smaller than its window (the column is then n/a)."""
+    return similarity == "ssim" and min(batch.saliency.shape[-2:]) < lenses.SSIM_WINDOW
+
+
 class MPRT(CurveMetric):
     """Model-parameter randomisation test (Adebayo et al., NeurIPS 2018, Sec. 3.1) on
     the causal subset: the explanation of each image's ground-truth class by the
@@ -364,16 +376,13 @@ class MPRT(CurveMetric):
 
     def __init__(self, similarity: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if similarity not in ("spearman", "ssim"):
-            raise ValueError(f"MPRT similarity must be 'spearman' or 'ssim', got {similarity!r}")
-        self.similarity = similarity
+        self.similarity = _similarity(similarity, "MPRT")
 
     def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
-        if batch.randomised is None or batch.causal_images is None:
+        if batch.randomised is None or batch.causal_images is None or _too_small(
+                self.similarity, batch):
             return None
         n = batch.causal_images.shape[0]
-        if self.similarity == "ssim" and min(batch.saliency.shape[-2:]) < lenses.SSIM_WINDOW:
-            return None
         if "mprt" not in batch.shared:
             batch.shared["mprt"] = mprt_similarities(
                 batch.saliency[:n], batch.randomised(), batch.causal_images,
@@ -381,6 +390,35 @@ class MPRT(CurveMetric):
         steps, n_cascade = batch.shared["mprt"][self.similarity], batch.shared["mprt"]["n"]
         self.curves.append(steps.float())
         return steps[:, :n_cascade].mean(1).float(), torch.arange(n, device=batch.labels.device)
+
+
+class DataRandomisation(PerImageMetric):
+    """Data-randomisation test (Adebayo et al., NeurIPS 2018, Sec. 3.2) on the causal
+    subset: the explanation of each image's ground-truth class by the trained model
+    against that by the same method trained, under the same protocol, on training labels
+    permuted once over the images (:func:`harness.data.permuted_labels`), compared by
+    ``similarity`` as :class:`MPRT` compares a randomisation step (Spearman of |map|, or
+    SSIM of |map| divided by its maximum). Lower passes: the explanation depends on the
+    relation between images and labels the model learnt. One explanation per image by
+    the permuted model, made once per batch for both columns."""
+
+    higher_is_better = False
+
+    def __init__(self, similarity: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.similarity = _similarity(similarity, "data randomisation")
+
+    def score(self, batch: EvalBatch) -> tuple[torch.Tensor, Rows] | None:
+        if batch.permuted is None or batch.causal_images is None or _too_small(
+                self.similarity, batch):
+            return None
+        n = batch.causal_images.shape[0]
+        if "data_random" not in batch.shared:
+            batch.shared["data_random"] = mprt_similarities(
+                batch.saliency[:n], [("data", "labels", batch.permuted)],
+                batch.causal_images, batch.labels[:n])
+        s = batch.shared["data_random"][self.similarity][:, 0]
+        return s.float(), torch.arange(n, device=batch.labels.device)
 
 
 class Sensitivity(PerImageMetric):
@@ -507,9 +545,10 @@ def _all(batch: EvalBatch) -> Rows:
 def _spec(name: str, hib: bool, desc: str, factory: Any = None, needs: tuple[str, ...] = (),
           paper: str = "", unit: str = "", explanation: bool = True,
           ranked: bool = True, bounds: tuple[float, float] | None = (0.0, 1.0),
-          options: tuple[str, ...] = (), of_model: bool = False) -> None:
+          options: tuple[str, ...] = (), of_model: bool = False,
+          needs_permuted: bool = False) -> None:
     register_metric(MetricSpec(name, hib, desc, paper, needs, factory, unit, explanation,
-                               ranked, bounds, options, of_model))
+                               ranked, bounds, options, of_model, needs_permuted))
 
 
 #: what the causal metrics' scores depend on besides the model and its explanation
@@ -605,6 +644,14 @@ _spec("mprt_spearman", False, "model-parameter randomisation: Spearman rank corr
 _spec("mprt_ssim", False, "as mprt_spearman, SSIM of |map| divided by its maximum",
       lambda cfg: MPRT("ssim"), paper="Adebayo et al., NeurIPS 2018", bounds=(-1.0, 1.0),
       options=("causal_n", "lens_seed"))
+_spec("data_rand_spearman", False, "data randomisation (--sanity data): Spearman rank "
+      "correlation of |map| (ground-truth class, causal subset) between the trained model "
+      "and the same method trained on labels permuted once (eval.lens_seed); lower passes",
+      lambda cfg: DataRandomisation("spearman"), paper="Adebayo et al., NeurIPS 2018",
+      bounds=(-1.0, 1.0), options=("causal_n",), needs_permuted=True)
+_spec("data_rand_ssim", False, "as data_rand_spearman, SSIM of |map| divided by its maximum",
+      lambda cfg: DataRandomisation("ssim"), paper="Adebayo et al., NeurIPS 2018",
+      bounds=(-1.0, 1.0), options=("causal_n",), needs_permuted=True)
 _ROAD = ("causal_n", "lens_seed", "road_noise")
 _spec("road_morf", False, "ROAD most relevant first: the predicted class's probability after "
       "removing the top 10, 20, ..., 90 % of the pixels by its map (exactly k by rank) and "
@@ -637,6 +684,13 @@ _spec("local_lipschitz", False, "local Lipschitz estimate: the largest ||map(x +
       lambda cfg: Sensitivity("local_lipschitz", cfg.sensitivity_radius, cfg.sensitivity_n,
                               cfg.lens_seed),
       paper="Alvarez-Melis & Jaakkola, 2018", bounds=None, options=_ROBUST)
+_spec("roar_auc", False, "remove and retrain (--roar): the baseline trained from scratch on "
+      "images whose top-t share of pixels by the row's map (ground-truth class, the row's "
+      "own model) is removed and imputed as ROAD's, its test top-1 on images modified alike; "
+      "area under top-1 against t from 0 (unmodified) to the largest t, over that span "
+      "(roar.csv)", paper="Hooker et al., NeurIPS 2019; imputation: Rong et al., ICML 2022")
+_spec("kar_auc", True, "keep and retrain (--roar): as roar_auc, all but the top-t share "
+      "removed", paper="Hooker et al., NeurIPS 2019; imputation: Rong et al., ICML 2022")
 _spec("explain_ms", False, "milliseconds per explanation (batched)", unit="ms", bounds=None)
 _spec("explain_overhead", False, "explanation time / plain forward time on the same batch",
       bounds=None)

@@ -189,14 +189,14 @@ def mean_curves(record: RunRecord) -> dict[str, dict[str, np.ndarray]]:
     return {m: {k: np.mean(v, axis=0) for k, v in d.items()} for m, d in out.items()}
 
 
-#: metrics whose curves are not over a fraction of the pixels (their own CSV)
-OWN_CSV_CURVES = ("mprt_spearman", "mprt_ssim")
-#: curves over ROAD's removed shares, not over steps from 0 to 1
+#: metrics whose curves have their own CSV (randomisation steps; ROAR / KAR's t)
+OWN_CSV_CURVES = ("mprt_spearman", "mprt_ssim", "roar_auc", "kar_auc")
 
 
 def curves_frame(record: RunRecord) -> pd.DataFrame:
     """Mean curves: method, metric (the column they belong to), step, fraction (of the
-    pixels inserted, deleted or removed), score; the randomisation's are in mprt.csv."""
+    pixels inserted, deleted or removed), score; the randomisation's are in mprt.csv,
+    ROAR / KAR's in roar.csv."""
     out = []
     for method, by_metric in mean_curves(record).items():
         for metric, curve in by_metric.items():
@@ -234,11 +234,35 @@ def mprt_frame(record: RunRecord) -> pd.DataFrame:
                                                    "spearman", "ssim"])
 
 
+#: ROAR / KAR: the column of each mode, and what its t is a share of
+ROAR_PANELS = {"roar_auc": ("roar", "ROAR: top t removed (lower is better)",
+                            "share t of the pixels removed, most relevant first"),
+               "kar_auc": ("kar", "KAR: top t kept (higher is better)",
+                           "share t of the pixels kept, most relevant"), }
+
+
+def roar_frame(record: RunRecord) -> pd.DataFrame:
+    """Remove and retrain / keep and retrain per row: mode (``roar``: the top t of the
+    pixels removed; ``kar``: all but the top t removed), t (0: the model trained on the
+    unmodified images), and the retrained model's mean test top-1 (over seeds)."""
+    out = []
+    for row, by_metric in mean_curves(record).items():
+        ts = record.method_meta.get(row, {}).get("roar_fractions")
+        for metric, (mode, _title, _x) in ROAR_PANELS.items():
+            curve = by_metric.get(metric)
+            if curve is None or ts is None or len(ts) != len(curve):
+                continue
+            out += [{"method": row, "mode": mode, "t": float(t), "top1": float(v)}
+                    for t, v in zip(ts, curve, strict=True)]
+    return pd.DataFrame.from_records(out, columns=["method", "mode", "t", "top1"])
+
+
 #: every file :func:`write_all` may write into its folder, by key
 OUTPUTS = {"csv": "leaderboard.csv", "curves": "curves.csv",
            "comparisons": "comparisons.csv", "stability": "stability.csv",
            "config": "config.yaml", "html": "leaderboard.html", "paper": "paper.csv",
-           "cr_sweep": "cr_sweep.csv", "cr_sweep_png": "cr_sweep.png", "mprt": "mprt.csv"}
+           "cr_sweep": "cr_sweep.csv", "cr_sweep_png": "cr_sweep.png", "mprt": "mprt.csv",
+           "roar": "roar.csv"}
 
 
 def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
@@ -252,10 +276,10 @@ def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
     if record.paper_values:
         paths["paper"] = out / OUTPUTS["paper"]
         tables["paper"] = paper_frame(record)
-    mprt = mprt_frame(record)
-    if len(mprt):
-        paths["mprt"] = out / OUTPUTS["mprt"]
-        tables["mprt"] = mprt
+    for key, table in (("mprt", mprt_frame(record)), ("roar", roar_frame(record))):
+        if len(table):
+            paths[key] = out / OUTPUTS[key]
+            tables[key] = table
     if record.cr_sweep is not None:
         paths["cr_sweep"] = out / OUTPUTS["cr_sweep"]
         tables["cr_sweep"] = pd.DataFrame.from_records(record.cr_sweep.rows())
@@ -401,7 +425,8 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
         sanity=sanity_matrix(record),
         sanity_figs={k: _png(f) for k, f in (("cascade", cascade_figure(record)),
                                              ("class_pairs", class_pair_figure(record)),
-                                             ("road", road_figure(record)))
+                                             ("road", road_figure(record)),
+                                             ("roar", roar_figure(record)))
                      if f is not None},
         sweep=record.cr_sweep,
         sweep_png=_png(sweep_figure(record.cr_sweep)) if record.cr_sweep else "",
@@ -615,6 +640,8 @@ SANITY_CHECKS = (
     SanityCheck("class_sensitivity", "class sensitivity, SSIM < 0.9", 0.9),
     SanityCheck("road_combined", "ROAD combined above the random row"),
     SanityCheck("insertion_auc", "insertion above the random row"),
+    SanityCheck("roar_auc", "ROAR below the random row"),
+    SanityCheck("kar_auc", "KAR above the random row"),
 )
 MARK = {"pass": ("✓", "pass"), "fail": ("✗", "fail"), "unclear": ("~", "unclear")}
 
@@ -664,15 +691,17 @@ def sanity_matrix(record: RunRecord) -> dict[str, Any]:
 def cascade_figure(record: RunRecord) -> plt.Figure | None:
     """Adebayo et al.'s Fig. 2 for the first test image: per row, the image, the trained
     model's map and the map as each parameter group is re-initialised in turn (top-down,
-    cascading; |map| over its maximum). None if no row has the cascade."""
+    cascading; |map| over its maximum), then, with ``--sanity data``, the map of the
+    model trained on permuted labels. None if no row has the cascade."""
     rows = [r for r in record.gallery_rows if len(r.gallery.get("mprt_cascade", ()))]
     if not rows or not len(record.gallery_images):
         return None
     img = record.gallery_images[0]
     h, w = img.shape[:2]
     grey = np.repeat(img.mean(-1, keepdims=True), 3, axis=-1)[None]
-    tiles = [[img] + [overlay(grey, r.gallery["mprt_cascade"][0][k][None], 0.6)[0]
-                      for k in range(len(r.gallery["mprt_cascade"][0]))] for r in rows]
+    maps = [[*r.gallery["mprt_cascade"][0], *r.gallery.get("permuted_pair", [[]])[0][1:]]
+            for r in rows]
+    tiles = [[img] + [overlay(grey, m[None], 0.6)[0] for m in row] for row in maps]
     vgap = max(GAP, h // 5)
     fig, ax = _mosaic_axes(mosaic(tiles, vgap), 1.3 / w, left=1.3, top=0.3)
     for i, r in enumerate(rows):
@@ -681,6 +710,8 @@ def cascade_figure(record: RunRecord) -> plt.Figure | None:
         groups = list(record.method_meta.get(r.row, {}).get("parameter_groups", []))
         titles = ["image", "trained"] + [f"+ {g}".replace("backbone.", "")
                                          for g in groups]
+        if len(r.gallery.get("permuted_pair", ())):
+            titles.append("labels permuted")
         for j, t in enumerate(titles[:len(tiles[i])]):
             ax.text(j * (w + GAP) + w / 2, y0 - 1, t, ha="center", va="bottom", fontsize=6)
     return fig
@@ -745,6 +776,25 @@ def road_figure(record: RunRecord) -> plt.Figure | None:
                     label=f"{row} ({e.value if e is not None else math.nan:.3f})")
         probability_axes(ax, title, "share of pixels removed (noisy linear imputation)",
                          "probability of the predicted class", 7)
+    return fig
+
+
+def roar_figure(record: RunRecord) -> plt.Figure | None:
+    """The retrained model's test top-1 against t, ROAR and KAR, one line per row
+    (legend: the column's value; the random row dotted). None without ROAR / KAR."""
+    frame = roar_frame(record)
+    if not len(frame):
+        return None
+    values = {r.method: r.estimates for r in record.analysis.rows}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True, squeeze=False)
+    for ax, (metric, (mode, title, xlabel)) in zip(axes[0], ROAR_PANELS.items(), strict=True):
+        for row, part in frame[frame["mode"] == mode].groupby("method", sort=False):
+            e = values.get(str(row), {}).get(metric)
+            style = ":" if record.method_meta.get(row, {}).get("explainer") == "random" \
+                else "-"
+            ax.plot(part["t"], part["top1"], style, marker=".",
+                    label=f"{row} ({e.value if e is not None else math.nan:.3f})")
+        probability_axes(ax, title, xlabel, "test top-1 of the retrained model", 7)
     return fig
 
 

@@ -20,6 +20,7 @@ from harness.data.core import (
     loader,
     make_transform,
     moves_pixels,
+    permuted_labels,
 )
 from harness.data.digits import (
     DIGITS_INFO,
@@ -38,5 +39,5 @@ __all__ = [
     "TEST_SOURCES_PER_CLASS", "BatchRandomCrop", "BoxedImages", "DataError", "DatasetInfo",
     "ImageFiles", "PhotoTransforms", "Record", "Split", "_cached_digits", "build",
     "check_options", "cluttered_digits", "denormalize", "generate_digits", "loader",
-    "make_transform", "mnist_sources", "moves_pixels",
+    "make_transform", "mnist_sources", "moves_pixels", "permuted_labels",
 ]

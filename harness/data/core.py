@@ -14,7 +14,9 @@ follow the image through every transform via ``torchvision.transforms.v2`` and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import inspect
 import os
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
@@ -84,6 +87,31 @@ class Split:
         """The samples without augmentation (the test-time transform)."""
         tf = self.eval_transform or make_transform(self.info, train=False)
         return self.dataset.with_transform(tf)  # type: ignore[attr-defined,no-any-return]
+
+
+def permuted_labels(split: Split, seed: int) -> Split:
+    """``split`` with its labels permuted once over the samples (each image gets the
+    label of another, the class counts unchanged) by a permutation drawn from ``seed``:
+    the data-randomisation test's training split (Adebayo et al., NeurIPS 2018, Sec.
+    3.2). Images, boxes and augmentation are the split's own. Its fingerprint names the
+    original split, the seed and the labels, so a model trained on it has its own
+    checkpoint key.
+
+    Raises:
+        TypeError: a dataset that cannot give its labels (``labels`` and
+            ``with_labels``).
+    """
+    ds = split.dataset
+    if not (hasattr(ds, "labels") and hasattr(ds, "with_labels")):
+        raise TypeError(f"{type(ds).__name__} cannot permute its labels (it has no "
+                        "labels / with_labels)")
+    labels = torch.as_tensor(ds.labels, dtype=torch.long)
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(labels)))
+    shuffled = labels[perm]
+    digest = hashlib.sha256(f"{split.fingerprint}:labels permuted:{seed}:".encode())
+    digest.update(shuffled.numpy().tobytes())
+    return dataclasses.replace(split, dataset=ds.with_labels(shuffled),
+                               fingerprint=digest.hexdigest()[:16])
 
 
 def loader(split: Split, batch_size: int, device: torch.device, *, shuffle: bool = False,
@@ -155,6 +183,10 @@ class BoxedImages(Dataset[dict[str, Any]]):
     def with_transform(self, transform: v2.Transform) -> BoxedImages:
         """The same samples under another transform (e.g. the train split unaugmented)."""
         return BoxedImages(self.images, self.labels, self.boxes, transform)
+
+    def with_labels(self, labels: torch.Tensor) -> BoxedImages:
+        """The same images and boxes with other labels (``int64 [N]``)."""
+        return BoxedImages(self.images, labels, self.boxes, self.transform)
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         """The samples ``indices`` for a DataLoader batch. A photometric transform

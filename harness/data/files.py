@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import hashlib
 import json
 import os
@@ -445,6 +446,18 @@ class ImageFiles(Dataset[dict[str, Any]]):
     def with_transform(self, transform: v2.Transform) -> ImageFiles:
         """The same samples under another transform."""
         return ImageFiles(self.records, self.sizes, transform, self.photo, self.max_objects,
+                          self.exif)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """``int64 [N]``: each record's label."""
+        return torch.tensor([r.label for r in self.records], dtype=torch.long)
+
+    def with_labels(self, labels: torch.Tensor) -> ImageFiles:
+        """The same images and boxes with other labels (``int64 [N]``)."""
+        records = [dataclasses.replace(r, label=int(v))
+                   for r, v in zip(self.records, labels.tolist(), strict=True)]
+        return ImageFiles(records, self.sizes, self.transform, self.photo, self.max_objects,
                           self.exif)
 
     def reseed(self, seed: int) -> None:
