@@ -16,10 +16,12 @@ the mean colour leaks the mask's shape to the retrained model), the images store
 :data:`RETRAINED` (the plain backbone) is trained from scratch on the modified training
 images under the run's schedule and seed, then scored on the modified test images.
 
-Accuracy against t, with t = 0 the same model trained on the unmodified images, is the
-curve; ``roar_auc`` and ``kar_auc`` are the area under it from 0 to the largest t over
-that span (a mean accuracy), per test image from its 0/1 correctness, so intervals and
-paired tests come as for every column. A good explanation makes ROAR's accuracy fall
+Accuracy against t is the curve, its unmodified end the same model trained on the
+unmodified images (ROAR at t = 0: nothing removed; KAR at t = 1: everything kept);
+``roar_auc`` and ``kar_auc`` are the area under it over its span, from 0 to the largest
+t (ROAR) and from the smallest t to 1 (KAR), divided by the span (a mean accuracy), per
+test image from its 0/1 correctness, so intervals and paired tests come as for every
+column. A good explanation makes ROAR's accuracy fall
 fast (lower ``roar_auc``) and KAR's stay high (higher ``kar_auc``); the ``random``
 explainer's row is the reference: Hooker et al. found most saliency methods no better
 than it under ROAR.
@@ -72,6 +74,15 @@ MODES: dict[str, tuple[str, Callable[[float], float], str]] = {
     "kar": ("lerf", lambda t: 1.0 - t, "kar_auc"),
 }
 COLUMNS = tuple(m[2] for m in MODES.values())
+#: the t at which a mode leaves the images as they are (ROAR removes nothing at 0, KAR
+#: keeps everything at 1): the model trained on the unmodified images
+UNMODIFIED = {"roar": 0.0, "kar": 1.0}
+
+
+def axis(mode: str, fractions: Sequence[float]) -> tuple[float, ...]:
+    """A mode's curve's t values: the fractions and the unmodified end (ROAR: the share
+    removed, from 0; KAR: the share kept, up to 1)."""
+    return tuple(sorted({*fractions, UNMODIFIED[mode]}))
 
 
 def parse_fractions(spec: str) -> tuple[float, ...]:
@@ -266,7 +277,6 @@ def roar_row(res: MethodResult, method: Method, explainer: str, *, cfg: RunConfi
           f"{2 * len(protocol.fractions)} times", flush=True)
     ex = RandomisedExplainers.explain_fn(build_explainer(explainer, method.eval()),
                                          f"{res.row} ROAR maps")
-    ts = (0.0, *protocol.fractions)
     at_zero = correct(base.method, test_split, device, protocol.precision,
                       protocol.batch_size)
     labels = torch.as_tensor(test_split.dataset.labels).numpy()  # type: ignore[attr-defined]
@@ -277,8 +287,10 @@ def roar_row(res: MethodResult, method: Method, explainer: str, *, cfg: RunConfi
             protocol.seed, "test")), device, progress=progress, label=res.row)
         train_imgs = modified_images(ex, train_split, mode, replace(protocol, seed=noise_seed(
             protocol.seed, "train")), device, progress=progress, label=res.row)
+        ts = axis(mode, protocol.fractions)
         hit = np.zeros((len(ids), len(ts)), dtype=np.float64)
-        hit[:, 0] = at_zero
+        hit[:, ts.index(UNMODIFIED[mode])] = at_zero
+        at = [ts.index(t) for t in protocol.fractions]
         for k, t in enumerate(protocol.fractions):
             fp = point_fingerprint(train_split, weights=weights, explainer=explainer,
                                    mode=mode, t=t, protocol=protocol, split_key=train_key)
@@ -287,7 +299,7 @@ def roar_row(res: MethodResult, method: Method, explainer: str, *, cfg: RunConfi
             model = train.obtain(RETRAINED, cfg, tr, device, cache, progress=progress,
                                  _memo=memo)
             assert model.key == keys[mode, t]
-            hit[:, k + 1] = correct(model.method, te, device, protocol.precision,
+            hit[:, at[k]] = correct(model.method, te, device, protocol.precision,
                                     protocol.batch_size)
         scores = area(hit, ts).astype(np.float32)
         values[col] = float(scores.mean())
@@ -296,6 +308,7 @@ def roar_row(res: MethodResult, method: Method, explainer: str, *, cfg: RunConfi
     return replace(res, values=values, per_image=per_image, curves=curves), pkeys, len(hits)
 
 
-__all__ = ["COLUMNS", "FRACTIONS", "MODES", "RETRAINED", "Protocol", "area", "correct",
+__all__ = ["COLUMNS", "FRACTIONS", "MODES", "RETRAINED", "UNMODIFIED", "Protocol", "area",
+           "axis", "correct",
            "imputed_split", "modified_images", "parse_fractions", "part_keys",
            "point_fingerprint", "retrain_keys", "roar_row"]

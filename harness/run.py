@@ -771,7 +771,8 @@ def evaluate_all(args: argparse.Namespace, cfg: config_mod.RunConfig, names: lis
                 "method": name, **row_meta, "init_from": meta.get("init_from"),
                 "train": trained.cfg.to_dict()["train"],
                 "parameter_groups": [g for g, _ in trained.method.parameter_groups()],
-                **({"roar_fractions": [0.0, *args.roar_fractions]}
+                **({"roar_fractions": {mode: list(roar.axis(mode, args.roar_fractions))
+                                       for mode in roar.MODES}}
                    if args.roar_fractions else {}),
                 "seeds": {}})
             mm["seeds"][seed] = {"key": trained.key, "cached": trained.cached,

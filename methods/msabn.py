@@ -98,7 +98,9 @@ class MSABN(ABN):
         taps = self.backbone.pyramid(x)
         g = taps[-1]
         cams, att_logits, a = self.attention_branch(self.fusion(taps))
-        pooled = F.adaptive_avg_pool2d(a, (g.shape[-2], g.shape[-1]))
+        # the sizes as Python ints: an exported graph (harness.device.onnx_logits) then
+        # holds them as constants, as they are for one input size
+        pooled = F.adaptive_avg_pool2d(a, (int(g.shape[-2]), int(g.shape[-1])))
         return Attended(g, cams, att_logits, pooled, a)
 
 

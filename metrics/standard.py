@@ -689,8 +689,9 @@ _spec("roar_auc", False, "remove and retrain (--roar): the baseline trained from
       "own model) is removed and imputed as ROAD's, its test top-1 on images modified alike; "
       "area under top-1 against t from 0 (unmodified) to the largest t, over that span "
       "(roar.csv)", paper="Hooker et al., NeurIPS 2019; imputation: Rong et al., ICML 2022")
-_spec("kar_auc", True, "keep and retrain (--roar): as roar_auc, all but the top-t share "
-      "removed", paper="Hooker et al., NeurIPS 2019; imputation: Rong et al., ICML 2022")
+_spec("kar_auc", True, "keep and retrain (--roar): as roar_auc with the top-t share alone "
+      "kept; area from the smallest t to t = 1 (unmodified), over that span",
+      paper="Hooker et al., NeurIPS 2019; imputation: Rong et al., ICML 2022")
 _spec("explain_ms", False, "milliseconds per explanation (batched)", unit="ms", bounds=None)
 _spec("explain_overhead", False, "explanation time / plain forward time on the same batch",
       bounds=None)

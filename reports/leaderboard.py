@@ -238,18 +238,19 @@ def mprt_frame(record: RunRecord) -> pd.DataFrame:
 ROAR_PANELS = {"roar_auc": ("roar", "ROAR: top t removed (lower is better)",
                             "share t of the pixels removed, most relevant first"),
                "kar_auc": ("kar", "KAR: top t kept (higher is better)",
-                           "share t of the pixels kept, most relevant"), }
+                           "share t of the pixels kept, most relevant")}
 
 
 def roar_frame(record: RunRecord) -> pd.DataFrame:
     """Remove and retrain / keep and retrain per row: mode (``roar``: the top t of the
-    pixels removed; ``kar``: all but the top t removed), t (0: the model trained on the
-    unmodified images), and the retrained model's mean test top-1 (over seeds)."""
+    pixels removed; ``kar``: the top t alone kept), t (ROAR's 0 and KAR's 1: the model
+    trained on the unmodified images), and the retrained model's mean test top-1 (over
+    seeds)."""
     out = []
     for row, by_metric in mean_curves(record).items():
-        ts = record.method_meta.get(row, {}).get("roar_fractions")
+        axes = record.method_meta.get(row, {}).get("roar_fractions") or {}
         for metric, (mode, _title, _x) in ROAR_PANELS.items():
-            curve = by_metric.get(metric)
+            curve, ts = by_metric.get(metric), axes.get(mode)
             if curve is None or ts is None or len(ts) != len(curve):
                 continue
             out += [{"method": row, "mode": mode, "t": float(t), "top1": float(v)}

@@ -165,3 +165,43 @@ def test_causal_streams_resolution(smoke_cfg: config.RunConfig) -> None:
     assert causal_streams(dataclasses.replace(ecfg, streams=3), CPU, size) == 3
     assert causal_streams(dataclasses.replace(ecfg, compile=True), CPU, size) == 1
     assert causal_streams(dataclasses.replace(ecfg, compile=True, streams=1), CPU, size) == 1
+
+
+class _Shifted(torch.nn.Module):
+    """Another model's logits: what a wrong trace would export."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) + 1
+
+
+def test_onnx_export_falls_back_when_the_traced_graph_is_wrong(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast TorchScript export is checked against the model at another batch than
+    traced; a graph that does not reproduce the model's logits is exported again by
+    torch.export, and one that does is kept."""
+    pytest.importorskip("onnxruntime")
+    used: list[bool] = []
+    real = dev._export_onnx
+
+    def wrong_trace(model: torch.nn.Module, x: torch.Tensor, path: str, *,
+                    dynamo: bool) -> None:
+        used.append(dynamo)
+        real(model if dynamo else _Shifted(model), x, path, dynamo=dynamo)
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten()).eval()
+    monkeypatch.setattr(dev, "_export_onnx", wrong_trace)
+    run = dev.onnx_logits(net, 4, torch.zeros(3, 5, 5))
+    assert used == [False, True]
+    x = torch.randn(7, 3, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(run(x), net(x), rtol=0, atol=1e-5)
+    used.clear()
+    monkeypatch.setattr(dev, "_export_onnx", lambda m, x, p, *, dynamo: (
+        used.append(dynamo), real(m, x, p, dynamo=dynamo)))
+    dev.onnx_logits(net, 4, torch.zeros(3, 5, 5))
+    assert used == [False]

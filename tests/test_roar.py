@@ -43,6 +43,11 @@ def test_parse_fractions() -> None:
         assert str(err.value).startswith("--roar")
 
 
+def test_axes_end_at_the_unmodified_images() -> None:
+    assert roar.axis("roar", (0.3, 0.1)) == (0.0, 0.1, 0.3)
+    assert roar.axis("kar", (0.3, 0.1)) == (0.1, 0.3, 1.0)
+
+
 def test_area_is_the_mean_over_the_span() -> None:
     assert roar.area(np.array([1.0, 0.5, 0.0]), [0, 0.5, 1]) == pytest.approx(0.5)
     assert roar.area(np.array([[1.0, 1.0, 1.0]]), [0, 0.1, 0.9]) == pytest.approx([1.0])
@@ -119,11 +124,13 @@ def test_roar_end_to_end(roar_run: tuple[Path, Path], tmp_path: Path,
     rows = ["baseline", "baseline+gradcam", "baseline+random"]
     assert sorted(set(curves["method"])) == rows
     for row in rows:
-        for mode, col in (("roar", "roar_auc"), ("kar", "kar_auc")):
+        for mode, col, ts in (("roar", "roar_auc", [0.0, 0.3, 0.7]),
+                              ("kar", "kar_auc", [0.3, 0.7, 1.0])):
             c = curves[(curves["method"] == row) & (curves["mode"] == mode)]
-            assert list(c["t"]) == [0.0, 0.3, 0.7]
-            # t = 0 is the baseline trained on the unmodified images
-            assert c["top1"].iloc[0] == pytest.approx(board.loc["baseline", "top1"])
+            assert list(c["t"]) == ts
+            # ROAR's 0 and KAR's 1 are the baseline trained on the unmodified images
+            end = c.set_index("t").loc[roar.UNMODIFIED[mode], "top1"]
+            assert end == pytest.approx(board.loc["baseline", "top1"])
             # the column is the area under the mean curve (means of per-image areas)
             assert board.loc[row, col] == pytest.approx(
                 float(roar.area(c["top1"].to_numpy(), c["t"].to_numpy())), abs=1e-6)
