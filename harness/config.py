@@ -526,6 +526,51 @@ def _describe(hint: Any) -> str:
 
 
 PRESETS: dict[str, dict[str, Any]] = _load_presets()
+#: who registered each preset that is not a file of :data:`PRESET_DIR` (a plugin)
+PRESET_SOURCES: dict[str, str] = {}
+
+
+def register_preset(name: str, spec: dict[str, Any] | str | Path) -> None:
+    """Add preset ``name`` (a preset-shaped mapping, or a YAML file's path), checked as
+    the project's own preset files are; it may ``extends:`` one of them.
+
+    Raises:
+        UserError: the name is taken (naming both sources), or a field is wrong.
+    """
+    from harness.registry import OWN, current_source
+
+    source = current_source()
+    if name in PRESETS:
+        raise UserError(f"preset {shown(name)} is registered twice: by "
+                        f"{PRESET_SOURCES.get(name, OWN)} and by {source}")
+    if isinstance(spec, (str, Path)):
+        where = f"preset file {shown_path(spec)}"
+        own = load_yaml(Path(spec).read_text(encoding="utf-8")) or {}
+    else:
+        where = f"preset {name!r}"
+        own = json.loads(json.dumps(spec))
+    if not isinstance(own, dict):
+        raise UserError(f"{where}: expected a mapping of fields")
+    base = own.pop("extends", None)
+    out: dict[str, Any] = {}
+    if base is not None:
+        if base not in PRESETS:
+            raise UserError(f"{where}: extends unknown preset {shown(base)} (known: "
+                            f"{', '.join(PRESETS)})")
+        out = json.loads(json.dumps(PRESETS[base]))
+    _merge(out, own)
+    check_spec(out, where)
+    PRESETS[name] = out
+    PRESET_SOURCES[name] = source
+
+
+def remove_presets(source: str) -> list[str]:
+    """Forget the presets ``source`` registered; returns their names."""
+    gone = [n for n, s in PRESET_SOURCES.items() if s == source]
+    for n in gone:
+        del PRESETS[n]
+        del PRESET_SOURCES[n]
+    return gone
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:

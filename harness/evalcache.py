@@ -1,22 +1,24 @@
 """The evaluation cache: a row's numbers are computed once per thing they depend on.
 
 Each part of an evaluated row — every metric, the timing columns, the gallery — has a
-key: a hash of the trained checkpoint's key and of the weights themselves (a model
-trained again under the same key, e.g. after ``--no-cache``, is evaluated again), the
-explainer, the test split, the device kind and the evaluation precision, the versions
-of the libraries that compute or decode (torch, torchvision, captum, TorchCAM, timm,
-numpy, Pillow), the source code of everything that computes the numbers (metrics,
-methods and explainers, the evaluator, the statistics, the data pipeline; hashed once
-when this module is imported, so code edited during a run does not label that run's
-numbers), and the evaluation options that part depends on
-(:attr:`metrics.base.MetricSpec.options`; the timing: ``timing_batches`` and
+key: a hash of the trained checkpoint's key (which holds the method's, backbone's,
+dataset's and training loop's code, :func:`harness.train.cache_key`) and of the weights
+themselves (a model trained again under the same key, e.g. after ``--no-cache``, is
+evaluated again), the explainer and its code, the test split and its dataset's code,
+the device kind and the evaluation precision, the versions of the libraries that
+compute or decode (torch, torchvision, captum, TorchCAM, timm, numpy, Pillow), the
+evaluator's code (:func:`code_version`), the part's own code (a metric's factory and
+what it names, :func:`harness.codedigest.digest`: editing one metric, a plugin's as the
+project's, recomputes that column alone), and the evaluation options that part depends
+on (:attr:`metrics.base.MetricSpec.options`; the timing: ``timing_batches`` and
 ``batch_size``; the gallery: ``gallery_n``). A part whose key is in the store is read
-from it; only the others are computed. ``bootstrap`` is not in any key (the intervals
-are recomputed from the stored per-image scores), nor are ``forward_batch``,
-``streams`` and ``batch_size`` in a metric's key: they decide how many images go
-through one forward pass and how many passes run at once, not what is computed
-(kernels chosen by batch size or thread count can move a score by float rounding,
-~1e-7).
+from it; only the others are computed. Code is hashed as loaded (the digests are
+memoised from the first key on, so code edited during a run does not label that run's
+numbers). ``bootstrap`` is not in any key (the intervals are recomputed from the
+stored per-image scores), nor are ``forward_batch``, ``streams`` and ``batch_size`` in
+a metric's key: they decide how many images go through one forward pass and how many
+passes run at once, not what is computed (kernels chosen by batch size or thread count
+can move a score by float rounding, ~1e-7).
 """
 
 from __future__ import annotations
@@ -26,14 +28,13 @@ import hashlib
 import json
 from collections.abc import Iterable
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness import distributed
+from harness import codedigest, distributed
 from harness.config import EvalConfig
-from harness.data import Split
+from harness.data import DATASETS, Split
 from harness.evaluate import (
     GALLERY,
     TIMING,
@@ -44,30 +45,47 @@ from harness.evaluate import (
 )
 from harness.store import Store
 from methods.base import Method
+from methods.explainers import EXPLAINERS
 from metrics.base import METRICS
 
-_ROOT = Path(__file__).resolve().parent.parent
-#: the code an evaluated number depends on (a change to any of it is a cache miss)
-CODE = ("metrics", "methods", "harness/data", "harness/evaluate.py", "harness/fold.py",
-        "harness/roar.py",
-        "harness/geometry.py", "harness/device.py", "harness/backbones.py",
-        "harness/stats.py", "harness/distributed.py")
 #: libraries whose version can change an evaluated number
 LIBRARIES = ("torch", "torchvision", "captum", "torchcam", "timm", "numpy", "pillow",
              "torchmetrics")
 
 
-@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """SHA-256 over the source of :data:`CODE`."""
-    h = hashlib.sha256()
-    for part in CODE:
-        p = _ROOT / part
-        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
-        for f in files:
-            h.update(str(f.relative_to(_ROOT)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    """The evaluator's code: :func:`harness.evaluate.evaluate` and
+    :func:`~harness.evaluate.misclassified` with everything they name (the shared
+    kernels: insertion / deletion, ROAD, the explainers' binding, the forward engine,
+    folding), :func:`harness.codedigest.digest`."""
+    return codedigest.digest(evaluate, misclassified)
+
+
+def metric_code(name: str) -> str:
+    """The code of metric ``name``: its factory and what that names (the evaluator's
+    own columns, which have none, are :func:`code_version`'s)."""
+    return codedigest.digest(METRICS.get(name).factory)
+
+
+def explainer_code(name: str) -> str:
+    """The code of explainer ``name`` (``native``: the method's own, which is in the
+    checkpoint's key)."""
+    return "" if name == "native" else codedigest.digest(EXPLAINERS.get(name))
+
+
+def warm() -> None:
+    """Digest the evaluator and every registered metric, explainer, dataset, method and
+    backbone now, before any of them computes a number: the digests are memoised, so
+    every later key labels the code loaded at this point."""
+    from harness.backbones import BACKBONES
+    from methods.base import METHODS
+
+    code_version()
+    for m in METRICS:
+        metric_code(m.name)
+    for registry in (EXPLAINERS, DATASETS, METHODS, BACKBONES):
+        for e in registry:
+            codedigest.digest(e.obj)
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,10 +132,11 @@ def part_keys(*, checkpoint: str, explainer: str, split_id: str, device: torch.d
         permuted: the weights digest of the model trained on permuted labels, in the
             keys of the columns scored against it (``MetricSpec.needs_permuted``)."""
     base = {"checkpoint": checkpoint, "weights": weights, "explainer": explainer,
+            "explainer_code": explainer_code(explainer),
             "split": split_id, "device": device.type, "precision": precision,
             "libraries": library_versions(), "code": code_version()}
     options = dict(vars(cfg), comb_subset=mask_digest(comb_subset))
-    out = {m: _digest({**base, "part": m,
+    out = {m: _digest({**base, "part": m, "metric_code": metric_code(m),
                        "options": {o: options[o] for o in METRICS.get(m).options},
                        **({"permuted": permuted} if METRICS.get(m).needs_permuted else {})})
            for m in metrics}
@@ -129,9 +148,11 @@ def part_keys(*, checkpoint: str, explainer: str, split_id: str, device: torch.d
 
 
 def split_id(split: Split, dataset_kwargs: dict[str, Any]) -> str:
-    """What the test split is: dataset, its options and, for files on disk, the
-    fingerprint of its files, labels and boxes."""
+    """What the test split is: dataset, its code, its options and, for files on disk,
+    the fingerprint of its files, labels and boxes."""
     return _digest({"dataset": split.info.name, "kwargs": dataset_kwargs,
+                    "code": codedigest.digest(DATASETS.get(split.info.name))
+                    if split.info.name in DATASETS else "",
                     "fingerprint": split.fingerprint, "n": len(split)})
 
 
@@ -224,6 +245,6 @@ def evaluate_cached(store: Store | None, method: Method, name: str, split: Split
 
 code_version()  # the code this process runs, hashed before any of it computes a number
 
-__all__ = ["CODE", "LIBRARIES", "code_version", "evaluate_cached", "library_versions",
-           "mask_digest", "misclassified_cached", "part_keys", "row_metrics", "split_id",
-           "weights_digest"]
+__all__ = ["LIBRARIES", "code_version", "evaluate_cached", "explainer_code", "library_versions",
+           "mask_digest", "metric_code", "misclassified_cached", "part_keys", "row_metrics",
+           "split_id", "warm", "weights_digest"]

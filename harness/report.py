@@ -261,6 +261,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reference", default=None, metavar="ROW",
                    help="the row every other is compared with (default: baseline on "
                         "accuracy columns, gradcam on explanation columns)")
+    p.add_argument("--include", action="append", default=[], metavar="PATH",
+                   help="a plugin registering the runs' own metrics (as harness.run's "
+                        "--include; repeatable)")
     p.add_argument("--compare", type=run_id, nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
                    help="write compare.csv / compare.html: B - A on the images both scored")
     return p.parse_args(argv)
@@ -302,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from harness import plugins
+
+    plugins.load(args.include)
     with Store(args.db, readonly=True) as store:
         if args.list:
             list_runs(store)
@@ -324,6 +330,11 @@ def _main(args: argparse.Namespace) -> int:
         if args.reference is not None and args.reference not in {r.row for r in rows}:
             raise UserError(f"--reference {shown(args.reference)} is not a row of the "
                             f"selection (rows: {', '.join(sorted({r.row for r in rows}))})")
+        stored = {m for r in rows for m in store.result(r.id).values}
+        unknown = sorted(stored - set(METRICS.names()))
+        if unknown:
+            print(f"note: column(s) {', '.join(unknown)} of the stored rows are not registered "
+                  "metrics (a plugin's? give its --include): left out", file=sys.stderr)
         record = build_record(store, runs, rows, reference=args.reference)
         paths = write_all(record, out)
         print(f"wrote {paths['csv']} and {paths['html']} from run(s) "

@@ -35,13 +35,23 @@ try:  # Ctrl-C or SIGTERM while the libraries load (seconds): one line, not a tr
     import torch
 
     import metrics  # noqa: F401  (registers metrics)
-    from harness import backbones, data, distributed, evalcache, paper_values, roar, train
+    from harness import (
+        backbones,
+        data,
+        distributed,
+        evalcache,
+        paper_values,
+        plugins,
+        roar,
+        train,
+    )
     from harness import config as config_mod
     from harness import device as dev
     from harness import store as store_mod
     from harness.errors import UserError, clip, message, shown, shown_path
     from harness.evaluate import MethodResult, row_id
     from harness.progress import duration
+    from harness.registry import FAILED, OWN
     from harness.safeio import is_database, need_dir, need_file, output_clash, probe_writable
     from methods.base import METHODS
     from methods.explainers import EXPLAINERS, NotApplicable, native_equivalent
@@ -56,6 +66,8 @@ except KeyboardInterrupt as stop:  # pragma: no cover - timing-dependent, tested
     os._exit(cli.exit_status(stop))
 
 DEFAULT_CACHE = Path(os.environ.get("ATTNBENCH_CACHE", ".attnbench-cache"))
+#: the entry-point group of installed plugins (:mod:`harness.plugins`)
+PLUGIN_GROUP = plugins.GROUP
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -69,8 +81,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "native, each method's own, and one reference row of the random "
                         f"explainer on the {REFERENCE_MODEL!r} model, the floor of every "
                         "column; '--explainers native' leaves it out)")
-    p.add_argument("--list", action="store_true", help="list every registry and exit")
+    p.add_argument("--list", action="store_true",
+                   help="list every registry (a plugin's entries marked with their "
+                        "source) and exit")
+    p.add_argument("--include", action="append", default=[], metavar="PATH",
+                   help="a plugin: a Python file, a folder of them or an importable module "
+                        "name, imported before any name is resolved; what it registers "
+                        "(methods, explainers, metrics, datasets, backbones, presets) can "
+                        "be asked for like the project's own (repeatable; installed "
+                        f"packages declaring the entry-point group {PLUGIN_GROUP!r} are "
+                        "loaded too)")
     p.add_argument("--dataset", default=None, help="dataset id (default: the preset's)")
+    p.add_argument("--backbone", default=None, metavar="NAME",
+                   help="backbone id (default: the preset's; the same as --set "
+                        "backbone=NAME)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help=f"where a dataset read from disk was extracted (default "
                         f"${data.DATA_ENV}); the folder holding the archive's folder, or the "
@@ -277,35 +301,44 @@ def drop_unsupported(names: list[str], info: data.DatasetInfo, *, explicit: bool
     return keep
 
 
+def _from(source: str) -> str:
+    """`` [from SOURCE]`` for a plugin's entry, nothing for the project's own."""
+    return "" if source == OWN else f"  [from {source}]"
+
+
 def print_registries() -> None:
     print("methods:")
     for e in METHODS:
         parent = f" (from {e.meta['init_from']})" if e.meta.get("init_from") else ""
-        print(f"  {e.name:<14}{parent:<18} {e.meta.get('description', '')}")
+        print(f"  {e.name:<14}{parent:<18} {e.meta.get('description', '')}{_from(e.source)}")
     print("metrics:")
     for me in METRICS:
         arrow = "higher" if me.obj.higher_is_better else "lower"
-        print(f"  {me.name:<18} {arrow:>6} is better  {me.obj.description}")
+        print(f"  {me.name:<18} {arrow:>6} is better  {me.obj.description}"
+              f"{_from(me.source)}")
     print("datasets:")
     for d in sorted(data.DATASETS, key=lambda e: not e.meta.get("embedded")):
         where = "embedded (the default)" if d.meta.get("embedded") else "read from --data-dir"
         boxes = "boxes" if d.meta.get("has_boxes") else ("boxes optional"
                                                          if d.meta.get("has_boxes") is None
                                                          else "no boxes")
-        print(f"  {d.name:<18} {where}, {boxes}")
+        print(f"  {d.name:<18} {where}, {boxes}{_from(d.source)}")
     print("explainers:")
     for x in EXPLAINERS:
-        print(f"  {x.name:<14} {x.meta.get('description', '')}")
+        print(f"  {x.name:<14} {x.meta.get('description', '')}{_from(x.source)}")
     print("backbones:")
     for b in backbones.BACKBONES:
         desc = b.meta.get("description") or b.meta.get("split", "")
-        print(f"  {b.name:<22} {b.meta.get('family', '')}: {desc}")
+        print(f"  {b.name:<22} {b.meta.get('family', '')}: {desc}{_from(b.source)}")
     print("presets:")
     for name, spec in config_mod.PRESETS.items():
         what = spec.get("dataset", config_mod.RunConfig.dataset)
         bb = spec.get("backbone", config_mod.RunConfig.backbone)
         extra = " (needs --pretrained)" if spec.get("needs_pretrained") else ""
-        print(f"  {name:<22} {what}, {bb}{extra}")
+        print(f"  {name:<22} {what}, {bb}{extra}"
+              f"{_from(config_mod.PRESET_SOURCES.get(name, OWN))}")
+    for source, why in FAILED.items():
+        print(f"not loaded: plugin {source} ({why})")
 
 
 def check_method_settings(cfg: config_mod.RunConfig, config_file: str | None) -> None:
@@ -452,9 +485,10 @@ def run(args: argparse.Namespace) -> Path:
     from harness.sweep import parse_lambdas
 
     seeds = resolve_seeds(args.seed, args.seeds)
+    sets = [*([f"backbone={args.backbone}"] if args.backbone is not None else []), *args.sets]
     cfg = portable_options(config_mod.resolve(args.preset, seed=seeds[0],
                                               dataset=args.dataset, config_file=args.config,
-                                              sets=args.sets))
+                                              sets=sets))
     check_method_settings(cfg, args.config)
     if args.data_dir is not None:
         args.data_dir = str(need_dir(args.data_dir, "--data-dir"))
@@ -927,6 +961,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
+        plugins.load(args.include)
+        evalcache.warm()  # the code of every registered name, hashed before it runs
         if args.list:
             print_registries()
             return 0

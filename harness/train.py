@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness import backbones, data, distributed
+from harness import backbones, codedigest, data, distributed
 from harness import device as dev
 from harness import progress as progress_mod
 from harness.config import RunConfig, config_hash, with_train_overrides
@@ -35,7 +35,8 @@ from harness.errors import UserError, shown_path
 from harness.safeio import atomic_path, key_lock
 from methods.base import METHODS, Method
 
-#: bump when a change invalidates cached checkpoints
+#: bump when the checkpoint files' format changes (a change of code is in every key by
+#: itself: :func:`code_digest`)
 CACHE_VERSION = 6
 
 
@@ -91,6 +92,15 @@ def build_method(name: str, cfg: RunConfig, split: Split, **options: Any) -> Met
     return entry.obj(bb, split.info, **options)
 
 
+def code_digest(name: str, cfg: RunConfig) -> str:
+    """The code a checkpoint of ``name`` is trained by: the method's registered factory
+    (its class and the own classes it derives from), the backbone's builder, the
+    dataset's, and the training loop, each with the own code it names
+    (:func:`harness.codedigest.digest`; a plugin's as the project's)."""
+    return codedigest.digest(METHODS.get(name), backbones.BACKBONES.get(cfg.backbone),
+                             data.DATASETS.get(cfg.dataset), fit)
+
+
 def cache_key(name: str, cfg: RunConfig, options: dict[str, Any], *,
               data_id: str | None = None) -> str:
     """Checkpoint key of ``name`` (recursively includes its ``init_from`` parents).
@@ -106,7 +116,7 @@ def cache_key(name: str, cfg: RunConfig, options: dict[str, Any], *,
     train_kwargs = {k: v for k, v in mcfg.dataset_kwargs.items()
                     if k not in dmeta.get("test_only", ())}
     payload = {"method": name, "options": resolved_options(name, options),
-               "version": CACHE_VERSION,
+               "version": CACHE_VERSION, "code": code_digest(name, mcfg),
                "dataset": mcfg.dataset, "dataset_version": dmeta.get("version"),
                "dataset_kwargs": train_kwargs,
                "backbone": mcfg.backbone, "backbone_kwargs": mcfg.backbone_kwargs,

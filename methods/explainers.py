@@ -277,6 +277,55 @@ register_explainer("scorecam", paper="Wang et al., CVPR-W 2020",
                    )(_torchcam("scorecam", "ScoreCAM", batch_size=64))
 
 
+#: ``attribute(model, layer, x, classes)`` of :func:`from_attribution`
+Attribute = Callable[[nn.Module, "nn.Module | None", torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def channel_abs_sum(a: torch.Tensor) -> torch.Tensor:
+    """``[B,h,w]`` from an attribution ``[B,C,h,w]``: the sum of |a| over the channels
+    (captum's ``visualize_image_attr`` "absolute_value" sign, summed over RGB)."""
+    return a.abs().sum(1)
+
+
+def from_attribution(name: str, attribute: Attribute, *, layer: bool = False,
+                     reduce: Callable[[torch.Tensor], torch.Tensor] = channel_abs_sum
+                     ) -> ExplainerFactory:
+    """An explainer from an attribution library's call (captum, pytorch-grad-cam, ...).
+
+    Args:
+        attribute: ``(model, layer, x, classes [B]) -> [B,C,h,w]`` attributions, where
+            ``model`` maps images to logits and ``layer`` is the scored layer
+            (:func:`scored_layer`; None unless ``layer``).
+        layer: the call needs the scored layer (a model where it is ambiguous is
+            :class:`NotApplicable`).
+        reduce: ``[B,C,h,w] -> [B,h,w]`` (default :func:`channel_abs_sum`); its result is
+            clipped at 0 and upsampled to the input for ``explain``.
+
+    The call runs in eval mode with gradients enabled; the parameters' ``.grad`` are
+    put back as they were afterwards (a library calling ``backward`` fills them)."""
+    def factory(method: Method) -> Explainer:
+        target_layer = scored_layer(method) if layer else None
+        model = _Logits(method)
+
+        def one(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+            params = list(method.parameters())
+            grads = [p.grad for p in params]
+            for p in params:
+                p.grad = None
+            try:
+                with evaluation_mode(method), torch.enable_grad():
+                    a = attribute(model, target_layer, x.detach(), classes)
+            finally:
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
+            a = torch.as_tensor(a, device=x.device).detach().float()
+            return reduce(a if a.dim() == 4 else a.unsqueeze(1))
+
+        return Explainer(name, explain_from(per_class(one)), per_class(one))
+
+    return factory
+
+
 #: the random explainer's seed (recorded here and in README's explainer table)
 RANDOM_SEED = 0
 #: the random explainer's grid: one uniform value per cell, bilinearly upsampled
@@ -318,5 +367,6 @@ def random_explainer(method: Method) -> Explainer:
     return Explainer("random", explain, None)
 
 
-__all__ = ["EXPLAINERS", "Explainer", "NotApplicable", "build", "native_equivalent",
-           "random_maps", "register_explainer", "scored_layer", "stage_output"]
+__all__ = ["EXPLAINERS", "Explainer", "NotApplicable", "build", "channel_abs_sum",
+           "from_attribution", "native_equivalent", "random_maps", "register_explainer",
+           "scored_layer", "stage_output"]

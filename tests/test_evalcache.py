@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import config, data, evalcache, run, train
+from harness import codedigest, config, data, evalcache, run, train
 from harness.evaluate import GALLERY, TIMING, evaluate
 from harness.store import Store
 
@@ -138,19 +138,22 @@ def test_comb_subset_is_part_of_the_comb_metrics_keys(model: Any) -> None:
     assert changed == {"comb_insertion_auc", "attn_fix_gain_top1"}
 
 
-def test_code_version_follows_the_metric_source(monkeypatch: pytest.MonkeyPatch,
-                                                tmp_path: Path) -> None:
-    root = tmp_path / "src"
-    (root / "metrics").mkdir(parents=True)
-    (root / "metrics" / "m.py").write_text("x = 1\n")
-    monkeypatch.setattr(evalcache, "_ROOT", root)
-    monkeypatch.setattr(evalcache, "CODE", ("metrics",))
-    evalcache.code_version.cache_clear()
-    v1 = evalcache.code_version()
-    (root / "metrics" / "m.py").write_text("x = 2\n")
-    evalcache.code_version.cache_clear()
-    assert evalcache.code_version() != v1
-    evalcache.code_version.cache_clear()
+def test_each_part_knows_its_own_code() -> None:
+    """A metric's key holds its own code's digest (its factory and what that names): two
+    metrics of one module have different ones, and the evaluator's shared kernels are
+    in every key (code_version)."""
+    from metrics.base import METRICS
+
+    assert evalcache.metric_code("sparseness") != evalcache.metric_code("complexity")
+    assert evalcache.metric_code("road_morf") != evalcache.metric_code("road_lerf")
+    # the evaluator's own columns have no factory: their code is the evaluator's
+    assert METRICS.get("explain_ms").factory is None
+    closure = " ".join(codedigest.closure([evaluate]))
+    for kernel in ("metrics.causal:causal_curves", "metrics.road:road_scores",
+                   "methods.explainers:build"):
+        assert kernel in closure
+    assert evalcache.explainer_code("native") == ""
+    assert evalcache.explainer_code("gradcam") != evalcache.explainer_code("cam")
 
 
 def test_a_warm_rerun_evaluates_nothing(tmp_path: Path,

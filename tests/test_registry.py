@@ -1,15 +1,21 @@
 import pytest
 
 from harness.errors import UserError
-from harness.registry import Registry
+from harness.registry import Registry, registering
 from methods import METHODS
 
 
-def test_duplicate_name_raises() -> None:
+def test_duplicate_name_raises_naming_both_sources() -> None:
     r: Registry[int] = Registry("thing")
     r.add("a", 1)
-    with pytest.raises(ValueError, match="already registered"):
+    with registering("--include x.py"), pytest.raises(UserError) as err:
         r.add("a", 2)
+    assert str(err.value) == ("thing 'a' is registered twice: by attnbench and by "
+                              "--include x.py")
+    with registering("--include y.py"):
+        r.add("b", 3)
+    assert r.entry("b").source == "--include y.py" and r.entry("a").source == "attnbench"
+    assert r.remove_source("--include y.py") == ["b"] and "b" not in r
 
 
 def test_unknown_name_suggests_close_matches() -> None:
