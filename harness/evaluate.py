@@ -158,169 +158,224 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
             data-randomisation columns are scored against it.
 
     The causal metrics score the test images with index below ``causal_n`` (in a single
-    process: the first ``causal_n`` of the split).
+    process: the first ``causal_n`` of the split). The steps: :class:`Evaluation`
+    (the scoring model, its engine and the metrics), a pass over the test batches
+    (:meth:`Evaluation.score`, :meth:`Evaluation.add_gallery`), then
+    :meth:`Evaluation.result`.
     """
-    method.eval()
-    ex: Explainer = build_explainer(explainer, method)
     world = distributed.current()
-    sharded = shard and world.size > 1
+    job = Evaluation(method, explainer, split, cfg, device, precision,
+                     sharded=shard and world.size > 1, only=only, permuted=permuted,
+                     label=row_id(name, explainer))
     n_split = len(split.dataset)  # type: ignore[arg-type]
     batches = loader(split, cfg.batch_size, device, dataset=Subset(
-        split.dataset, distributed.shard(n_split)) if sharded else None)
-    box_names = [b for b in ("bbox", *split.info.extra_boxes)
-                 if split.info.has_boxes or b != "bbox"]
-    if split.info.multi_object:  # every object, for the metrics that use several
-        box_names.append("objects")
-
-    # predictions and the causal metrics' perturbed images go through a copy with batch
-    # norm folded into the convolutions (same outputs, fewer kernels); explanations and
-    # class maps use the method itself
-    scoring = fold.folded(method)
-
-    def forward(z: torch.Tensor) -> Output:
-        with dev.autocast(device, precision):
-            return scoring(dev.channels_last(z))
-
-    def logits_of(z: torch.Tensor) -> torch.Tensor:
-        return forward(z).logits
-
-    kind = model_kind(method, precision)
-    sample = torch.zeros(3, *split.info.image_size, device=device)
-    if cfg.forward_batch <= 0 and cfg.compile:  # one shape, chosen up front
-        def timed() -> int:
-            return tuning.choose_batch(logits_of, sample, key=(kind,))
-
-        # sharded: timed on rank 0 and shared, so every rank compiles one shape
-        cfg = dataclasses.replace(cfg, forward_batch=distributed.share(timed) if sharded
-                                  else timed())
-    cfg = dataclasses.replace(cfg, streams=causal_streams(cfg, device, sample),
-                              engine=dev.resolve_engine(cfg.engine, device, precision,
-                                                        cfg.compile))
-    metrics = {k: m.to(device) for k, m in applicable_metrics(
-        split, cfg, only, permuted=permuted is not None).items()}
-    causal_logits: Callable[[torch.Tensor], torch.Tensor] = logits_of
-    tuner: BatchTuner | None = None
-    # a forward batch and an engine for the metrics that score perturbed images
-    if any(isinstance(m, (CausalAUC, ROAD)) for m in metrics.values()):
-        tuner = forward_tuner(cfg, sample, key=(kind, cfg.engine, cfg.compile, cfg.streams))
-        causal_logits = causal_engine(scoring, cfg, device, precision,
-                                      split.info.image_size, default=logits_of,
-                                      batch=tuner.current)
-    used_before = tuner.usage() if tuner is not None else {}
-
-    has_class_maps = ex.class_maps is not None
-    label = row_id(name, explainer)
-
-    def class_maps(z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
-        assert ex.class_maps is not None
-        with torch.no_grad():  # in float32, as the explanations
-            maps = ex.class_maps(z, classes)
-        return None if maps is None else finite(maps.float(), f"{label} class maps")
-
-    explanations = RandomisedExplainers.explain_fn(ex, f"{label} explanations")
-    randomised = RandomisedExplainers(method, explainer, cfg.lens_seed, label)
-    permuted_explain = None if permuted is None else RandomisedExplainers.explain_fn(
-        build_explainer(explainer, permuted.eval()), f"{label} trained on permuted labels")
-    gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
-    gallery_n = cfg.gallery_n if GALLERY in parts and not sharded else 0
-    # metrics that score the first causal_n images only need no more of the split
-    if not metrics:
-        last = 0
-    elif all("causal_n" in METRICS.get(k).options for k in metrics):
-        last = cfg.causal_n
-    else:
-        last = n_split
-    for batch in tqdm(batches, desc=f"{label} eval", leave=False,
+        split.dataset, distributed.shard(n_split)) if job.sharded else None)
+    gallery_n = job.cfg.gallery_n if GALLERY in parts and not job.sharded else 0
+    last = max(gallery_n, job.images_needed(n_split))
+    for batch in tqdm(batches, desc=f"{job.label} eval", leave=False,
                       disable=not (bars(progress) and world.main), dynamic_ncols=True):
         # images come in index order, a rank's share too: the rest are not needed
-        if int(batch["index"][0]) >= max(gallery_n, last):
+        if int(batch["index"][0]) >= last:
             break
         batch = dev.to_device(batch, device)
-        x, y = batch["image"], batch["label"]
-        with torch.no_grad():
-            out = forward(x)
-            logits = out.logits.float()
-            sal = explanations(x, y)
-            with dev.autocast(device, precision):  # as the logits they are compared to
-                fixed = (scoring.fixed_attention_logits(out, batch["bbox"], tuple(x.shape[-2:]))
-                         if "bbox" in box_names else None)
-        n_c = int((batch["index"] < cfg.causal_n).sum())  # a prefix of the batch
-        ev = EvalBatch(images=x, labels=y, logits=logits, saliency=sal,
-                       boxes={b: batch[b] for b in box_names if b in batch},
-                       model=causal_logits, forward_batch=tuner,
-                       pointing_tolerance=split.info.pointing_tolerance,
-                       fixed_logits=None if fixed is None else fixed.float(),
-                       comb_mask=None if comb_subset is None
-                       else comb_subset.to(device)[batch["index"]],
-                       class_maps=ClassMapMemo(class_maps, x) if has_class_maps else None,
-                       indices=batch["index"], original_sizes=batch.get("orig_size"),
-                       explain=explanations, randomised=randomised,
-                       permuted=permuted_explain, input_std=tuple(split.info.std))
-        if n_c:
-            pred = logits[:n_c].argmax(1)
-            sal_c = sal[:n_c].clone()
-            wrong = pred != y[:n_c]
-            if wrong.any():
-                with torch.no_grad():
-                    sal_c[wrong] = ex.explain(x[:n_c][wrong], pred[wrong]).float()
-            ev.causal_images, ev.causal_saliency, ev.causal_classes = x[:n_c], sal_c, pred
-        for m in metrics.values():
-            m.update(ev)
-        need = gallery_n - sum(len(s) for s in gallery["saliency"])
+        sal, logits = job.score(batch, comb_subset)
+        need = gallery_n - job.gallery_size()
         if need > 0:
-            gallery["saliency"].append(normalize(sal[:need]).cpu())
-            if logits.shape[1] >= 2:  # class_sensitivity's pair, as the metric draws it
-                other = lenses.other_classes(y[:need], logits.shape[1], batch["index"][:need],
-                                             cfg.lens_seed)
-                pair = torch.stack([sal[:need, 0], explanations(x[:need], other)[:, 0]], 1)
-                gallery.setdefault("class_pair_maps", []).append(
-                    lenses.by_max(pair.abs().flatten(0, 1)).view_as(pair).cpu())
-                gallery.setdefault("class_pair_classes", []).append(
-                    torch.stack([y[:need], other], 1).cpu())
-            if has_class_maps:
-                for k, v in confusion_gallery(class_maps, x[:need], logits[:need],
-                                              y[:need]).items():
-                    gallery.setdefault(k, []).append(v)
-            if "mprt_cascade" not in gallery:  # the first image, as each group goes
-                gallery["mprt_cascade"] = [cascade_gallery(sal[:1], randomised(), x[:1],
-                                                           y[:1])]
-            if permuted_explain is not None and "permuted_pair" not in gallery:
-                pair = torch.cat([sal[:1], permuted_explain(x[:1], y[:1])], 1).abs()
-                gallery["permuted_pair"] = [lenses.by_max(pair.flatten(0, 1)).view_as(pair)
-                                            .cpu()]
-
-    if sharded:
-        for m in metrics.values():
-            m.gather()
-    values: dict[str, float] = {}
-    per_image: dict[str, SeedScores] = {}
-    curves: dict[str, np.ndarray] = {}
-    for k, m in metrics.items():
-        scores, classes = m.per_image()
-        per_image[k] = SeedScores(scores, classes, m.image_ids())
-        values[k] = m.aggregate(scores, classes)
-        if isinstance(m, CurveMetric) and m.curves:
-            curves[k] = m.mean_curve()
+            job.add_gallery(batch["image"][:need], batch["label"][:need], sal[:need],
+                            logits[:need], batch["index"][:need])
+    values, per_image, curves = job.collect()
     if TIMING in parts and world.main:
-        values.update(time_explanation(method, ex.explain, batches, device,
+        values.update(time_explanation(method, job.ex.explain, batches, device,
                                        cfg.timing_batches))
-    if sharded and GALLERY in parts and world.main:  # the first test images, unsharded
+    gallery = job.gallery
+    if job.sharded and GALLERY in parts and world.main:  # the first test images, unsharded
         first = evaluate(method, name, split, cfg, device, progress=progress, seed=seed,
                          precision=precision, explainer=explainer, only=set(),
                          parts=(GALLERY,), shard=False).gallery
         gallery = {k: [torch.from_numpy(v)] for k, v in first.items()}
-    passes: dict[str, Any] = {}
-    if tuner is not None and (used := tuning.summary(used_before, tuner.usage())):
-        passes = {"model_kind": kind, "engine": engine_label(cfg), "streams": cfg.streams,
-                  **used}
-    n_test = n_split
     return MethodResult(name, seed, values, per_image,
-                        {k for k, m in metrics.items() if m.per_class}, curves, n_test=n_test,
-                        n_causal=min(n_test, cfg.causal_n),
+                        {k for k, m in job.metrics.items() if m.per_class}, curves,
+                        n_test=n_split, n_causal=min(n_split, cfg.causal_n),
                         gallery={k: torch.cat(v).numpy() if v else np.zeros((0, 1, 1))
                                  for k, v in gallery.items()}
-                        if GALLERY in parts and (world.main or not sharded) else {},
-                        explainer=explainer, causal_passes=passes)
+                        if GALLERY in parts and (world.main or not job.sharded) else {},
+                        explainer=explainer, causal_passes=job.passes())
+
+
+class Evaluation:
+    """One evaluation's machinery: the explainer, the scoring copy of the model (batch
+    norm folded into the convolutions: same outputs, fewer kernels; explanations and
+    class maps use the method itself), the engine and forward-batch tuner of the
+    metrics that score perturbed images, the metrics' accumulators and the gallery."""
+
+    def __init__(self, method: Method, explainer: str, split: Split, cfg: EvalConfig,
+                 device: torch.device, precision: str, *, sharded: bool,
+                 only: set[str] | None, permuted: Method | None, label: str) -> None:
+        method.eval()
+        self.method, self.split, self.device, self.precision = method, split, device, precision
+        self.sharded, self.label = sharded, label
+        self.ex: Explainer = build_explainer(explainer, method)
+        self.scoring = fold.folded(method)
+        self.kind = model_kind(method, precision)
+        self.box_names = [b for b in ("bbox", *split.info.extra_boxes)
+                          if split.info.has_boxes or b != "bbox"]
+        if split.info.multi_object:  # every object, for the metrics that use several
+            self.box_names.append("objects")
+        self.cfg = self.engine_config(cfg)
+        self.metrics = {k: m.to(device) for k, m in applicable_metrics(
+            split, self.cfg, only, permuted=permuted is not None).items()}
+        self.causal_logits: Callable[[torch.Tensor], torch.Tensor] = self.logits_of
+        self.tuner: BatchTuner | None = None
+        # a forward batch and an engine for the metrics that score perturbed images
+        if any(isinstance(m, (CausalAUC, ROAD)) for m in self.metrics.values()):
+            self.tuner = forward_tuner(self.cfg, self.sample, key=(
+                self.kind, self.cfg.engine, self.cfg.compile, self.cfg.streams))
+            self.causal_logits = causal_engine(self.scoring, self.cfg, device, precision,
+                                               split.info.image_size, default=self.logits_of,
+                                               batch=self.tuner.current)
+        self.used_before = self.tuner.usage() if self.tuner is not None else {}
+        self.explanations = RandomisedExplainers.explain_fn(self.ex, f"{label} explanations")
+        self.randomised = RandomisedExplainers(method, explainer, self.cfg.lens_seed, label)
+        self.permuted_explain = None if permuted is None else RandomisedExplainers.explain_fn(
+            build_explainer(explainer, permuted.eval()),
+            f"{label} trained on permuted labels")
+        self.gallery: dict[str, list[torch.Tensor]] = {"saliency": []}
+
+    @property
+    def sample(self) -> torch.Tensor:
+        return torch.zeros(3, *self.split.info.image_size, device=self.device)
+
+    def forward(self, z: torch.Tensor) -> Output:
+        with dev.autocast(self.device, self.precision):
+            return self.scoring(dev.channels_last(z))  # type: ignore[no-any-return]
+
+    def logits_of(self, z: torch.Tensor) -> torch.Tensor:
+        return self.forward(z).logits
+
+    def engine_config(self, cfg: EvalConfig) -> EvalConfig:
+        """``cfg`` with the forward batch (compiled: one shape, chosen up front; timed on
+        rank 0 and shared when sharded), the stream count and the engine resolved."""
+        if cfg.forward_batch <= 0 and cfg.compile:
+            def timed() -> int:
+                return tuning.choose_batch(self.logits_of, self.sample, key=(self.kind,))
+
+            cfg = dataclasses.replace(cfg, forward_batch=distributed.share(timed)
+                                      if self.sharded else timed())
+        return dataclasses.replace(
+            cfg, streams=causal_streams(cfg, self.device, self.sample),
+            engine=dev.resolve_engine(cfg.engine, self.device, self.precision, cfg.compile))
+
+    def images_needed(self, n_split: int) -> int:
+        """How many of the first test images the metrics score (those scoring the first
+        ``causal_n`` alone need no more)."""
+        if not self.metrics:
+            return 0
+        if all("causal_n" in METRICS.get(k).options for k in self.metrics):
+            return self.cfg.causal_n
+        return n_split
+
+    def class_maps(self, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
+        """The explainer's class maps in float32, checked finite."""
+        assert self.ex.class_maps is not None
+        with torch.no_grad():  # in float32, as the explanations
+            maps = self.ex.class_maps(z, classes)
+        return None if maps is None else finite(maps.float(), f"{self.label} class maps")
+
+    def score(self, batch: dict[str, Any], comb_subset: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update every metric with one batch; returns (explanations, logits)."""
+        x, y = batch["image"], batch["label"]
+        with torch.no_grad():
+            out = self.forward(x)
+            logits = out.logits.float()
+            sal = self.explanations(x, y)
+            with dev.autocast(self.device, self.precision):  # as the logits compared to
+                fixed = (self.scoring.fixed_attention_logits(out, batch["bbox"],
+                                                             tuple(x.shape[-2:]))
+                         if "bbox" in self.box_names else None)
+        ev = EvalBatch(images=x, labels=y, logits=logits, saliency=sal,
+                       boxes={b: batch[b] for b in self.box_names if b in batch},
+                       model=self.causal_logits, forward_batch=self.tuner,
+                       pointing_tolerance=self.split.info.pointing_tolerance,
+                       fixed_logits=None if fixed is None else fixed.float(),
+                       comb_mask=None if comb_subset is None
+                       else comb_subset.to(self.device)[batch["index"]],
+                       class_maps=ClassMapMemo(self.class_maps, x)
+                       if self.ex.class_maps is not None else None,
+                       indices=batch["index"], original_sizes=batch.get("orig_size"),
+                       explain=self.explanations, randomised=self.randomised,
+                       permuted=self.permuted_explain, input_std=tuple(self.split.info.std))
+        self.add_causal(ev, batch["index"], sal, logits)
+        for m in self.metrics.values():
+            m.update(ev)
+        return sal, logits
+
+    def add_causal(self, ev: EvalBatch, index: torch.Tensor, sal: torch.Tensor,
+                   logits: torch.Tensor) -> None:
+        """The causal subset (the batch's images with index below ``causal_n``, a
+        prefix), explained for the predicted class."""
+        n_c = int((index < self.cfg.causal_n).sum())
+        if not n_c:
+            return
+        x, y = ev.images, ev.labels
+        pred = logits[:n_c].argmax(1)
+        sal_c = sal[:n_c].clone()
+        wrong = pred != y[:n_c]
+        if wrong.any():
+            with torch.no_grad():
+                sal_c[wrong] = self.ex.explain(x[:n_c][wrong], pred[wrong]).float()
+        ev.causal_images, ev.causal_saliency, ev.causal_classes = x[:n_c], sal_c, pred
+
+    def gallery_size(self) -> int:
+        return sum(len(s) for s in self.gallery["saliency"])
+
+    def add_gallery(self, x: torch.Tensor, y: torch.Tensor, sal: torch.Tensor,
+                    logits: torch.Tensor, index: torch.Tensor) -> None:
+        """The report's pictures of these images: the maps, the class pair, the class
+        maps' confusion, the cascade and the permuted model's map of the first."""
+        g = self.gallery
+        g["saliency"].append(normalize(sal).cpu())
+        if logits.shape[1] >= 2:  # class_sensitivity's pair, as the metric draws it
+            other = lenses.other_classes(y, logits.shape[1], index, self.cfg.lens_seed)
+            pair = torch.stack([sal[:, 0], self.explanations(x, other)[:, 0]], 1)
+            g.setdefault("class_pair_maps", []).append(
+                lenses.by_max(pair.abs().flatten(0, 1)).view_as(pair).cpu())
+            g.setdefault("class_pair_classes", []).append(torch.stack([y, other], 1).cpu())
+        if self.ex.class_maps is not None:
+            for k, v in confusion_gallery(self.class_maps, x, logits, y).items():
+                g.setdefault(k, []).append(v)
+        if "mprt_cascade" not in g:  # the first image, as each group goes
+            g["mprt_cascade"] = [cascade_gallery(sal[:1], self.randomised(), x[:1], y[:1])]
+        if self.permuted_explain is not None and "permuted_pair" not in g:
+            pair = torch.cat([sal[:1], self.permuted_explain(x[:1], y[:1])], 1).abs()
+            g["permuted_pair"] = [lenses.by_max(pair.flatten(0, 1)).view_as(pair).cpu()]
+
+    def collect(self) -> tuple[dict[str, float], dict[str, SeedScores], dict[str, np.ndarray]]:
+        """Every metric's value, per-image scores and mean curve (gathered over the
+        ranks when sharded)."""
+        values: dict[str, float] = {}
+        per_image: dict[str, SeedScores] = {}
+        curves: dict[str, np.ndarray] = {}
+        for k, m in self.metrics.items():
+            if self.sharded:
+                m.gather()
+            scores, classes = m.per_image()
+            per_image[k] = SeedScores(scores, classes, m.image_ids())
+            values[k] = m.aggregate(scores, classes)
+            if isinstance(m, CurveMetric) and m.curves:
+                curves[k] = m.mean_curve()
+        return values, per_image, curves
+
+    def passes(self) -> dict[str, Any]:
+        """How the causal metrics' forward passes ran (model kind, engine, streams,
+        images per forward batch); empty when none ran."""
+        if self.tuner is None:
+            return {}
+        used = tuning.summary(self.used_before, self.tuner.usage())
+        if not used:
+            return {}
+        return {"model_kind": self.kind, "engine": engine_label(self.cfg),
+                "streams": self.cfg.streams, **used}
 
 
 class _Logits(torch.nn.Module):

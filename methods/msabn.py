@@ -31,6 +31,7 @@ from harness.data import DatasetInfo, Split
 from harness.distributed import Engine, direct
 from harness.errors import UserError
 from harness.geometry import bbox_inside_frac, box_mask
+from harness.hooks import RUN_EXTRAS, RunContext
 from methods.abn import ABN, Attended
 from methods.abn_finetune import FINETUNE
 from methods.base import Output, eval_batches, register_method, upsample
@@ -363,3 +364,20 @@ register_method("msabn-cr", init_from="msabn", paper="MSABN, ECCV-W 2022", atten
                 needs_boxes=True, train=dict(FINETUNE),
                 description="MSABN fine-tuned with copy-replace of box-annotated objects"
                 )(MSABNCopyReplace)
+
+
+def _cr_sweep(ctx: RunContext, lambdas: Sequence[float] | None) -> dict[str, Any]:
+    """``--cr-sweep``: msabn-cr fine-tuned once per lambda_out and once without
+    annotations (Figs. 8-9), :func:`harness.sweep.run_cr_sweep`."""
+    import dataclasses
+
+    from harness.sweep import run_cr_sweep
+
+    ctx.say("copy-replace sweep over lambda_out = "
+            + (", ".join(f"{v:g}" for v in lambdas) if lambdas else "auto"))
+    sweep = run_cr_sweep(lambdas, ctx.plan.cfg, ctx.train_split, ctx.test_split, ctx.device,
+                         ctx.cache, progress=ctx.plan.progress, memo=ctx.memo, say=ctx.say)
+    return dataclasses.asdict(sweep)
+
+
+RUN_EXTRAS.add("cr_sweep", _cr_sweep)

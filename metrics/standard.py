@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from harness.hooks import SEED_CONTEXTS, SeedContext, SeedValue
 from metrics import (
     causal,
     confusion,
@@ -553,6 +554,29 @@ def _spec(name: str, hib: bool, desc: str, factory: Any = None, needs: tuple[str
 
 #: what the causal metrics' scores depend on besides the model and its explanation
 _CAUSAL = ("causal_n", "causal_step")
+
+
+def comb_subset(ctx: SeedContext) -> SeedValue | None:
+    """COMB's insertion protocol (Iwayoshi et al., VISAPP 2023, Table 1): the test
+    images the reference method (``comb_reference``, abn) misclassifies, once per seed,
+    for the metrics declaring ``comb_subset`` in their options; read from the store
+    when it holds the mask for these weights. None when the reference is not trained in
+    this run (its columns are then n/a)."""
+    from harness import evalcache
+    from harness.planning import lineage
+
+    ref = ctx.cfg.comb_reference
+    if ref not in lineage(ctx.methods):
+        return None
+    trained = ctx.obtain(ref)
+    mask = evalcache.misclassified_cached(
+        ctx.store, trained.method, ctx.test_split, ctx.plan.device, split_key=ctx.split_key,
+        read=ctx.read, weights=ctx.weights(trained), batch_size=ctx.cfg.eval.batch_size,
+        precision=ctx.plan.eval_precision)
+    return SeedValue(mask, {"comb_reference": ref, "n_comb": {ctx.cfg.seed: int(mask.sum())}})
+
+
+SEED_CONTEXTS.add("comb_subset", comb_subset)
 
 
 _spec("top1", True, "top-1 accuracy", lambda cfg: TopK(1), explanation=False)

@@ -1,0 +1,499 @@
+"""Execution: a :class:`~harness.planning.Plan` trained, evaluated, recorded and reported.
+
+The steps, each its own function: :func:`execute` opens the store and writes the
+reports; :class:`Session` holds one run — :meth:`Session.start` (splits, checks, the
+run's record), :meth:`Session.run_seed` (the seed's hooks, then its rows: the one loop
+over (method, explainer) with the de-duplication rule), :meth:`Session.prepare_row`
+(the trained model, or why there is no row), :meth:`Session.evaluate_row` (the
+evaluation, data randomisation and ROAR), :meth:`Session.record_row` (the store and the
+run's per-row facts) and :meth:`Session.finish` (run extras, gallery, analysis).
+Paper-specific steps are hooks (:mod:`harness.hooks`) owned by their method or metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from harness import data, distributed, evalcache, paper_values, roar, train
+from harness import store as store_mod
+from harness.errors import UserError, message
+from harness.evaluate import MethodResult, row_id
+from harness.hooks import RUN_EXTRAS, SEED_CONTEXTS, RunContext, SeedContext, merge_facts
+from harness.planning import Plan, announce, check_models, drop_unsupported, open_store
+from harness.progress import duration
+from methods.base import METHODS
+from methods.explainers import EXPLAINERS, NotApplicable, native_equivalent
+from methods.explainers import build as build_explainer
+from metrics.base import METRICS
+
+
+@dataclass
+class Result:
+    """A finished run: its id in the store, the evaluated rows (one per (method,
+    explainer) and seed), the report record and the files written."""
+
+    run_id: int | None
+    rows: list[MethodResult]
+    record: Any
+    out: Path
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The leaderboard as ``leaderboard.csv`` holds it: one row per (method,
+        explainer) and seed, values with their intervals."""
+        from reports.leaderboard import to_frame
+
+        return to_frame(self.record)
+
+
+@dataclass
+class Row:
+    """One (method, explainer) row of one seed, ready to evaluate."""
+
+    name: str
+    explainer: str
+    seed: int
+    trained: train.Trained
+    weights: str
+    shadow: train.Trained | None = None
+
+
+def execute(plan: Plan) -> Result:
+    """Train (or load), evaluate and record every row of ``plan`` into its store, then
+    write the reports; returns the run. Under torchrun the other ranks than 0 train and
+    score with rank 0 and return a result without a record."""
+    from harness.analysis import STABLE_TAU
+    from reports.leaderboard import write_all
+
+    with open_store(plan.db) as store:
+        session = Session.start(plan, store)
+        record = session.run()
+    if store is None:
+        return Result(None, session.results, None, plan.out)
+    if len(plan.seeds) > 1:  # a result, printed also without progress output
+        print("ranking stability (mean Kendall tau between the seeds' rankings):")
+        for metric, tau in record.analysis.stability.items():
+            flag = "" if tau >= STABLE_TAU else "  (not stable)"
+            print(f"  {metric:<22} {tau:+.3f}{flag}")
+    paths = write_all(record, plan.out)
+    session.say(f"wrote {paths['csv']} and {paths['html']} (run {session.run_id} in "
+                f"{plan.db}) in {time.perf_counter() - session.t_start:.0f}s")
+    return Result(session.run_id, session.results, record, plan.out, paths)
+
+
+def git_rev() -> str:
+    """The checkout's short commit, or ``unknown``."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def protocol_line(plan: Plan) -> str:
+    """What the run's numbers mean, one line for the report's header."""
+    cfg, world = plan.cfg, plan.world
+    line = ("rise (insertion: blur 11/5 substrate; deletion: zero substrate; predicted "
+            "class; softmax score; one row of pixels per step; maps min-max normalised per "
+            f"image for localisation; training in {cfg.precision}, evaluation forward passes "
+            f"in {plan.eval_precision}, explanations in fp32; {world.size} process"
+            f"{'es' if world.size > 1 else ''}"
+            f"{f' ({world.backend})' if world.size > 1 else ''})")
+    if "data" in plan.sanity:
+        line += ("; data randomisation: every method trained again, same schedule and "
+                 f"seed, on the training labels permuted with seed {cfg.eval.lens_seed}")
+    if plan.roar:
+        line += (f"; ROAR / KAR: {roar.RETRAINED} trained again on the images with the top "
+                 "t of each row's map (ground-truth class) removed or kept alone, imputed as "
+                 f"ROAD's (noise {cfg.eval.road_noise:g}), t = "
+                 + ", ".join(f"{100 * t:g} %" for t in plan.roar))
+    return line
+
+
+def run_meta(plan: Plan, test_split: data.Split) -> dict[str, Any]:
+    """The run's record before its rows: protocol, options, versions."""
+    from harness.train import file_digest
+
+    cfg, world = plan.cfg, plan.world
+    return {
+        "dataset": cfg.dataset, "preset": cfg.preset, "backbone": cfg.backbone,
+        "seeds": list(plan.seeds), "device": str(plan.device), "precision": cfg.precision,
+        "eval_precision": plan.eval_precision, "explainers": list(plan.explainers),
+        "world_size": world.size, "backend": world.backend, "sync_bn": world.sync_bn,
+        "reference": plan.request.reference, "sanity": list(plan.sanity),
+        **({"label_permutation_seed": cfg.eval.lens_seed} if "data" in plan.sanity else {}),
+        **({"roar": {"fractions": list(plan.roar), "retrained": roar.RETRAINED,
+                     "noise": cfg.eval.road_noise, "seed": cfg.eval.lens_seed}}
+           if plan.roar else {}),
+        "test_split_id": evalcache.split_id(test_split, cfg.dataset_kwargs),
+        "protocol": protocol_line(plan),
+        "data_dir": plan.request.data_dir, "workers": cfg.workers or 0,
+        "pretrained": cfg.pretrained,
+        "pretrained_sha256": file_digest(cfg.pretrained) if cfg.pretrained else None,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "git_rev": git_rev(), "torch": str(torch.__version__),
+        "python": platform.python_version()}
+
+
+class Session:
+    """One run of a plan: its splits, store, trained models and rows so far."""
+
+    def __init__(self, plan: Plan, store: store_mod.Store | None,
+                 splits: tuple[data.Split, data.Split], methods: list[str],
+                 meta: dict[str, Any], t_start: float) -> None:
+        self.plan, self.store = plan, store
+        self.train_split, self.test_split = splits
+        self.methods, self.meta, self.t_start = methods, meta, t_start
+        self.run_id = 0
+        self.say: Callable[..., None] = print if plan.progress else (lambda *a, **k: None)
+        self.memo: dict[str, train.Trained] = {}
+        self.results: list[MethodResult] = []
+        self.method_meta: dict[str, dict[str, Any]] = {}
+        self.told: set[tuple[str, str]] = set()
+        self.digests: dict[str, str] = {}  # checkpoint key -> weights digest
+        self.n_read = self.n_parts = 0
+        self.read = plan.cache is not None
+        # the data-randomisation test's training split: labels permuted once
+        self.permuted = (data.permuted_labels(self.train_split, plan.cfg.eval.lens_seed)
+                         if "data" in plan.sanity else None)
+
+    @classmethod
+    def start(cls, plan: Plan, store: store_mod.Store | None) -> Session:
+        """Build the splits, check every method on them, and open the run's record
+        (rank 0 holds the store; the other ranks pass None)."""
+        from harness.planning import split_builder
+
+        t_start = time.perf_counter()
+        announce(plan)
+        build = split_builder(plan)
+        with distributed.main_first():  # rank 0 fills a dataset cache before the others
+            train_split, test_split = build("train"), build("test")
+        methods = drop_unsupported(plan.methods, test_split.info, explicit=plan.explicit,
+                                   say=print)  # a result: shown without progress too
+        if "cr_sweep" in plan.extras and not test_split.info.has_boxes:
+            raise UserError(f"--cr-sweep needs bounding boxes; dataset "
+                            f"{test_split.info.name!r} has none")
+        meta = run_meta(plan, test_split)
+        check_models(methods, plan.cfg, train_split)
+        session = cls(plan, store, (train_split, test_split), methods, meta, t_start)
+        if store is not None:
+            session.run_id = store.begin_run(meta=meta, config=plan.cfg.to_dict(),
+                                             argv=sys.argv[1:])
+        return session
+
+    def run(self) -> Any:
+        """Every seed's rows, then :meth:`finish`; the store marks a run that stops
+        early (interrupted or failed). Returns the report record (None off rank 0)."""
+        try:
+            for seed in self.plan.seeds:
+                self.run_seed(seed)
+            return self.finish()
+        except KeyboardInterrupt:
+            self.mark("interrupted")
+            raise
+        except BaseException as err:
+            self.mark("failed", quiet=isinstance(err, store_mod.StoreError))
+            raise
+
+    def obtain(self, name: str, cfg: Any, split: data.Split | None = None) -> train.Trained:
+        """Method ``name`` trained under ``cfg`` (read from the cache when there)."""
+        return train.obtain(name, cfg, split or self.train_split, self.plan.device,
+                            self.plan.cache, progress=self.plan.progress, _memo=self.memo)
+
+    def weights(self, trained: train.Trained) -> str:
+        """The weights digest of a trained model (fixed during a run)."""
+        if trained.key not in self.digests:
+            self.digests[trained.key] = evalcache.weights_digest(trained.method)
+        return self.digests[trained.key]
+
+    def seed_contexts(self, cfg: Any) -> dict[str, Any]:
+        """The declared seed hooks' values for this seed (their facts into the record)."""
+        ctx = SeedContext(self.plan, tuple(self.methods), cfg, self.train_split, self.test_split,
+                          lambda name: self.obtain(name, cfg), self.weights, self.store,
+                          self.meta["test_split_id"], self.read)
+        values = {}
+        for entry in SEED_CONTEXTS:
+            got = entry.obj(ctx)
+            if got is not None:
+                values[entry.name] = got.value
+                merge_facts(self.meta, got.facts)
+        return values
+
+    def run_seed(self, seed: int) -> None:
+        """The rows of one seed, in :meth:`Plan.rows` order. A row whose weights and
+        explanation another row of this seed already has (cam and gradcam load
+        baseline's weights) is one row; an explainer that does not fit a model is no
+        row; both are said once."""
+        cfg = dataclasses.replace(self.plan.cfg, seed=seed)
+        context = self.seed_contexts(cfg)
+        made: dict[tuple[str, str], str] = {}
+        rows = self.plan.rows(self.methods)
+        for i, (name, explainer) in enumerate(rows):
+            t0 = time.perf_counter()
+            row = self.prepare_row(name, explainer, cfg, made)
+            if row is None:
+                continue
+            self.progress_line(row, i + len(rows) * self.plan.seeds.index(seed), len(rows), t0)
+            res, keys, n_hit = self.evaluate_row(row, cfg, context)
+            self.record_row(row, res, keys, n_hit, t0)
+
+    def prepare_row(self, name: str, explainer: str, cfg: Any,
+                    made: dict[tuple[str, str], str]) -> Row | None:
+        """The row's trained model, or None (said once) when the same model explained
+        the same way is a row already or the explainer does not fit it."""
+        trained = self.obtain(name, cfg)
+        weights = self.weights(trained)
+        kind = (native_equivalent(trained.method) or f"native:{name}"
+                if explainer == "native" else explainer)
+        if (weights, kind) in made:
+            self.note(name, explainer, f"the same model and explanation as {made[weights, kind]}")
+            return None
+        if explainer != "native":
+            try:
+                build_explainer(explainer, trained.method)
+            except NotApplicable as why:
+                self.note(name, explainer, str(why))
+                return None
+        made[weights, kind] = row_id(name, explainer)
+        shadow = None
+        if self.permuted is not None:  # --sanity data: trained again, or cached
+            shadow = self.obtain(name, cfg, self.permuted)
+        return Row(name, explainer, cfg.seed, trained, weights, shadow)
+
+    def note(self, name: str, explainer: str, why: str) -> None:
+        if (name, explainer) not in self.told:
+            self.say(f"  no {name}+{explainer} row: {why}")
+            self.told.add((name, explainer))
+
+    def progress_line(self, row: Row, done: int, per_seed: int, t0: float) -> None:
+        total = per_seed * len(self.plan.seeds)
+        elapsed = t0 - self.t_start
+        eta = f", ETA {duration(elapsed / done * (total - done))}" if done else ""
+        own = list(self.plan.explainers) == ["native"] and per_seed == len(self.methods)
+        what = ("method", "") if own else ("row", "at most ")
+        self.say(f"{what[0]} {done + 1} of {what[1]}{total}: "
+                 f"{row_id(row.name, row.explainer)} (seed {row.seed}), elapsed "
+                 f"{duration(elapsed)}{eta}", flush=True)
+
+    def evaluate_row(self, row: Row, cfg: Any, context: dict[str, Any]
+                     ) -> tuple[MethodResult, dict[str, str], int]:
+        """The row's scores, each part read from the store when it holds it: the
+        metrics, data randomisation against the shadow model, ROAR / KAR."""
+        plan, trained = self.plan, row.trained
+        res, keys, n_hit = evalcache.evaluate_cached(
+            self.store, trained.method, row.name, self.test_split, trained.cfg.eval,
+            plan.device, checkpoint=trained.key, split_key=self.meta["test_split_id"],
+            read=self.read, explainer=row.explainer, seed=row.seed,
+            comb_subset=context.get("comb_subset"), precision=plan.eval_precision,
+            progress=plan.progress, weights=row.weights,
+            permuted=None if row.shadow is None else row.shadow.method,
+            permuted_weights="" if row.shadow is None else self.weights(row.shadow))
+        if plan.roar:
+            ev = trained.cfg.eval
+            res, rkeys, r_hit = roar.roar_row(
+                res, trained.method, row.explainer, cfg=cfg, train_split=self.train_split,
+                test_split=self.test_split, protocol=roar.Protocol(
+                    plan.roar, ev.road_noise, ev.lens_seed, ev.batch_size,
+                    plan.eval_precision),
+                device=plan.device, cache=plan.cache, store=self.store, read=self.read,
+                weights=row.weights, split_key=self.meta["test_split_id"],
+                progress=plan.progress, memo=self.memo, say=self.say)
+            keys, n_hit = {**keys, **rkeys}, n_hit + r_hit
+        return res, keys, n_hit
+
+    def row_meta(self, row: Row, res: MethodResult) -> dict[str, Any]:
+        """The row's description in the run's record (the first seed's writes it)."""
+        meta = METHODS.entry(row.name).meta
+        if row.explainer == "native":
+            own = {"paper": meta.get("paper", ""), "description": meta.get("description", ""),
+                   "explainer": meta.get("explainer", "native"),
+                   "reference": bool(meta.get("reference", False))}
+        else:
+            xm = EXPLAINERS.entry(row.explainer).meta
+            own = {"paper": xm.get("paper", ""),
+                   "description": f"{xm.get('description', row.explainer)}, applied to the "
+                                  f"trained {row.name}",
+                   "explainer": row.explainer, "reference": bool(xm.get("reference", False))}
+        return self.method_meta.setdefault(res.row, {
+            "method": row.name, **own, "init_from": meta.get("init_from"),
+            "train": row.trained.cfg.to_dict()["train"],
+            "parameter_groups": [g for g, _ in row.trained.method.parameter_groups()],
+            **({"roar_fractions": {mode: list(roar.axis(mode, self.plan.roar))
+                                   for mode in roar.MODES}} if self.plan.roar else {}),
+            "seeds": {}})
+
+    def record_row(self, row: Row, res: MethodResult, keys: dict[str, str], n_hit: int,
+                   t0: float) -> None:
+        """Store the row and say what it scored and how it was obtained."""
+        trained, shadow = row.trained, row.shadow
+        self.n_read += n_hit
+        self.n_parts += len(keys)
+        self.row_meta(row, res)["seeds"][row.seed] = {
+            "key": trained.key, "cached": trained.cached,
+            "train_seconds": round(trained.train_seconds, 2), "facts": trained.facts,
+            "history": trained.history, "eval_cached": n_hit == len(keys),
+            **({"permuted": {"key": shadow.key, "cached": shadow.cached,
+                             "train_seconds": round(shadow.train_seconds, 2),
+                             "history": shadow.history}} if shadow else {}),
+            **({"causal_passes": res.causal_passes} if res.causal_passes else {})}
+        if self.store is not None:
+            self.store.add_row(self.run_id, res, checkpoint_key=trained.key, eval_keys=keys,
+                               method_meta=self.method_meta)
+        self.results.append(res)
+        how = "cached" if trained.cached else f"trained {trained.train_seconds:.0f}s"
+        if shadow is not None:
+            how += (", on permuted labels " + ("cached" if shadow.cached
+                                               else f"trained {shadow.train_seconds:.0f}s"))
+        if n_hit:
+            how += ", evaluation cached" if n_hit == len(keys) else (
+                f", {n_hit} of {len(keys)} evaluation parts cached")
+        v = res.values
+        self.say(f"  {res.row:<16} seed {row.seed}  top1 {v.get('top1', float('nan')):.3f}  "
+                 f"ins {v.get('insertion_auc', float('nan')):.3f}  "
+                 f"del {v.get('deletion_auc', float('nan')):.3f}  "
+                 f"({how}, {time.perf_counter() - t0:.0f}s)")
+
+    def finish(self) -> Any:
+        """After every row: the rows' run-level facts, the run extras, the gallery's
+        images, the paper values; the run marked done with its estimates. Returns the
+        report record (None off rank 0)."""
+        from harness.analysis import default_references
+        from harness.report import build_record
+
+        if not self.results:
+            raise UserError("no (method, explainer) row to evaluate: every requested "
+                            "explainer is the methods' own or does not fit them")
+        self.summarise_rows()
+        extras = self.run_extras()
+        if self.store is None:
+            return None
+        for missing in sorted(set(default_references(
+                self.results, self.plan.request.reference).values())):
+            if missing not in self.method_meta:
+                self.say(f"  no paired comparisons against {missing}: it is not among the rows")
+        cfg = self.plan.cfg
+        pv = paper_values.for_run(cfg.preset, cfg.dataset, cfg.backbone, cfg.preset_dataset,
+                                  cfg.preset_backbone)
+        self.store.finish_run(self.run_id, status="running", meta=self.final_meta(),
+                              method_meta=self.method_meta, extras=self.gallery(),
+                              paper_values=[dataclasses.asdict(p) for p in pv],
+                              cr_sweep=extras.get("cr_sweep"))
+        (run,) = self.store.runs(run_ids=[self.run_id], status=None)
+        record = build_record(self.store, [run], self.store.rows([self.run_id]),
+                              reference=self.plan.request.reference)
+        self.store.finish_run(self.run_id, status="done", estimates=[
+            (row.method, metric, e.value, e.lo, e.hi, e.seed_sd)
+            for row in record.analysis.rows for metric, e in row.estimates.items()])
+        return record
+
+    def summarise_rows(self) -> None:
+        """Each row's run-level view of its seeds; how much the store answered."""
+        for mm in self.method_meta.values():
+            runs = list(mm["seeds"].values())
+            mm.update(key=",".join(r["key"] for r in runs),
+                      cached=all(r["cached"] for r in runs),
+                      train_seconds=round(sum(r["train_seconds"] for r in runs), 2),
+                      facts=runs[0]["facts"])
+        if self.n_parts:
+            self.say(f"evaluation: {self.n_read} of {self.n_parts} parts read from the store, "
+                     f"{self.n_parts - self.n_read} computed")
+
+    def run_extras(self) -> dict[str, Any]:
+        """The extras the plan asks for (:data:`harness.hooks.RUN_EXTRAS`), by name."""
+        ctx = RunContext(self.plan, self.train_split, self.test_split, self.memo, self.say,
+                         self.plan.device, self.plan.cache)
+        return {name: RUN_EXTRAS.get(name)(ctx, arg) for name, arg in self.plan.extras.items()}
+
+    def gallery(self) -> dict[str, np.ndarray]:
+        """The first test images (denormalised), labels and boxes the reports draw."""
+        split = self.test_split
+        samples = [split.dataset[i] for i in range(min(self.plan.cfg.eval.gallery_n,
+                                                       len(split)))]
+        if not samples:
+            return {}
+        images = torch.stack([s["image"] for s in samples])
+        out = {"gallery_images": data.denormalize(images, split.info).permute(0, 2, 3, 1)
+               .numpy(), "gallery_labels": np.array([s["label"] for s in samples])}
+        for b in ("bbox", *split.info.extra_boxes):
+            if b in samples[0]:
+                out[f"box_{b}"] = np.stack([s[b].numpy() for s in samples])
+        return out
+
+    def final_meta(self) -> dict[str, Any]:
+        """The run's record after its rows: sizes, the causal passes, the wall time."""
+        meta = dict(self.meta)
+        passes = passes_by_kind(self.results)
+        if passes:  # how the causal metrics' forward passes ran, on the protocol line too
+            meta.update(causal_passes=passes, protocol=f"{meta['protocol']}; causal forward "
+                                                       f"passes: {describe_passes(passes)}")
+        meta.setdefault("comb_reference", None)
+        meta.setdefault("n_comb", None)
+        meta.update(n_test=self.results[0].n_test, n_causal=self.results[0].n_causal,
+                    no_boxes="" if self.test_split.info.has_boxes else ", ".join(
+                        e.name for e in METRICS if e.obj.needs_boxes),
+                    wall_seconds=round(time.perf_counter() - self.t_start, 1))
+        return meta
+
+    def mark(self, status: str, *, quiet: bool = False) -> None:
+        """Record why the run stopped, without hiding the error that stopped it
+        (``quiet``: that error is the store's own, already one line naming it)."""
+        if self.store is None or not self.run_id:
+            return
+        try:  # after an interrupt, briefly: a container runtime kills the process soon
+            self.store.set_status(self.run_id, status,
+                                  wait=5.0 if status == "interrupted" else 120.0)
+        except Exception as err:  # the store may be what failed: say so, keep the cause
+            if not quiet:
+                print(f"warning: could not mark run {self.run_id} {status} in "
+                      f"{self.store.path}: "
+                      f"{message(err) if isinstance(err, UserError) else err}",
+                      file=sys.stderr)
+
+
+def passes_by_kind(results: list[MethodResult]) -> dict[str, dict[str, Any]]:
+    """The causal metrics' forward passes of this run's rows, per model kind, engine and
+    stream count: the images scored at each forward batch, summed over the rows, and
+    the batch that scored most of them (rows read from the evaluation cache ran none)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in results:
+        p = r.causal_passes
+        if not p:
+            continue
+        label = f"{p['model_kind']}, {p['engine']}, {p['streams']} stream" \
+                f"{'s' if p['streams'] != 1 else ''}"
+        entry = out.setdefault(label, {"model_kind": p["model_kind"], "engine": p["engine"],
+                                       "streams": p["streams"], "images_per_batch": {}})
+        for size, n in p["images_per_batch"].items():
+            entry["images_per_batch"][size] = entry["images_per_batch"].get(size, 0) + n
+    for entry in out.values():
+        used = entry["images_per_batch"]
+        entry["images_per_batch"] = dict(sorted(used.items()))
+        entry["forward_batch"] = max(used, key=lambda s: (used[s], s))
+    return out
+
+
+def describe_passes(passes: dict[str, dict[str, Any]]) -> str:
+    """One phrase per kind: ``Name (0.08M parameters, fp32), torch, 2 streams: batch 32
+    (91 % of the images; also 16, 64)``."""
+    parts = []
+    for label, e in passes.items():
+        used = e["images_per_batch"]
+        share = 100 * used[e["forward_batch"]] / sum(used.values())
+        others = [str(s) for s in used if s != e["forward_batch"]]
+        parts.append(f"{label}: batch {e['forward_batch']} ({share:.0f} % of the images"
+                     + (f"; also {', '.join(others)}" if others else "") + ")")
+    return "; ".join(parts)
