@@ -116,7 +116,7 @@ def build(name: str, num_classes: int, pretrained: str | None = None,
     return net
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str, what: str = "--pretrained") -> dict[str, torch.Tensor]:
     """A state dict from ``path`` (tensors only; a ``{"state_dict": ...}`` or
     ``{"model": ...}`` wrapper is unwrapped), read by torch's safe loader, which never
     runs code a file carries; torch's warnings on the way are turned into the reason.
@@ -126,7 +126,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             archive, objects other than tensors, an unsupported pickle protocol), or
             weights holding NaN or inf.
     """
-    where = f"--pretrained {shown_path(path)}"
+    where = f"{what} {shown_path(path)}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -171,7 +171,7 @@ def _load_failure(err: BaseException, warned: list[str]) -> str:
 
 
 def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], path: str, name: str,
-                 ignore: tuple[str, ...] = ()) -> None:
+                 ignore: tuple[str, ...] = (), option: str = "--pretrained") -> None:
     """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key (other
     than those starting with ``ignore``) is a one-line UserError listing the first."""
     own = model.state_dict()
@@ -189,7 +189,7 @@ def load_fitting(model: nn.Module, state: dict[str, torch.Tensor], path: str, na
             if keys:
                 parts.append(f"{len(keys)} {what} ({', '.join(keys[:3])}"
                              f"{', ...' if len(keys) > 3 else ''})")
-        raise UserError(f"--pretrained {shown_path(path)} does not fit backbone {name!r}: "
+        raise UserError(f"{option} {shown_path(path)} does not fit backbone {name!r}: "
                         + "; ".join(parts))
     model.load_state_dict(state, strict=False)
 
@@ -362,6 +362,15 @@ def timm_backbone(model_name: str, num_classes: int, pretrained_file: str | None
         head = str(pcfg.get("classifier", "fc")) + "."
         load_fitting(model, {k: v for k, v in state.items() if not k.startswith(head)},
                      pretrained_file, model_name, ignore=(head,))
+    return split_timm(model, model_name)
+
+
+def split_timm(model: nn.Module, model_name: str, *, keep_head: bool = False
+               ) -> SplitBackbone:
+    """A timm classifier as :class:`SplitBackbone`, its modules reused (see
+    :func:`timm_backbone`); ``keep_head``: its trained classifier too (else a fresh
+    one, as for training)."""
+    num_classes = int(model.num_classes)  # type: ignore[arg-type]
     modules: list[tuple[str, nn.Module]] = []
     for name, child in model.named_children():
         if name in _HEAD_MODULES:
@@ -382,12 +391,43 @@ def timm_backbone(model_name: str, num_classes: int, pretrained_file: str | None
     rest = [m for _, m in modules[split:]]
     last = rest[0] if len(rest) == 1 else nn.Sequential(*rest)
     width: int = model.num_features  # type: ignore[assignment]
-    return SplitBackbone(features, last, width,
-                         int(info[names[taps[-1]]]["num_chs"]), num_classes, taps=taps,
-                         tap_channels=tuple(int(info[names[t]]["num_chs"]) for t in taps))
+    net = SplitBackbone(features, last, width,
+                        int(info[names[taps[-1]]]["num_chs"]), num_classes, taps=taps,
+                        tap_channels=tuple(int(info[names[t]]["num_chs"]) for t in taps))
+    head = model.get_classifier() if keep_head else None  # type: ignore[operator]
+    if isinstance(head, nn.Linear) and head.in_features == width:  # its trained weights
+        net.fc = head
+    return net
 
 
-for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+def from_state_dict(name: str, num_classes: int, state: dict[str, torch.Tensor], path: str,
+                    what: str = "--model", **kwargs: Any) -> SplitBackbone:
+    """Backbone ``name`` with every weight from ``state``: attnbench's own keys, a
+    checkpoint of its plain backbone (``backbone.`` keys), or, for a timm backbone,
+    timm's own keys (classifier included).
+
+    Raises:
+        UserError: ``state`` does not fit (the first mismatching keys listed)."""
+    if state and all(k.startswith("backbone.") for k in state):
+        state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    entry = BACKBONES.entry(name)
+    net = build(name, num_classes, **kwargs)
+    own = set(net.state_dict())
+    family = str(entry.meta.get("family", ""))
+    body = {k for k in own if not k.startswith("fc.")}
+    if family.startswith("timm") and not body & set(state):  # timm's own keys
+        import timm
+
+        model_name = entry.obj.args[0] if isinstance(entry.obj, functools.partial) else name
+        model = timm.create_model(model_name, pretrained=False, num_classes=num_classes,
+                                  **kwargs)
+        load_fitting(model, state, path, name, option=what)
+        return split_timm(model, model_name, keep_head=True)
+    load_fitting(net, state, path, name, option=what)
+    return net
+
+
+for _name in ("resnet10t", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
               "resnext50_32x4d", "wide_resnet50_2", "seresnet50"):
     BACKBONES.add(_name, functools.partial(timm_backbone, _name),
                   family="timm-resnet", split="after stage 3 (stride 16)")

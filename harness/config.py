@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -287,10 +288,15 @@ def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
     if preset not in PRESETS:
         raise UserError(f"unknown --preset {shown(preset)} (known: {', '.join(PRESETS)})")
     spec: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
-    if config_file is not None:
-        _merge(spec, own)
-    for item in sets:
-        _merge(spec, parse_set(item))
+    overrides = ([own] if config_file is not None else []) + [parse_set(i) for i in sets]
+    own_bb = spec.get("backbone", RunConfig.backbone)
+    new_bb = next((o["backbone"] for o in reversed(overrides) if "backbone" in o), own_bb)
+    if new_bb != own_bb and spec.pop("backbone_kwargs", None):
+        # the preset's backbone options describe its own backbone, not another
+        print(f"note: backbone {new_bb} does not take preset {preset!r}'s backbone_kwargs "
+              f"(options of {own_bb}): they are not used", file=sys.stderr)
+    for extra in overrides:
+        _merge(spec, extra)
     portable = spec.pop("portable", ())
     spec.pop("extends", None)
     own_dataset = spec.get("dataset", RunConfig.dataset)

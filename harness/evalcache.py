@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -176,38 +177,53 @@ def misclassified_cached(store: Store | None, reference: Method, split: Split,
     return wrong
 
 
+@dataclass(frozen=True)
+class RowSpec:
+    """What one evaluated row is: a trained model under its name, the explainer, the
+    seed, and what keys it (:func:`evaluate_cached`)."""
+
+    method: Method
+    name: str
+    explainer: str = "native"
+    seed: int = 0
+    #: the checkpoint's key and the weights' digest (computed when empty)
+    checkpoint: str = ""
+    weights: str = ""
+    #: the method trained on permuted labels (``--sanity data``) and its digest
+    permuted: Method | None = None
+    permuted_weights: str = ""
+    #: the model's own columns (accuracy, attention mechanism) in this row; None: in
+    #: its ``native`` row (a model trained elsewhere has none: its first row)
+    model_columns: bool | None = None
+
+
 def row_metrics(split: Split, cfg: EvalConfig, explainer: str, *,
-                permuted: bool = False) -> list[str]:
-    """The columns of a row: every applicable metric for a method's own explanation;
-    for another explainer those that score the explanation (the model's accuracy and
-    attention-mechanism columns are in its own row). ``permuted``: with the
-    data-randomisation columns."""
+                permuted: bool = False, model_columns: bool | None = None) -> list[str]:
+    """The columns of a row: every applicable metric for a method's own explanation
+    (or where ``model_columns``); for another explainer those that score the
+    explanation (the model's accuracy and attention-mechanism columns are in its own
+    row). ``permuted``: with the data-randomisation columns."""
     names = list(applicable_metrics(split, cfg, permuted=permuted))
-    if explainer == "native":
+    if explainer == "native" if model_columns is None else model_columns:
         return names
     return [m for m in names if METRICS.get(m).explanation and not METRICS.get(m).of_model]
 
 
-def evaluate_cached(store: Store | None, method: Method, name: str, split: Split,
-                    cfg: EvalConfig, device: torch.device, *, checkpoint: str,
-                    split_key: str, read: bool = True, explainer: str = "native",
-                    seed: int = 0, comb_subset: torch.Tensor | None = None,
-                    precision: str = "fp32", progress: bool = True, weights: str = "",
-                    permuted: Method | None = None, permuted_weights: str = ""
-                    ) -> tuple[MethodResult, dict[str, str], int]:
-    """:func:`harness.evaluate.evaluate`, reading from ``store`` every part it holds
-    (``read=False``: none). Returns (the row, each part's key, parts read).
-
-    Args:
-        weights: :func:`weights_digest` of ``method`` (computed when not given).
-        permuted: the method trained on permuted labels (``--sanity data``) and its
-            :func:`weights_digest` (computed when not given)."""
-    names = row_metrics(split, cfg, explainer, permuted=permuted is not None)
-    keys = part_keys(checkpoint=checkpoint, explainer=explainer, split_id=split_key,
+def evaluate_cached(store: Store | None, row: RowSpec, split: Split, cfg: EvalConfig,
+                    device: torch.device, *, split_key: str, read: bool = True,
+                    comb_subset: torch.Tensor | None = None, precision: str = "fp32",
+                    progress: bool = True) -> tuple[MethodResult, dict[str, str], int]:
+    """:func:`harness.evaluate.evaluate` of ``row``, reading from ``store`` every part
+    it holds (``read=False``: none). Returns (the row, each part's key, parts read)."""
+    method, name, explainer, seed, permuted = (row.method, row.name, row.explainer, row.seed,
+                                               row.permuted)
+    names = row_metrics(split, cfg, explainer, permuted=permuted is not None,
+                        model_columns=row.model_columns)
+    keys = part_keys(checkpoint=row.checkpoint, explainer=explainer, split_id=split_key,
                      device=device, precision=precision, cfg=cfg, metrics=names,
-                     comb_subset=comb_subset, weights=weights or weights_digest(method),
+                     comb_subset=comb_subset, weights=row.weights or weights_digest(method),
                      permuted="" if permuted is None
-                     else permuted_weights or weights_digest(permuted))
+                     else row.permuted_weights or weights_digest(permuted))
     # under torchrun rank 0 alone holds the store and tells the others what to compute
     hits = distributed.share(lambda: store.lookup(keys) if store is not None and read else {})
     missing = {m for m in names if m not in hits}
@@ -245,6 +261,6 @@ def evaluate_cached(store: Store | None, method: Method, name: str, split: Split
 
 code_version()  # the code this process runs, hashed before any of it computes a number
 
-__all__ = ["LIBRARIES", "code_version", "evaluate_cached", "explainer_code", "library_versions",
-           "mask_digest", "metric_code", "misclassified_cached", "part_keys", "row_metrics",
-           "split_id", "warm", "weights_digest"]
+__all__ = ["LIBRARIES", "RowSpec", "code_version", "evaluate_cached", "explainer_code",
+           "library_versions", "mask_digest", "metric_code", "misclassified_cached",
+           "part_keys", "row_metrics", "split_id", "warm", "weights_digest"]

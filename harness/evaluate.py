@@ -235,7 +235,8 @@ class Evaluation:
                                                batch=self.tuner.current)
         self.used_before = self.tuner.usage() if self.tuner is not None else {}
         self.explanations = RandomisedExplainers.explain_fn(self.ex, f"{label} explanations")
-        self.randomised = RandomisedExplainers(method, explainer, self.cfg.lens_seed, label)
+        self.randomised = (RandomisedExplainers(method, explainer, self.cfg.lens_seed, label)
+                           if method.parameter_groups() else None)
         self.permuted_explain = None if permuted is None else RandomisedExplainers.explain_fn(
             build_explainer(explainer, permuted.eval()),
             f"{label} trained on permuted labels")
@@ -344,7 +345,7 @@ class Evaluation:
         if self.ex.class_maps is not None:
             for k, v in confusion_gallery(self.class_maps, x, logits, y).items():
                 g.setdefault(k, []).append(v)
-        if "mprt_cascade" not in g:  # the first image, as each group goes
+        if "mprt_cascade" not in g and self.randomised is not None:  # the first image
             g["mprt_cascade"] = [cascade_gallery(sal[:1], self.randomised(), x[:1], y[:1])]
         if self.permuted_explain is not None and "permuted_pair" not in g:
             pair = torch.cat([sal[:1], self.permuted_explain(x[:1], y[:1])], 1).abs()

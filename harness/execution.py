@@ -70,6 +70,9 @@ class Row:
     trained: train.Trained
     weights: str
     shadow: train.Trained | None = None
+    #: the model's own columns here (None: in its native row; a model from elsewhere
+    #: has none, its first row holds them)
+    model_columns: bool | None = None
 
 
 def execute(plan: Plan) -> Result:
@@ -93,6 +96,26 @@ def execute(plan: Plan) -> Result:
     session.say(f"wrote {paths['csv']} and {paths['html']} (run {session.run_id} in "
                 f"{plan.db}) in {time.perf_counter() - session.t_start:.0f}s")
     return Result(session.run_id, session.results, record, plan.out, paths)
+
+
+def register_models(plan: Plan, info: data.DatasetInfo) -> None:
+    """Load every ``--model`` (checked against the dataset) and register it as a method
+    that trains nothing, under its name, keyed by its weights (what another run of the
+    same process registered under that source is replaced)."""
+    from harness import codedigest, external
+    from harness.registry import registering
+
+    for spec in plan.models:
+        source = f"--model {spec.spec}"
+        METHODS.remove_source(source)
+        net = external.load(spec, plan.cfg.backbone, info, plan.cfg.backbone_kwargs)
+        digest = evalcache.weights_digest(external.External(net, info))
+        factory = external.factory(spec, net)
+        with registering(source):
+            METHODS.add(spec.name, factory, train={"epochs": 0}, weights=digest,
+                        code=codedigest.digest(external.External, external.load),
+                        description=f"a model trained elsewhere ({spec.spec})",
+                        external=True)
 
 
 def git_rev() -> str:
@@ -183,7 +206,8 @@ class Session:
         with distributed.main_first():  # rank 0 fills a dataset cache before the others
             train_split, test_split = build("train"), build("test")
         methods = drop_unsupported(plan.methods, test_split.info, explicit=plan.explicit,
-                                   say=print)  # a result: shown without progress too
+                                   say=print, models=len(plan.models))  # shown always
+        register_models(plan, test_split.info)
         if "cr_sweep" in plan.extras and not test_split.info.has_boxes:
             raise UserError(f"--cr-sweep needs bounding boxes; dataset "
                             f"{test_split.info.name!r} has none")
@@ -268,11 +292,14 @@ class Session:
             except NotApplicable as why:
                 self.note(name, explainer, str(why))
                 return None
+        first = not any(w == weights for w, _k in made)
         made[weights, kind] = row_id(name, explainer)
         shadow = None
         if self.permuted is not None:  # --sanity data: trained again, or cached
             shadow = self.obtain(name, cfg, self.permuted)
-        return Row(name, explainer, cfg.seed, trained, weights, shadow)
+        external = bool(METHODS.entry(name).meta.get("external"))
+        return Row(name, explainer, cfg.seed, trained, weights, shadow,
+                   model_columns=first if external else None)
 
     def note(self, name: str, explainer: str, why: str) -> None:
         if (name, explainer) not in self.told:
@@ -294,14 +321,16 @@ class Session:
         """The row's scores, each part read from the store when it holds it: the
         metrics, data randomisation against the shadow model, ROAR / KAR."""
         plan, trained = self.plan, row.trained
-        res, keys, n_hit = evalcache.evaluate_cached(
-            self.store, trained.method, row.name, self.test_split, trained.cfg.eval,
-            plan.device, checkpoint=trained.key, split_key=self.meta["test_split_id"],
-            read=self.read, explainer=row.explainer, seed=row.seed,
-            comb_subset=context.get("comb_subset"), precision=plan.eval_precision,
-            progress=plan.progress, weights=row.weights,
+        spec = evalcache.RowSpec(
+            trained.method, row.name, row.explainer, row.seed, trained.key, row.weights,
             permuted=None if row.shadow is None else row.shadow.method,
-            permuted_weights="" if row.shadow is None else self.weights(row.shadow))
+            permuted_weights="" if row.shadow is None else self.weights(row.shadow),
+            model_columns=row.model_columns)
+        res, keys, n_hit = evalcache.evaluate_cached(
+            self.store, spec, self.test_split, trained.cfg.eval, plan.device,
+            split_key=self.meta["test_split_id"], read=self.read,
+            comb_subset=context.get("comb_subset"), precision=plan.eval_precision,
+            progress=plan.progress)
         if plan.roar:
             ev = trained.cfg.eval
             res, rkeys, r_hit = roar.roar_row(
@@ -354,7 +383,8 @@ class Session:
             self.store.add_row(self.run_id, res, checkpoint_key=trained.key, eval_keys=keys,
                                method_meta=self.method_meta)
         self.results.append(res)
-        how = "cached" if trained.cached else f"trained {trained.train_seconds:.0f}s"
+        how = ("loaded" if METHODS.entry(row.name).meta.get("external") else "cached"
+               if trained.cached else f"trained {trained.train_seconds:.0f}s")
         if shadow is not None:
             how += (", on permuted labels " + ("cached" if shadow.cached
                                                else f"trained {shadow.train_seconds:.0f}s"))

@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
-from harness import backbones, data, distributed, roar, train
+from harness import backbones, data, distributed, external, roar, train
 from harness import config as config_mod
 from harness import device as dev
 from harness import store as store_mod
 from harness.errors import UserError, clip, shown, shown_path
+from harness.external import ModelSpec
 from harness.safeio import need_dir, need_file, output_clash, probe_writable
 from methods.base import METHODS
 from methods.explainers import EXPLAINERS
@@ -50,8 +51,11 @@ class Request:
     """What a run is asked to do, as given (the command line's options; lists may be
     comma-separated strings). :func:`make_plan` checks and resolves it."""
 
-    methods: Names = "all"
+    #: method ids or ``all``; None: ``all``, or none when ``models`` are given
+    methods: Names | None = None
     explainers: Names | None = None
+    #: models trained elsewhere (``--model``: ``[NAME=]FILE`` or ``module:function``)
+    models: Sequence[str] = ()
     dataset: str | None = None
     backbone: str | None = None
     data_dir: str | None = None
@@ -87,6 +91,8 @@ class Plan:
     cfg: config_mod.RunConfig
     methods: tuple[str, ...]
     explainers: tuple[str, ...]
+    #: the ``--model`` rows' names and sources (loaded when the run starts)
+    models: tuple[ModelSpec, ...]
     seeds: tuple[int, ...]
     sanity: tuple[str, ...]
     roar: tuple[float, ...] | None
@@ -109,11 +115,17 @@ class Plan:
     def rows(self, methods: Sequence[str] | None = None) -> list[tuple[str, str]]:
         """One seed's (method, explainer) rows of ``methods`` (default: the plan's) in
         order: every method's own rows first, then each other explainer's, then the
-        random reference row when no explainers were asked for (rows that turn out to
-        be the same model explained the same way are dropped when run)."""
+        models' (every explainer but ``native``; ``gradcam`` when none were asked for),
+        then the random reference row when no explainers were asked for (rows that turn
+        out to be the same model explained the same way are dropped when run)."""
         names = list(self.methods if methods is None else methods)
-        return [(n, e) for e in self.explainers for n in names] + reference_rows(
-            self.request.explainers is not None, names)
+        given = self.request.explainers is not None
+        models = [m.name for m in self.models]
+        model_explainers = [e for e in self.explainers if e != "native"] if given \
+            else ["gradcam"]
+        return ([(n, e) for e in self.explainers for n in names]
+                + [(m, e) for e in model_explainers for m in models]
+                + reference_rows(given, names or models))
 
 
 def _csv(value: Names | Sequence[float] | int | bool | None, flag: str = "auto"
@@ -224,7 +236,7 @@ def lineage(names: Sequence[str]) -> set[str]:
 
 
 def drop_unsupported(names: Sequence[str], info: data.DatasetInfo, *, explicit: bool,
-                     say: Callable[..., None] = print) -> list[str]:
+                     say: Callable[..., None] = print, models: int = 0) -> list[str]:
     """Check, before any training, that the dataset has what each method needs: an
     explicitly requested method that cannot run is an error; ``all`` skips it."""
     keep = []
@@ -236,7 +248,7 @@ def drop_unsupported(names: Sequence[str], info: data.DatasetInfo, *, explicit: 
             say(f"  skipping {n}: it needs bounding boxes and {info.name} has none")
             continue
         keep.append(n)
-    if not keep:
+    if not keep and not models:
         raise UserError(f"none of the requested methods can run on {info.name!r}")
     return keep
 
@@ -369,9 +381,29 @@ def resolve_config(req: Request, seeds: Sequence[int], *, weights: bool = True
     return dataclasses.replace(cfg, workers=resolve_workers(req.workers, cfg))
 
 
+def resolve_models(req: Request) -> list[ModelSpec]:
+    """``--model``'s specs: names unique and none a registered method's.
+
+    Raises:
+        UserError: an empty spec, a name taken."""
+    specs = [external.parse(m) for m in req.models]
+    seen: set[str] = set()
+    for s in specs:
+        if s.name in seen:
+            raise UserError(f"--model: two models are named {s.name!r}; name them "
+                            "(--model NAME=FILE)")
+        if s.name in METHODS and METHODS.entry(s.name).source != f"--model {s.spec}":
+            raise UserError(f"--model {shown(s.spec)}: {s.name!r} is a registered method's "
+                            "name; name the model (--model NAME=FILE)")
+        seen.add(s.name)
+    return specs
+
+
 def resolve_rows(req: Request, cfg: config_mod.RunConfig) -> tuple[list[str], list[str]]:
     """The methods (in order) and the explainers (``native`` first) of the rows."""
-    names = resolve_methods(_given(_csv(req.methods), "all"), cfg.for_methods)
+    spec = _csv(req.methods)
+    names = [] if spec is None and req.models else resolve_methods(
+        _given(spec, "all"), cfg.for_methods)
     explainers = sorted(resolve_explainers(_given(_csv(req.explainers), "native")),
                         key=lambda e: e != "native")
     other = [n for n in names if cfg.for_methods and n not in cfg.for_methods]
@@ -400,6 +432,7 @@ def make_plan(req: Request, *, dry_run: bool = False) -> Plan:
     cfg = resolve_config(req, seeds)
     data_dir = None if req.data_dir is None else str(need_dir(req.data_dir, "--data-dir"))
     names, explainers = resolve_rows(req, cfg)
+    models = resolve_models(req)
     extras: dict[str, Any] = {}
     if req.cr_sweep is not None:
         extras["cr_sweep"] = parse_lambdas(_given(_csv(req.cr_sweep), "auto"))
@@ -418,7 +451,7 @@ def make_plan(req: Request, *, dry_run: bool = False) -> Plan:
         db = check_db_path(req.db, out)
     cache = None if req.no_cache or dry_run else probe_writable(req.cache_dir, "--cache-dir")
     return Plan(dataclasses.replace(req, data_dir=data_dir), cfg, tuple(names),
-                tuple(explainers), tuple(seeds),
+                tuple(explainers), tuple(models), tuple(seeds),
                 tuple(sanity), fractions, extras, device,
                 dev.resolve_precision(cfg.eval.precision, device), world, cache, out, db,
                 explicit=_given(_csv(req.methods), "all").strip() != "all")
@@ -459,7 +492,9 @@ def announce(plan: Plan) -> None:
         return
     cfg, seeds = plan.cfg, plan.seeds
     seeds_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
-    print(f"attnbench: {len(plan.methods)} methods on {cfg.dataset} ({cfg.preset}), "
+    models = f" and {len(plan.models)} model{'s' if len(plan.models) > 1 else ''}" \
+        if plan.models else ""
+    print(f"attnbench: {len(plan.methods)} methods{models} on {cfg.dataset} ({cfg.preset}), "
           f"backbone {cfg.backbone}, device {plan.device}, training in {cfg.precision}, "
           f"evaluation in {plan.eval_precision}, {seeds_txt}")
 

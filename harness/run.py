@@ -70,8 +70,15 @@ PLUGIN_GROUP = plugins.GROUP
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = cli.Parser(prog="python -m harness.run",
                    description="Train and compare visual-explanation methods.")
-    p.add_argument("--methods", default="all",
-                   help="comma-separated method ids, or 'all' (default)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated method ids, or 'all' (the default, unless --model "
+                        "is given)")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]SPEC",
+                   dest="models",
+                   help="a model trained elsewhere, evaluated by the explainers without "
+                        "training: a TorchScript or torch.export file, a state dict of "
+                        "--backbone, or module:function / file.py:function returning an "
+                        "nn.Module (repeatable; its rows beside the methods')")
     p.add_argument("--explainers", default=None, metavar="NAMES",
                    help="comma-separated explainers applied to every trained model that "
                         "they fit, e.g. native,gradcam,cam,att-ch,att-px,random (default: "
@@ -219,7 +226,8 @@ def print_registries() -> None:
 def request(args: argparse.Namespace) -> Request:
     """The command line's options as the API's :class:`Request`."""
     return Request(
-        methods=args.methods, explainers=args.explainers, dataset=args.dataset,
+        methods=args.methods, explainers=args.explainers, models=tuple(args.models),
+        dataset=args.dataset,
         backbone=args.backbone, data_dir=args.data_dir, preset=args.preset,
         config=args.config, sets=tuple(args.sets), seed=args.seed, seeds=args.seeds,
         reference=args.reference, pretrained=args.pretrained, workers=args.workers,

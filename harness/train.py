@@ -110,6 +110,9 @@ def cache_key(name: str, cfg: RunConfig, options: dict[str, Any], *,
             (:attr:`harness.data.Split.fingerprint`): which files, labels and boxes.
     """
     entry = METHODS.entry(name)
+    if entry.meta.get("weights"):  # a model trained elsewhere: its weights are its key
+        return config_hash({"external": entry.meta["weights"], "code": entry.meta["code"],
+                            "version": CACHE_VERSION})
     parent = entry.meta.get("init_from")
     mcfg = method_config(name, cfg)
     dmeta = data.DATASETS.entry(mcfg.dataset).meta

@@ -114,7 +114,11 @@ def _capture(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
 def scored_layer(method: Method) -> nn.Module:
     """The layer every non-native explainer reads: the backbone's last stage, which the
     prediction must run exactly once (checked on a probe image; NotApplicable if not)."""
-    layer = method.backbone.last_stage
+    backbone = getattr(method, "backbone", None)
+    layer = getattr(backbone, "last_stage", None)
+    if not isinstance(layer, nn.Module):
+        raise NotApplicable(f"{method.name} has no scored layer (a model without "
+                            "attnbench's backbone shape)")
     h, w = method.info.image_size
     probe = torch.zeros(1, 3, h, w, device=next(method.parameters()).device)
     with evaluation_mode(method), torch.no_grad(), _capture(layer) as seen:

@@ -40,9 +40,11 @@ class Spy:
 
 def _eval(store: Store, m: Any, split: data.Split, ecfg: config.EvalConfig, **kw: Any
           ) -> tuple[Any, dict[str, str], int]:
-    args: dict[str, Any] = {"checkpoint": "ckpt", "split_key": "split", "progress": False}
+    row = {k: kw.pop(k) for k in ("explainer", "checkpoint", "weights", "seed") if k in kw}
+    args: dict[str, Any] = {"split_key": "split", "progress": False}
     args.update(kw)
-    return evalcache.evaluate_cached(store, m, "abn", split, ecfg, DEVICE, **args)
+    spec = evalcache.RowSpec(m, "abn", **{"checkpoint": "ckpt", **row})
+    return evalcache.evaluate_cached(store, spec, split, ecfg, DEVICE, **args)
 
 
 def _same(a: Any, b: Any, skip: tuple[str, ...] = ("explain_ms", "explain_overhead")) -> None:

@@ -20,9 +20,13 @@ from metrics.base import METRICS
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
-#: a plugin registering one of everything (the random explainer under another name)
+#: a plugin registering one of everything (the project's own under other names)
 EVERYTHING = '''
+import functools
+
+from harness.backbones import BACKBONES, cifar_resnet
 from harness.config import register_preset
+from harness.data import DATASETS
 from methods.explainers import EXPLAINERS, register_explainer
 from metrics.base import METRICS, MetricSpec, register_metric
 
@@ -31,6 +35,9 @@ spec = METRICS.get("sparseness")
 register_metric(MetricSpec("plug_sparseness", True, "a plugin's column",
                            factory=spec.factory))
 register_preset("plug-smoke", {"extends": "smoke", "train": {"epochs": 1}})
+BACKBONES.add("plug-resnet8", functools.partial(cifar_resnet, 8), family="cifar-resnet")
+digits = DATASETS.entry("cluttered-digits")
+DATASETS.add("plug-digits", digits.obj, **digits.meta)
 '''
 
 
@@ -59,7 +66,7 @@ def test_include_file_lists_its_entries_with_their_source(
     out = capsys.readouterr().out
     gate = next(line for line in out.splitlines() if line.startswith("  gate "))
     assert gate.endswith(f"[from --include {EXAMPLES / 'new_method.py'}]")
-    for name in ("plug-x", "plug_sparseness", "plug-smoke"):
+    for name in ("plug-x", "plug_sparseness", "plug-smoke", "plug-resnet8", "plug-digits"):
         line = next(ln for ln in out.splitlines() if ln.strip().startswith(name))
         assert line.endswith(f"[from --include {plugin}]"), line
     # the project's own entries carry no mark
@@ -68,6 +75,25 @@ def test_include_file_lists_its_entries_with_their_source(
     assert config.PRESETS["plug-smoke"]["train"]["epochs"] == 1
     assert config.PRESETS["plug-smoke"]["dataset_kwargs"] == \
         config.PRESETS["smoke"]["dataset_kwargs"]
+
+
+def test_a_plugin_s_dataset_backbone_preset_explainer_and_metric_in_a_run(
+        tmp_path: Path) -> None:
+    import pandas as pd
+
+    plugin = _write(tmp_path / "everything.py", EVERYTHING)
+    args = ["--include", str(plugin), "--methods", "baseline", "--explainers", "native,plug-x",
+            "--dataset", "plug-digits", "--backbone", "plug-resnet8", "--preset", "plug-smoke",
+            "--no-progress", "--db", str(tmp_path / "db"), "--cache-dir",
+            str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    assert run.main(args) == 0
+    frame = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert list(frame["method"]) == ["baseline", "baseline+plug-x"]
+    assert set(frame["dataset"]) == {"plug-digits"} and set(frame["backbone"]) == {
+        "plug-resnet8"}
+    assert frame["plug_sparseness"].notna().all()
+    # the plugin's explainer is the random one under another name: the same scores
+    assert frame.loc[1, "plug_sparseness"] == pytest.approx(frame.loc[1, "sparseness"])
 
 
 def test_include_folder_package_and_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -219,3 +245,19 @@ def test_editing_a_plugin_invalidates_exactly_what_its_code_computed(
     retrained = rows()
     assert "trained" in retrained["gate"] and "evaluation" not in retrained["gate"]
     assert "(cached, evaluation cached" in retrained["baseline"]
+
+
+def test_library_explainers_example_end_to_end(tmp_path: Path) -> None:
+    """examples/captum_explainer.py on the smoke preset: captum's Integrated Gradients
+    and pytorch-grad-cam's Eigen-CAM as rows of the leaderboard; Eigen-CAM is
+    class-agnostic, and class sensitivity says so."""
+    import pandas as pd
+
+    args = _run(["--include", str(EXAMPLES / "captum_explainer.py"), "--methods", "baseline",
+                 "--explainers", "captum-ig,pgc-eigencam", "--no-progress"], tmp_path)
+    assert run.main(args) == 0
+    frame = pd.read_csv(tmp_path / "out" / "leaderboard.csv").set_index("method")
+    assert list(frame.index) == ["baseline+captum-ig", "baseline+pgc-eigencam"]
+    assert frame["insertion_auc"].notna().all()
+    assert frame.loc["baseline+pgc-eigencam", "class_sensitivity"] == pytest.approx(1.0)
+    assert frame.loc["baseline+captum-ig", "class_sensitivity"] < 1.0
