@@ -333,14 +333,13 @@ class Session:
             progress=plan.progress)
         if plan.roar:
             ev = trained.cfg.eval
-            res, rkeys, r_hit = roar.roar_row(
-                res, trained.method, row.explainer, cfg=cfg, train_split=self.train_split,
-                test_split=self.test_split, protocol=roar.Protocol(
-                    plan.roar, ev.road_noise, ev.lens_seed, ev.batch_size,
-                    plan.eval_precision),
-                device=plan.device, cache=plan.cache, store=self.store, read=self.read,
-                weights=row.weights, split_key=self.meta["test_split_id"],
-                progress=plan.progress, memo=self.memo, say=self.say)
+            protocol = roar.Protocol(plan.roar, ev.road_noise, ev.lens_seed, ev.batch_size,
+                                     plan.eval_precision)
+            ctx = roar.Context(cfg, self.train_split, self.test_split, plan.device, plan.cache,
+                               self.store, self.read, self.meta["test_split_id"],
+                               plan.progress, self.memo, self.say)
+            res, rkeys, r_hit = roar.roar_row(res, trained.method, row.explainer, row.weights,
+                                              protocol, ctx)
             keys, n_hit = {**keys, **rkeys}, n_hit + r_hit
         return res, keys, n_hit
 

@@ -244,16 +244,33 @@ class RowRoar:
     trained: int = 0
 
 
-def roar_row(res: MethodResult, method: Method, explainer: str, *, cfg: RunConfig,
-             train_split: Split, test_split: Split, protocol: Protocol,
-             device: torch.device, cache: Path | None, store: Store | None, read: bool,
-             weights: str, split_key: str, progress: bool,
-             memo: dict[str, train.Trained],
-             say: Callable[..., None] = lambda *a, **k: None
-             ) -> tuple[MethodResult, dict[str, str], int]:
+@dataclass(frozen=True)
+class Context:
+    """Where ROAR runs: the run's configuration (its seed), splits, device, checkpoint
+    cache, store (None on the other ranks under torchrun; ``read``: may be read), the
+    test split's key, progress, the run's trained models and its voice."""
+
+    cfg: RunConfig
+    train_split: Split
+    test_split: Split
+    device: torch.device
+    cache: Path | None
+    store: Store | None
+    read: bool
+    split_key: str
+    progress: bool
+    memo: dict[str, train.Trained]
+    say: Callable[..., None] = lambda *a, **k: None
+
+
+def roar_row(res: MethodResult, method: Method, explainer: str, weights: str,
+             protocol: Protocol, ctx: Context) -> tuple[MethodResult, dict[str, str], int]:
     """``res`` with ``roar_auc`` and ``kar_auc`` (values, per-image scores, curves),
-    read from ``store`` when it holds them; returns (the row, the two parts' keys, parts
-    read). ``say`` announces the work when there is some."""
+    read from ``ctx.store`` when it holds them; returns (the row, the two parts' keys,
+    parts read). ``ctx.say`` announces the work when there is some."""
+    cfg, train_split, test_split, device = ctx.cfg, ctx.train_split, ctx.test_split, ctx.device
+    cache, store, read, progress, memo = ctx.cache, ctx.store, ctx.read, ctx.progress, ctx.memo
+    split_key, say = ctx.split_key, ctx.say
     base = train.obtain(RETRAINED, cfg, train_split, device, cache, progress=progress,
                         _memo=memo)
     train_key = evalcache.split_id(train_split, cfg.dataset_kwargs)
@@ -308,7 +325,8 @@ def roar_row(res: MethodResult, method: Method, explainer: str, *, cfg: RunConfi
     return replace(res, values=values, per_image=per_image, curves=curves), pkeys, len(hits)
 
 
-__all__ = ["COLUMNS", "FRACTIONS", "MODES", "RETRAINED", "UNMODIFIED", "Protocol", "area",
+__all__ = ["COLUMNS", "FRACTIONS", "MODES", "RETRAINED", "UNMODIFIED", "Context", "Protocol",
+           "area",
            "axis", "correct",
            "imputed_split", "modified_images", "parse_fractions", "part_keys",
            "point_fingerprint", "retrain_keys", "roar_row"]

@@ -70,7 +70,8 @@ def test_plan_loads_plugins(tmp_path: Path) -> None:
 #: the run path: argument parsing, planning, the loop, evaluation of a row, recording
 RUN_PATH = ("harness/run.py", "harness/planning.py", "harness/execution.py",
             "harness/api.py", "harness/hooks.py", "harness/evaluate.py",
-            "harness/evalcache.py", "harness/external.py", "harness/plugins.py")
+            "harness/evalcache.py", "harness/external.py", "harness/plugins.py",
+            "harness/roar.py")
 #: functions whose keyword options are still a long list (public, called by tests and
 #: benchmarks with keywords): the next step bundles them
 LONG_SIGNATURES = {("harness/evaluate.py", "evaluate")}
