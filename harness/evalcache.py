@@ -23,11 +23,11 @@ can move a score by float rounding, ~1e-7).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -40,6 +40,7 @@ from harness.evaluate import (
     GALLERY,
     TIMING,
     MethodResult,
+    RowSpec,
     applicable_metrics,
     evaluate,
     misclassified,
@@ -177,26 +178,6 @@ def misclassified_cached(store: Store | None, reference: Method, split: Split,
     return wrong
 
 
-@dataclass(frozen=True)
-class RowSpec:
-    """What one evaluated row is: a trained model under its name, the explainer, the
-    seed, and what keys it (:func:`evaluate_cached`)."""
-
-    method: Method
-    name: str
-    explainer: str = "native"
-    seed: int = 0
-    #: the checkpoint's key and the weights' digest (computed when empty)
-    checkpoint: str = ""
-    weights: str = ""
-    #: the method trained on permuted labels (``--sanity data``) and its digest
-    permuted: Method | None = None
-    permuted_weights: str = ""
-    #: the model's own columns (accuracy, attention mechanism) in this row; None: in
-    #: its ``native`` row (a model trained elsewhere has none: its first row)
-    model_columns: bool | None = None
-
-
 def row_metrics(split: Split, cfg: EvalConfig, explainer: str, *,
                 permuted: bool = False, model_columns: bool | None = None) -> list[str]:
     """The columns of a row: every applicable metric for a method's own explanation
@@ -231,11 +212,11 @@ def evaluate_cached(store: Store | None, row: RowSpec, split: Split, cfg: EvalCo
     stored = store.parts(hits) if store is not None and hits else None
     fresh = None
     if missing or parts:
-        fresh = evaluate(method, name, split, cfg, device, progress=progress, seed=seed,
-                         comb_subset=comb_subset, precision=precision, explainer=explainer,
-                         only=missing, parts=parts,
-                         permuted=permuted if GALLERY in parts or any(
-                             METRICS.get(m).needs_permuted for m in missing) else None)
+        needs_permuted = GALLERY in parts or any(METRICS.get(m).needs_permuted
+                                                 for m in missing)
+        fresh = evaluate(row if needs_permuted else dataclasses.replace(row, permuted=None),
+                         split, cfg, device, precision=precision, comb_subset=comb_subset,
+                         only=missing, parts=parts, progress=progress)
     values: dict[str, float] = {}
     per_image, curves, gallery = {}, {}, {}
     per_class: set[str] = set()

@@ -128,23 +128,45 @@ def misclassified(method: Method, split: Split, device: torch.device,
     return wrong
 
 
-def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: torch.device,
-             *, progress: bool = True, seed: int = 0,
-             comb_subset: torch.Tensor | None = None,
-             precision: str = "fp32", explainer: str = "native",
-             only: set[str] | None = None,
-             parts: tuple[str, ...] = (TIMING, GALLERY), shard: bool = True,
-             permuted: Method | None = None) -> MethodResult:
-    """Score ``method``, explained by ``explainer``, on the test ``split`` with every
-    applicable metric.
+@dataclass(frozen=True)
+class RowSpec:
+    """What one evaluated row is: a trained model under its name, the explainer, the
+    training seed, and what keys it in the evaluation cache
+    (:func:`harness.evalcache.evaluate_cached`)."""
+
+    method: Method
+    name: str
+    explainer: str = "native"
+    seed: int = 0
+    #: the checkpoint's key and the weights' digest (computed when empty)
+    checkpoint: str = ""
+    weights: str = ""
+    #: the method trained on permuted labels (``--sanity data``) and its digest
+    permuted: Method | None = None
+    permuted_weights: str = ""
+    #: the model's own columns (accuracy, attention mechanism) in this row; None: in
+    #: its ``native`` row (a model trained elsewhere has none: its first row)
+    model_columns: bool | None = None
+
+
+def evaluate(row: RowSpec, split: Split, cfg: EvalConfig, device: torch.device, *,
+             precision: str = "fp32", comb_subset: torch.Tensor | None = None,
+             only: set[str] | None = None, parts: tuple[str, ...] = (TIMING, GALLERY),
+             shard: bool = True, progress: bool = True) -> MethodResult:
+    """Score ``row.method``, explained by ``row.explainer`` (a registered explainer,
+    :mod:`methods.explainers`, applied to the trained model; ``native`` is the
+    method's own), on the test ``split`` with every applicable metric.
 
     Args:
-        comb_subset: bool ``[N]`` over the test samples, the ``comb`` insertion
-            protocol's images (those the reference method misclassifies).
+        row: the trained model, its name, explainer and training seed, and with
+            ``--sanity data`` the same method trained on permuted labels
+            (``row.permuted``, :func:`harness.data.permuted_labels`), explained alike:
+            the data-randomisation columns are scored against it. Its keys
+            (``checkpoint``, ``weights``) are :func:`harness.evalcache.evaluate_cached`'s.
         precision: the forward passes' arithmetic (:func:`harness.device.autocast`);
             explanations are computed in float32.
-        explainer: a registered explainer (:mod:`methods.explainers`) applied to the
-            trained model; ``native`` is the method's own.
+        comb_subset: bool ``[N]`` over the test samples, the ``comb`` insertion
+            protocol's images (those the reference method misclassifies).
         only: compute these metrics alone (None: every applicable one); the
             evaluation cache asks for what it does not hold.
         parts: which of the timing columns and the gallery to produce.
@@ -153,9 +175,6 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
             image order, so that every number, interval and paired test is a single
             process's; the gallery and the timing are rank 0's (the others return
             neither). False: this process scores everything it is asked for.
-        permuted: the same method trained on permuted labels (``--sanity data``,
-            :func:`harness.data.permuted_labels`), explained by ``explainer``: the
-            data-randomisation columns are scored against it.
 
     The causal metrics score the test images with index below ``causal_n`` (in a single
     process: the first ``causal_n`` of the split). The steps: :class:`Evaluation`
@@ -163,10 +182,11 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
     (:meth:`Evaluation.score`, :meth:`Evaluation.add_gallery`), then
     :meth:`Evaluation.result`.
     """
+    method, explainer = row.method, row.explainer
     world = distributed.current()
     job = Evaluation(method, explainer, split, cfg, device, precision,
-                     sharded=shard and world.size > 1, only=only, permuted=permuted,
-                     label=row_id(name, explainer))
+                     sharded=shard and world.size > 1, only=only, permuted=row.permuted,
+                     label=row_id(row.name, explainer))
     n_split = len(split.dataset)  # type: ignore[arg-type]
     batches = loader(split, cfg.batch_size, device, dataset=Subset(
         split.dataset, distributed.shard(n_split)) if job.sharded else None)
@@ -189,11 +209,10 @@ def evaluate(method: Method, name: str, split: Split, cfg: EvalConfig, device: t
                                        cfg.timing_batches))
     gallery = job.gallery
     if job.sharded and GALLERY in parts and world.main:  # the first test images, unsharded
-        first = evaluate(method, name, split, cfg, device, progress=progress, seed=seed,
-                         precision=precision, explainer=explainer, only=set(),
-                         parts=(GALLERY,), shard=False).gallery
+        first = evaluate(row, split, cfg, device, precision=precision, only=set(),
+                         parts=(GALLERY,), shard=False, progress=progress).gallery
         gallery = {k: [torch.from_numpy(v)] for k, v in first.items()}
-    return MethodResult(name, seed, values, per_image,
+    return MethodResult(row.name, row.seed, values, per_image,
                         {k for k, m in job.metrics.items() if m.per_class}, curves,
                         n_test=n_split, n_causal=min(n_split, cfg.causal_n),
                         gallery={k: torch.cat(v).numpy() if v else np.zeros((0, 1, 1))

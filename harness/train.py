@@ -268,7 +268,7 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
     restore_bn = (distributed.sync_batchnorm(model, device)
                   if world.size > 1 and world.sync_bn else None)
 
-    def start() -> tuple[list[torch.optim.Optimizer], list[Any], torch.Generator]:
+    def start() -> _TrainState:
         optimizers = model.configure_optimizers(tc)
         schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, milestones, tc.gamma)
                       for o in optimizers]
@@ -276,52 +276,68 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
         # seeded here so that the result depends only on (config, seed), not on what ran
         # before.
         torch.manual_seed(cfg.seed + 1 + (world.rank << 32))
-        return optimizers, schedulers, torch.Generator().manual_seed(cfg.seed)
+        return _TrainState(optimizers, schedulers, torch.Generator().manual_seed(cfg.seed))
 
     has_resume = distributed.share(lambda: resume is not None and resume.exists())
     initial = {k: v.clone() for k, v in model.state_dict().items()} if has_resume else {}
-    optimizers, schedulers, gen = start()
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    if has_resume and resume is not None:
-        restored = _resume(resume, model, optimizers, schedulers, gen)
-        if restored is not None:
-            history, start_epoch = restored
-        else:  # whatever the file restored in part is undone: a fresh start
-            model.load_state_dict(initial)
-            optimizers, schedulers, gen = start()
+    state = start()
+    if has_resume and resume is not None and not _resume(resume, model, state):
+        # whatever the file restored in part is undone: a fresh start
+        model.load_state_dict(initial)
+        state = start()
     # the global batches of a shuffled pass (this rank's part of each under torchrun)
-    batches = distributed.GlobalBatches(len(split.dataset), tc.batch_size, gen)  # type: ignore[arg-type]
-    loader = data.loader(split, tc.batch_size, device, generator=gen, persistent=False,
-                         batch_sampler=batches)
+    batches = distributed.GlobalBatches(len(split.dataset), tc.batch_size, state.generator)  # type: ignore[arg-type]
+    loader = data.loader(split, tc.batch_size, device, generator=state.generator,
+                         persistent=False, batch_sampler=batches)
     if len(loader) == 0:
         raise UserError(f"training split has {len(split.dataset)} samples, fewer than "  # type: ignore[arg-type]
                         f"one batch of {tc.batch_size}")
     name = type(model).name or type(model).__name__
     with distributed.ddp_engine(model, device) as run:
-        history = _epochs(model, cfg, split, device, run, loader, optimizers, schedulers,
-                          gen, history, start_epoch, name, progress, resume)
+        _epochs(model, cfg, split, device, run, loader, state, name=name, progress=progress,
+                resume=resume)
     distributed.broadcast_state(model)
     if restore_bn is not None:
         restore_bn()
-    return history
+    return state.history
+
+
+@dataclass
+class _TrainState:
+    """What a training carries from epoch to epoch, and its resume file holds."""
+
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[Any]
+    #: the shuffling generator (augmentation draws from the global RNG)
+    generator: torch.Generator
+    #: the logs of the epochs done so far, one dict each
+    history: list[dict[str, float]] = field(default_factory=list)
+    #: the next epoch (0-based)
+    epoch: int = 0
+
+    def save(self, model: Method, path: Path) -> None:
+        _atomic_save({"model": model.state_dict(),
+                      "optimizers": [o.state_dict() for o in self.optimizers],
+                      "schedulers": [s.state_dict() for s in self.schedulers],
+                      "generator": self.generator.get_state(),
+                      "torch_rng": torch.get_rng_state(),
+                      "history": self.history, "epoch": self.epoch}, path)
 
 
 def _epochs(model: Method, cfg: RunConfig, split: Split, device: torch.device,
-            run: distributed.Engine[Any], loader: Any, optimizers: list[torch.optim.Optimizer],
-            schedulers: list[Any], gen: torch.Generator, history: list[dict[str, float]],
-            start_epoch: int, name: str, progress: bool,
-            resume: Path | None) -> list[dict[str, float]]:
-    """The epochs of :func:`fit` from ``start_epoch`` on."""
+            run: distributed.Engine[Any], loader: Any, state: _TrainState, *, name: str,
+            progress: bool, resume: Path | None) -> None:
+    """The epochs of :func:`fit` from ``state.epoch`` on, appending to ``state.history``
+    (and writing the resume file after each but the last)."""
     tc = cfg.train
     world = distributed.current()
     reseed = getattr(split.dataset, "reseed", None)  # per-sample augmentation seeds
-    for epoch in range(start_epoch, tc.epochs):
+    for epoch in range(state.epoch, tc.epochs):
         model.train()
         sums: dict[str, float] = {}
         t_epoch = time.perf_counter()
         if reseed is not None:  # from the shuffling generator: restored on resume
-            reseed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            reseed(int(torch.randint(0, 2**62, (1,), generator=state.generator)))
         bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{tc.epochs}", leave=False,
                    disable=not (progress_mod.bars(progress) and world.main),
                    dynamic_ncols=True)
@@ -330,48 +346,42 @@ def _epochs(model: Method, cfg: RunConfig, split: Split, device: torch.device,
             if split.batch_transform is not None:
                 batch = split.batch_transform(batch)
             with dev.autocast(device, cfg.precision):
-                logs = model.training_step(batch, optimizers, run)
+                logs = model.training_step(batch, state.optimizers, run)
             for k, v in logs.items():
                 if not math.isfinite(v):
                     raise UserError(f"{name}: training diverged ({k} = {v} in epoch "
                                     f"{epoch + 1}); lower the learning rate of the preset")
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v / i:.3f}" for k, v in sums.items()})
-        for sch in schedulers:
+        for sch in state.schedulers:
             sch.step()
         sums = distributed.mean_over_ranks(sums)
-        history.append({"epoch": epoch + 1, **{k: v / len(loader) for k, v in sums.items()}})
+        state.history.append({"epoch": epoch + 1,
+                              **{k: v / len(loader) for k, v in sums.items()}})
+        state.epoch = epoch + 1
         if progress_mod.lines(progress) and world.main:  # a log: one line per epoch
-            logs_txt = ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items()
+            logs_txt = ", ".join(f"{k} {v:.3f}" for k, v in state.history[-1].items()
                                  if k != "epoch")
             print(f"    {name} epoch {epoch + 1}/{tc.epochs}: {logs_txt} "
                   f"({time.perf_counter() - t_epoch:.1f} s)", flush=True)
         if resume is not None and epoch + 1 < tc.epochs:
-            _atomic_save({"model": model.state_dict(),
-                          "optimizers": [o.state_dict() for o in optimizers],
-                          "schedulers": [s.state_dict() for s in schedulers],
-                          "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                          "history": history,
-                          "epoch": epoch + 1}, resume)
-    return history
+            state.save(model, resume)
 
 
-def _resume(path: Path, model: Method, optimizers: list[torch.optim.Optimizer],
-            schedulers: list[Any], gen: torch.Generator
-            ) -> tuple[list[dict[str, float]], int] | None:
-    """Restore an interrupted training from its resume file: (history, next epoch), or
-    None when the file is unreadable or does not fit (one warning line; the caller then
-    undoes whatever was restored in part and starts over)."""
+def _resume(path: Path, model: Method, state: _TrainState) -> bool:
+    """Restore an interrupted training from its resume file into ``model`` and
+    ``state``; False when the file is unreadable or does not fit (one warning line; the
+    caller then undoes whatever was restored in part and starts over)."""
     try:
-        state = distributed.share(lambda: _load(path))
-        model.load_state_dict(state["model"])
-        for o, s in zip(optimizers, state["optimizers"], strict=True):
+        saved = distributed.share(lambda: _load(path))
+        model.load_state_dict(saved["model"])
+        for o, s in zip(state.optimizers, saved["optimizers"], strict=True):
             o.load_state_dict(s)
-        for sch, s in zip(schedulers, state["schedulers"], strict=True):
+        for sch, s in zip(state.schedulers, saved["schedulers"], strict=True):
             sch.load_state_dict(s)
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])  # augmentation draws from the global RNG
-        history, epoch = list(state["history"]), int(state["epoch"])
+        state.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])  # augmentation draws from the global RNG
+        state.history, state.epoch = list(saved["history"]), int(saved["epoch"])
         if distributed.current().rank:  # the file holds rank 0's augmentation stream
             torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + distributed.current().rank)
     except Exception as err:  # a torn or foreign file fails in many ways: all mean rebuild
@@ -379,8 +389,8 @@ def _resume(path: Path, model: Method, optimizers: list[torch.optim.Optimizer],
               "from the start", file=sys.stderr)
         if distributed.current().main:
             path.unlink(missing_ok=True)
-        return None
-    return history, epoch
+        return False
+    return True
 
 
 def epoch_milestones(fractions: tuple[float, ...], epochs: int) -> list[int]:

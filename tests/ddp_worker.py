@@ -30,7 +30,7 @@ from torch.utils.data import default_collate
 import methods  # noqa: F401  (registers methods)
 import metrics  # noqa: F401  (registers metrics)
 from harness import config, data, distributed, train
-from harness.evaluate import evaluate
+from harness.evaluate import RowSpec, evaluate
 from methods.base import METHODS
 
 CPU = torch.device("cpu")
@@ -103,10 +103,10 @@ def evaluate_check(out: str) -> None:
     for name in ("abn", "baseline"):
         model = train.build_method(name, train.method_config(name, cfg), test).eval()
         kw: dict[str, Any] = dict(progress=False, comb_subset=comb)
-        sharded = evaluate(model, name, test, ecfg, CPU, **kw)
+        sharded = evaluate(RowSpec(model, name), test, ecfg, CPU, **kw)
         if not world.main:
             continue
-        single = evaluate(model, name, test, ecfg, CPU, shard=False, **kw)
+        single = evaluate(RowSpec(model, name), test, ecfg, CPU, shard=False, **kw)
         diffs: dict[str, float] = {}
         for k, s in single.per_image.items():
             a = sharded.per_image[k]

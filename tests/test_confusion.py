@@ -85,8 +85,8 @@ def test_evaluator_scores_methods_with_class_maps_only(
         name: str, has_maps: bool, smoke_cfg: config.RunConfig, smoke_train: data.Split,
         smoke_test: data.Split) -> None:
     model = train.build_method(name, smoke_cfg, smoke_train)
-    res = evaluate.evaluate(model, name, smoke_test, smoke_cfg.eval, torch.device("cpu"),
-                            progress=False)
+    res = evaluate.evaluate(evaluate.RowSpec(model, name), smoke_test, smoke_cfg.eval,
+                            torch.device("cpu"), progress=False)
     v = res.values["siou_confusion"]
     if has_maps:
         assert 0.0 <= v <= 1.0 and len(res.per_image["siou_confusion"].scores) == res.n_test

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from harness import config, data, evalcache, run
-from harness.evaluate import evaluate
+from harness.evaluate import RowSpec, evaluate
 from harness.train import build_method
 from metrics import METRICS
 from metrics.base import EvalBatch
@@ -105,18 +105,18 @@ def test_evaluate_against_a_model_scores_its_similarity(smoke_train: data.Split,
     cfg = dataclasses.replace(smoke_cfg.eval, causal_n=16)
     model = build_method("gradcam", smoke_cfg, smoke_train).eval()
     only = set(DATA_RAND)
-    res = evaluate(model, "gradcam", smoke_test, cfg, torch.device("cpu"), progress=False,
-                   only=only, parts=(), permuted=copy.deepcopy(model))
+    res = evaluate(RowSpec(model, "gradcam", permuted=copy.deepcopy(model)), smoke_test, cfg,
+                   torch.device("cpu"), progress=False, only=only, parts=())
     assert set(res.values) == only
     assert res.values["data_rand_spearman"] == pytest.approx(1.0)
     assert res.values["data_rand_ssim"] == pytest.approx(1.0)
     other = build_method("gradcam", dataclasses.replace(smoke_cfg, seed=5), smoke_train).eval()
-    res = evaluate(model, "gradcam", smoke_test, cfg, torch.device("cpu"), progress=False,
-                   only=only, parts=("gallery",), permuted=other)
+    res = evaluate(RowSpec(model, "gradcam", permuted=other), smoke_test, cfg,
+                   torch.device("cpu"), progress=False, only=only, parts=("gallery",))
     assert res.values["data_rand_spearman"] < 0.99
     assert res.gallery["permuted_pair"].shape == (1, 2, 64, 64)
-    none = evaluate(model, "gradcam", smoke_test, cfg, torch.device("cpu"), progress=False,
-                    only=only, parts=())
+    none = evaluate(RowSpec(model, "gradcam"), smoke_test, cfg, torch.device("cpu"),
+                    progress=False, only=only, parts=())
     assert not none.values
 
 

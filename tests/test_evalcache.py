@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness import codedigest, config, data, evalcache, run, train
-from harness.evaluate import GALLERY, TIMING, evaluate
+from harness.evaluate import GALLERY, TIMING, RowSpec, evaluate
 from harness.store import Store
 
 DEVICE = torch.device("cpu")
@@ -84,7 +84,7 @@ def test_hits_and_misses(model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert spy.calls[-1] == ({"insertion_auc", "deletion_auc"}, ())
         assert hits == n_parts - 2
         # and the row is the one a full evaluation with the new option gives
-        _same(mixed, evaluate(m, "abn", split, changed, DEVICE, progress=False))
+        _same(mixed, evaluate(RowSpec(m, "abn"), split, changed, DEVICE, progress=False))
         assert mixed.values["insertion_auc"] != first.values["insertion_auc"]
 
         # options that do not change a number: nothing computed

@@ -12,7 +12,7 @@ import torch
 
 from harness import config, data, train
 from harness import device as dev
-from harness.evaluate import evaluate
+from harness.evaluate import RowSpec, evaluate
 
 CPU = torch.device("cpu")
 
@@ -45,8 +45,8 @@ def test_engines_give_the_eager_aucs(engine: dict[str, object], smoke_cfg: confi
     comb = torch.zeros(len(smoke_test), dtype=torch.bool)
     comb[:4] = True
     kw = dict(progress=False, only=only, parts=(), comb_subset=comb)
-    eager = evaluate(model, "abn", smoke_test, ecfg, CPU, **kw)  # type: ignore[arg-type]
-    comp = evaluate(model, "abn", smoke_test, dataclasses.replace(ecfg, **engine), CPU,
+    eager = evaluate(RowSpec(model, "abn"), smoke_test, ecfg, CPU, **kw)  # type: ignore[arg-type]
+    comp = evaluate(RowSpec(model, "abn"), smoke_test, dataclasses.replace(ecfg, **engine), CPU,
                     **kw)  # type: ignore[arg-type]
     assert set(eager.values) == set(comp.values) == only
     for k in only:
@@ -70,7 +70,7 @@ def test_engine_choices_are_checked(change: dict[str, object], message: str,
     model = train.build_method("baseline", smoke_cfg, smoke_test)
     ecfg = dataclasses.replace(smoke_cfg.eval, causal_n=2, forward_batch=8, **change)
     with pytest.raises(UserError, match=message):
-        evaluate(model, "baseline", smoke_test, ecfg, CPU, progress=False, parts=())
+        evaluate(RowSpec(model, "baseline"), smoke_test, ecfg, CPU, progress=False, parts=())
 
 
 def test_auto_engine_is_onnxruntime_on_a_cpu_in_fp32_where_installed(
@@ -99,7 +99,7 @@ def test_onnxruntime_refuses_lower_precision(smoke_cfg: config.RunConfig,
     ecfg = dataclasses.replace(smoke_cfg.eval, causal_n=2, forward_batch=8,
                                engine="onnxruntime")
     with pytest.raises(UserError, match="computes in fp32"):
-        evaluate(model, "baseline", smoke_test, ecfg, CPU, progress=False, parts=(),
+        evaluate(RowSpec(model, "baseline"), smoke_test, ecfg, CPU, progress=False, parts=(),
                  precision="bf16")
 
 
@@ -138,10 +138,10 @@ def test_streams_give_the_one_stream_aucs(engine: str, smoke_cfg: config.RunConf
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        one = evaluate(model, "abn", smoke_test, dataclasses.replace(ecfg, streams=1), CPU,
-                       **kw)  # type: ignore[arg-type]
-        two = evaluate(model, "abn", smoke_test, dataclasses.replace(ecfg, streams=2), CPU,
-                       **kw)  # type: ignore[arg-type]
+        one = evaluate(RowSpec(model, "abn"), smoke_test,
+                       dataclasses.replace(ecfg, streams=1), CPU, **kw)  # type: ignore[arg-type]
+        two = evaluate(RowSpec(model, "abn"), smoke_test,
+                       dataclasses.replace(ecfg, streams=2), CPU, **kw)  # type: ignore[arg-type]
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
