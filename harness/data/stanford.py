@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness.data.files import DataError, Record, register_photo
+from harness.data.files import DataError, Record, register_photo, voc_boxes
 from harness.data.matfiles import load_mat
 
 
@@ -23,31 +22,6 @@ def _strings(value: Any, path: Path, key: str) -> list[str]:
             raise DataError(f"{path}: {key!r} must be a cell array of strings")
         out.append(v)
     return out
-
-
-def voc_boxes(path: Path) -> np.ndarray:
-    """Every ``<object>``'s ``<bndbox>`` of a PASCAL-VOC XML file as xyxy pixel boxes:
-    VOC's 1-based inclusive xmin..xmax become [xmin - 1, xmax)."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing annotation file")
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as err:  # a wrong encoding too: says the line and column
-        raise DataError(f"{path}: not valid XML ({err})") from None
-    except OSError as err:
-        raise DataError(f"{path}: unreadable ({err.strerror or err})") from None
-    boxes = []
-    for obj in root.iter("object"):
-        bb = obj.find("bndbox")
-        try:
-            vals = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[union-attr,arg-type]
-        except (AttributeError, TypeError, ValueError):
-            raise DataError(f"{path}: an <object> without a numeric <bndbox> "
-                            "(xmin, ymin, xmax, ymax)") from None
-        boxes.append([vals[0] - 1, vals[1] - 1, vals[2], vals[3]])
-    if not boxes:
-        raise DataError(f"{path}: no <object> with a box")
-    return np.array(boxes, np.float32)
 
 
 DOGS_CLASSES = 120
