@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.files import DataError, Record, read_lines, read_text, register_photo
-from harness.data.matfiles import load_mat
-from harness.data.stanford import _strings
+from harness.data.matfiles import cell_strings, load_mat
 from harness.errors import shown
 
 MODELS = 431
@@ -74,7 +73,7 @@ def _reader(task: str) -> Callable[[Path, str], tuple[list[Record], list[str]]]:
             raise DataError(f"{d / SPLIT}: train.txt and test.txt name {len(ids)} {key} ids, "
                             f"more than the {limit} of the classification task")
         mat = d / "misc" / "make_model_name.mat"
-        names = _strings(load_mat(mat, f"{key}_names"), mat, f"{key}_names")
+        names = cell_strings(load_mat(mat, f"{key}_names"), mat, f"{key}_names")
         classes = []
         for i in ids:
             if not 1 <= i <= len(names):
