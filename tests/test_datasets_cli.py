@@ -20,6 +20,8 @@ PER_CLASS = (6, 4)
 def _make(name: str, root: Path) -> Fixture:
     if name.startswith("cifar"):
         return fixtures.make_cifar(root, name, scale=3)
+    if name == "caltech256":  # its default split draws 60 + 25 images per class
+        return fixtures.make_caltech256(root)
     return fixtures.BUILDERS[name](root, per_class=PER_CLASS)  # type: ignore[call-arg]
 
 
@@ -37,7 +39,7 @@ def test_smoke_on_every_dataset_writes_a_complete_leaderboard(
                  "--methods", "all", tmp=tmp_path) == 0
     out = capsys.readouterr().out
     df = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
-    boxes = name not in ("cifar10", "cifar100")
+    boxes = name not in ("cifar10", "cifar100", "svhn", "caltech256")
     needs = [m for m in METHODS.names() if METHODS.entry(m).meta.get("needs_boxes")]
     want = METHODS.names() if boxes else [m for m in METHODS.names() if m not in needs]
     want = [*want, "baseline+random"]  # the random explainer's reference row

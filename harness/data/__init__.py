@@ -6,7 +6,17 @@ only place dataset names are resolved. One module per dataset family registers i
 entries on import.
 """
 
-from harness.data import cifar, cub, digits, folder, stanford  # noqa: F401  (register)
+from harness.data import (  # noqa: F401  (register)
+    caltech,
+    cifar,
+    compcars,
+    cub,
+    digits,
+    folder,
+    imagenet,
+    stanford,
+    svhn,
+)
 from harness.data.core import (
     DATA_ENV,
     DATASETS,

@@ -45,6 +45,29 @@ def _reader(base: type[tvd.CIFAR10]) -> type[tvd.CIFAR10]:
     return Reader
 
 
+def memory_split(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                 split: str, *, image_size: int, augment: bool, n: int | None,
+                 mean: tuple[float, float, float], std: tuple[float, float, float]) -> Split:
+    """A split of 32 x 32 in-memory images (``uint8 [N,3,32,32]``, ``int64 [N]``
+    labels): the ``n``-subset, resized when ``image_size`` is not 32, and on the train
+    split with ``augment`` ABN Sec. 4.1's augmentation (4 px zero padding, random
+    32 x 32 crop, random horizontal flip, run per batch on the device)."""
+    keep = subset(list(range(len(labels))), n, split)
+    images, labels = images[keep], labels[keep]
+    require("dataset_kwargs", "image_size", image_size, 8, 1024, integer=True)
+    info = DatasetInfo(name=name, num_classes=num_classes,
+                       image_size=(image_size, image_size), mean=mean, std=std,
+                       has_boxes=False)
+    tf: v2.Transform = make_transform(info, train=False)
+    if image_size != 32:
+        tf = v2.Compose([v2.Resize((image_size, image_size), antialias=True), tf])
+    digest = hashlib.sha256(images.numpy().tobytes())
+    digest.update(labels.numpy().tobytes())
+    batch_tf = BatchRandomCrop(info, pad=4, flip=True) if split == "train" and augment else None
+    return Split(BoxedImages(images, labels, {}, tf), info, batch_transform=batch_tf,
+                 eval_transform=tf, fingerprint=digest.hexdigest()[:16])
+
+
 def _cifar(name: str, base: type[tvd.CIFAR10], num_classes: int, folder: str,
            source: str) -> None:
     reader = _reader(base)
@@ -75,24 +98,9 @@ def _cifar(name: str, base: type[tvd.CIFAR10], num_classes: int, folder: str,
         if len(bad):
             raise DataError(f"{root / folder}: {split} image {int(bad[0])} has label "
                             f"{int(labels[bad[0]])}, outside the {num_classes} classes")
-        keep = subset(list(range(len(labels))), n_train if split == "train" else n_test,
-                      split)
-        images, labels = images[keep], labels[keep]
-        require("dataset_kwargs", "image_size", image_size, 8, 1024, integer=True)
-        info = DatasetInfo(name=name, num_classes=num_classes,
-                           image_size=(image_size, image_size), mean=CIFAR_MEAN,
-                           std=CIFAR_STD, has_boxes=False)
-        tf: v2.Transform = make_transform(info, train=False)
-        if image_size != 32:
-            tf = v2.Compose([v2.Resize((image_size, image_size), antialias=True), tf])
-        digest = hashlib.sha256(images.numpy().tobytes())
-        digest.update(labels.numpy().tobytes())
-        # ABN Sec. 4.1: 4 px zero padding, random 32 x 32 crop, random horizontal flip
-        # (run per batch on the device)
-        batch_tf = (BatchRandomCrop(info, pad=4, flip=True)
-                    if split == "train" and augment else None)
-        return Split(BoxedImages(images, labels, {}, tf), info, batch_transform=batch_tf,
-                     eval_transform=tf, fingerprint=digest.hexdigest()[:16])
+        return memory_split(name, images, labels, num_classes, split, image_size=image_size,
+                            augment=augment, n=n_train if split == "train" else n_test,
+                            mean=CIFAR_MEAN, std=CIFAR_STD)
 
     factory.__doc__ = (f"{name} from ``{folder}/`` ({source}): the official split, "
                        "32 px (image_size resizes), train augmentation as ABN Sec. 4.1.")

@@ -13,11 +13,13 @@ import contextlib
 import contextvars
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import re
 import sys
 import warnings
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +171,38 @@ def id_table(path: Path, columns: int, convert: Callable[[str], Any] = str
         except ValueError:
             raise DataError(f"{path}:{n}: not a number in {shown(' '.join(parts))}") from None
     return out
+
+
+def voc_objects(path: Path) -> tuple[list[str], np.ndarray]:
+    """Every ``<object>``'s ``<name>`` and ``<bndbox>`` of a PASCAL-VOC XML file, the
+    boxes as xyxy pixel boxes: VOC's 1-based inclusive xmin..xmax become
+    [xmin - 1, xmax)."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing annotation file")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:  # a wrong encoding too: says the line and column
+        raise DataError(f"{path}: not valid XML ({err})") from None
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err.strerror or err})") from None
+    names, boxes = [], []
+    for obj in root.iter("object"):
+        bb = obj.find("bndbox")
+        try:
+            vals = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[union-attr,arg-type]
+        except (AttributeError, TypeError, ValueError):
+            raise DataError(f"{path}: an <object> without a numeric <bndbox> "
+                            "(xmin, ymin, xmax, ymax)") from None
+        names.append((obj.findtext("name") or "").strip())
+        boxes.append([vals[0] - 1, vals[1] - 1, vals[2], vals[3]])
+    if not boxes:
+        raise DataError(f"{path}: no <object> with a box")
+    return names, np.array(boxes, np.float32)
+
+
+def voc_boxes(path: Path) -> np.ndarray:
+    """The boxes of :func:`voc_objects`."""
+    return voc_objects(path)[1]
 
 
 #: EXIF orientations that swap width and height (rotations by 90 degrees)
@@ -538,10 +572,12 @@ def fingerprint(records: Iterable[Record], sizes: Sequence[tuple[int, int]],
 
 def image_split(records: list[Record], info: DatasetInfo, split: str, root: Path, *,
                 photo: PhotoTransforms, augment: bool, n: int | None,
-                multi_object: bool = False, exif: bool = False) -> Split:
+                multi_object: bool = False, exif: bool = False,
+                options: dict[str, Any] | None = None) -> Split:
     """A checked :class:`Split` of ``records``: the ``n``-subset, validated, decoded
     per sample under the photo transforms (training ones when ``augment``); ``exif``:
-    images are turned as their EXIF orientation says before anything else."""
+    images are turned as their EXIF orientation says before anything else;
+    ``options``: the reader's options (e.g. a split's seed), part of the fingerprint."""
     records, sizes = check_records(subset(records, n, split), info.num_classes, split,
                                    info.name, exif)
     max_objects = max((len(r.boxes) for r in records), default=0) if multi_object else 1
@@ -550,7 +586,7 @@ def image_split(records: list[Record], info: DatasetInfo, split: str, root: Path
     ds = ImageFiles(records, sizes, train_tf or test_tf, photo, max(max_objects, 1), exif)
     # the options (size, crops, subset) are in the checkpoint key already: the
     # fingerprint says which files, labels and boxes
-    fp = fingerprint(records, sizes, root, {"split": split})
+    fp = fingerprint(records, sizes, root, {"split": split, **(options or {})})
     return Split(ds, info, eval_transform=test_tf, fingerprint=fp)
 
 
@@ -564,14 +600,15 @@ def photo_info(name: str, num_classes: int, photo: PhotoTransforms, has_boxes: b
                        multi_object=multi_object and has_boxes)
 
 
-#: a family's index reader: (dataset folder, split) -> (records, class names)
-Reader = Callable[[Path, str], tuple[list[Record], list[str]]]
+#: a family's index reader: (dataset folder, split, **options) -> (records, class names)
+Reader = Callable[..., tuple[list[Record], list[str]]]
 
 
 def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[str],
                    source: str, has_boxes: bool | None = True, multi_object: bool = False,
                    num_classes: int | None = None, official: tuple[int, int] | None = None,
-                   exif: bool = False, version: int = 1) -> None:
+                   exif: bool = False, version: int = 1,
+                   options: dict[str, Any] | None = None) -> None:
     """Register photo dataset ``name`` read by ``reader`` from the folder holding
     ``marker`` (``data_dir`` itself or one of ``data_dir/<subdirs>``).
 
@@ -582,16 +619,24 @@ def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[
         official: the official (train, test) sizes (``--dry-run`` without the data).
         exif: apply the images' EXIF orientation (your own photos; the published
             datasets' boxes are in the stored pixels).
+        options: the reader's own keyword options and their defaults (dataset options
+            beside the transforms'; part of the split's fingerprint).
     """
+    defaults = dict(options or {})
 
     def factory(split: str, data_dir: Path, image_size: int = 224,
                 resize: int | None = None, train_crop: str = "random-resized",
                 test_crop: str = "center", flip: bool = True, augment: bool = True,
                 extra_augment: str | None = None,
                 n_train: int | None = None, n_test: int | None = None,
-                cache_dir: Path | None = None) -> Split:
+                cache_dir: Path | None = None, **chosen: Any) -> Split:
+        unknown = sorted(set(chosen) - set(defaults))
+        if unknown:
+            raise UserError(f"bad options for dataset {name!r}: no option "
+                            f"{', '.join(unknown)}")
+        opts = {**defaults, **chosen}
         root = find_root(Path(data_dir), name, marker, subdirs)
-        records, classes = reader(root, split)
+        records, classes = reader(root, split, **opts)
         k = num_classes or len(classes)
         photo = PhotoTransforms(image_size, IMAGENET_MEAN, IMAGENET_STD, train_crop,
                                 test_crop, resize, flip, extra_augment)
@@ -599,14 +644,22 @@ def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[
         info = photo_info(name, k, photo, boxed, multi_object)
         return image_split(records, info, split, root, photo=photo, augment=augment,
                            n=n_train if split == "train" else n_test,
-                           multi_object=multi_object, exif=exif)
+                           multi_object=multi_object, exif=exif, options=opts)
 
+    # the reader's options as keyword parameters, no others (option checks, --list)
+    sig = inspect.signature(factory)
+    params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+               for k, v in defaults.items()]
+    factory.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     factory.__doc__ = (f"{name}, read from disk ({source}).\n\n"
                        "Args: image_size (crop side), resize (shorter side before the "
                        "crop; default image_size / 0.875), train_crop, test_crop, flip, "
                        "augment (training transforms on the train split), extra_augment "
                        "(a named set of photometric augmentations), n_train / "
-                       "n_test (a fixed random subset).")
+                       "n_test (a fixed random subset)"
+                       + "".join(f", {k} (default {v!r})" for k, v in defaults.items())
+                       + ".")
     extra = {} if official is None else {"official": official, "num_classes": num_classes}
     DATASETS.add(name, factory, on_disk=True, source=source, version=version,
                  test_only=("n_test",), has_boxes=has_boxes, image_size=224, **extra)

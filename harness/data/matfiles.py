@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.data.files import DataError
 
 
@@ -25,3 +27,16 @@ def load_mat(path: Path, *keys: str) -> Any:
                         f"{', '.join(k for k in m if not k.startswith('__'))})")
     out = [m[k] for k in keys]
     return out[0] if len(out) == 1 else out
+
+
+def cell_strings(value: Any, path: Path, key: str) -> list[str]:
+    """A MATLAB cell array of strings (or one string) as a list."""
+    items = [value] if isinstance(value, str) else list(np.atleast_1d(value))
+    out = []
+    for v in items:
+        v = v if isinstance(v, str) else (v.item() if isinstance(v, np.ndarray) and v.size == 1
+                                          else None)
+        if not isinstance(v, str):
+            raise DataError(f"{path}: {key!r} must be a cell array of strings")
+        out.append(v)
+    return out

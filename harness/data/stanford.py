@@ -2,53 +2,12 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from harness.data.files import DataError, Record, register_photo
-from harness.data.matfiles import load_mat
-
-
-def _strings(value: Any, path: Path, key: str) -> list[str]:
-    """A MATLAB cell array of strings (or one string) as a list."""
-    items = [value] if isinstance(value, str) else list(np.atleast_1d(value))
-    out = []
-    for v in items:
-        v = v if isinstance(v, str) else (v.item() if isinstance(v, np.ndarray) and v.size == 1
-                                          else None)
-        if not isinstance(v, str):
-            raise DataError(f"{path}: {key!r} must be a cell array of strings")
-        out.append(v)
-    return out
-
-
-def voc_boxes(path: Path) -> np.ndarray:
-    """Every ``<object>``'s ``<bndbox>`` of a PASCAL-VOC XML file as xyxy pixel boxes:
-    VOC's 1-based inclusive xmin..xmax become [xmin - 1, xmax)."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing annotation file")
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as err:  # a wrong encoding too: says the line and column
-        raise DataError(f"{path}: not valid XML ({err})") from None
-    except OSError as err:
-        raise DataError(f"{path}: unreadable ({err.strerror or err})") from None
-    boxes = []
-    for obj in root.iter("object"):
-        bb = obj.find("bndbox")
-        try:
-            vals = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[union-attr,arg-type]
-        except (AttributeError, TypeError, ValueError):
-            raise DataError(f"{path}: an <object> without a numeric <bndbox> "
-                            "(xmin, ymin, xmax, ymax)") from None
-        boxes.append([vals[0] - 1, vals[1] - 1, vals[2], vals[3]])
-    if not boxes:
-        raise DataError(f"{path}: no <object> with a box")
-    return np.array(boxes, np.float32)
-
+from harness.data.files import DataError, Record, register_photo, voc_boxes
+from harness.data.matfiles import cell_strings, load_mat
 
 DOGS_CLASSES = 120
 
@@ -59,8 +18,8 @@ def read_dogs(root: Path, split: str) -> tuple[list[Record], list[str]]:
     VOC XML file that may hold several objects. Class names are the breed folders."""
     listing = root / f"{split}_list.mat"
     files, annos, labels = load_mat(listing, "file_list", "annotation_list", "labels")
-    files = _strings(files, listing, "file_list")
-    annos = _strings(annos, listing, "annotation_list")
+    files = cell_strings(files, listing, "file_list")
+    annos = cell_strings(annos, listing, "annotation_list")
     labels = np.atleast_1d(np.asarray(labels)).astype(float).ravel()
     if not len(files) == len(annos) == len(labels):
         raise DataError(f"{listing}: file_list, annotation_list and labels differ in length "
@@ -84,7 +43,7 @@ def read_cars(root: Path, split: str) -> tuple[list[Record], list[str]]:
     (beside ``devkit/`` or inside it), images in ``cars_train/`` / ``cars_test/``.
     Boxes are 1-based inclusive pixel indices: [bbox_x1 - 1, bbox_x2) x
     [bbox_y1 - 1, bbox_y2). Classes are 1-based."""
-    classes = _strings(load_mat(root / "devkit" / "cars_meta.mat", "class_names"),
+    classes = cell_strings(load_mat(root / "devkit" / "cars_meta.mat", "class_names"),
                        root / "devkit" / "cars_meta.mat", "class_names")
     if split == "train":
         annos_path, images = root / "devkit" / "cars_train_annos.mat", root / "cars_train"
