@@ -656,7 +656,7 @@ def from_state_dict(name: str, num_classes: int, state: dict[str, torch.Tensor],
 
 
 for _name in ("resnet10t", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-              "resnext50_32x4d", "wide_resnet50_2", "seresnet50"):
+              "resnext50_32x4d", "wide_resnet50_2", "seresnet50", "seresnet152"):
     BACKBONES.add(_name, functools.partial(timm_backbone, _name),
                   family="timm-resnet", split="after stage 3 (stride 16)")
 for _name in ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"):

@@ -122,3 +122,18 @@ def test_bad_configurations_are_one_line_errors(call: Callable[[], object], mess
                                                 ) -> None:
     with pytest.raises(UserError, match=message):
         call()
+
+
+def test_seresnet152_is_resnet152_with_squeeze_and_excitation() -> None:
+    """ABN's "SENet (ResNet152 model)" (Sec. 4.2, Table 2): timm's seresnet152 at 1000
+    classes has torchvision's ResNet-152 count (60,192,808; He et al.: 60.2 M) plus an
+    SE block per bottleneck (Hu et al., CVPR 2018: reduction ratio 16, two layers with
+    biases, C^2/8 + C + C/16 parameters for C output channels): 66.8 M."""
+    from torchvision.models import resnet152
+
+    net = backbones.build("seresnet152", 1000)
+    se = sum(blocks * (2 * c * (c // 16) + c + c // 16)
+             for blocks, c in ((3, 256), (8, 512), (36, 1024), (3, 2048)))
+    assert n_params(resnet152(weights=None)) + se == n_params(net) == 66_821_848
+    assert round(n_params(net) / 1e6, 1) == 66.8
+    assert net.feat_channels == 1024 and net.out_channels == 2048  # split at layer3
