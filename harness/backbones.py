@@ -13,6 +13,8 @@ GAP + linear ``fc`` head (so CAM applies). Registered:
   ResNeXt, split the same way (DenseNet: after its second transition).
 * timm ResNet-family and EfficientNet models (``pretrained=False``), split where
   timm's ``feature_info`` reaches stride 16 (after ``layer3`` / ``blocks.4``).
+* torchvision VGG (``weights=None``), split at stride 16 (after pool4), whose head is
+  VGG's fully-connected layers (:class:`FCHeadBackbone`), and the CAM paper's VGG-GAP.
 
 Every backbone also names its *taps*: the feature-extractor stage outputs (one per
 resolution) that Multi-Scale ABN fuses.
@@ -25,7 +27,7 @@ import functools
 import pickle
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -37,6 +39,9 @@ from harness.registry import Registry
 class SplitBackbone(nn.Module):
     """A classifier as ``fc(pool(last_stage(features(x))))``.
 
+    The head is GAP + linear (``head_kind`` ``"gap-linear"``, what CAM reads); a
+    subclass may have another (:class:`FCHeadBackbone`: VGG's fully-connected layers).
+
     Attributes:
         feat_channels: channels of ``features``' output (the ABN split point).
         out_channels: channels of ``last_stage``'s output (input of ``fc``).
@@ -45,6 +50,10 @@ class SplitBackbone(nn.Module):
             ImageNet-style models: the stride 4, 8 and 16 stages).
         tap_channels: channels of each tap.
     """
+
+    #: the head's kind: ``"gap-linear"`` (``fc`` is one linear layer on the spatial mean
+    #: of the last stage's map) or ``"fc"`` (fully-connected layers, no class maps)
+    head_kind: ClassVar[str] = "gap-linear"
 
     def __init__(self, features: nn.Sequential, last_stage: nn.Module, out_channels: int,
                  feat_channels: int, num_classes: int, taps: tuple[int, ...] = (),
@@ -72,6 +81,12 @@ class SplitBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.last_stage(self.features(x)))
 
+    def attention_trunk(self, keep_weights: bool = False) -> tuple[nn.Module, int]:
+        """The trunk of ABN's attention branch and its output width: a copy of the last
+        stage with stride 1 (Sec. 3.1, "ResNet models with ABN are constructed from the
+        residual block at the attention branch"; :func:`stride1_copy`)."""
+        return stride1_copy(self.last_stage, keep_weights=keep_weights), self.out_channels
+
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The tap outputs, finest first; the last one is ``features(x)``."""
         if not self.taps:
@@ -85,6 +100,9 @@ class SplitBackbone(nn.Module):
 
 
 BackboneFactory = Callable[..., SplitBackbone]
+#: families whose factory loads a ``pretrained_file`` in the library's own keys (timm's,
+#: torchvision's) before the split
+_OWN_LOADERS = ("timm", "torchvision")
 BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 
@@ -95,7 +113,8 @@ def build(name: str, num_classes: int, pretrained: str | None = None,
     Args:
         pretrained: a local state dict file initialising the backbone (its classifier
             is dropped): for timm models a timm or torchvision state dict of that
-            architecture, for the CIFAR ResNets a state dict of the same backbone.
+            architecture, for VGG a torchvision one (fc6 and fc7 kept), for the CIFAR
+            nets a state dict of the same backbone.
 
     Raises:
         UserError: unknown name, bad options, or a state dict that does not fit (the
@@ -106,7 +125,7 @@ def build(name: str, num_classes: int, pretrained: str | None = None,
     entry = BACKBONES.entry(name)
     factory = entry.obj
     check_options(factory, f"backbone {name!r}", num_classes=num_classes, **kwargs)
-    if pretrained is not None and entry.meta.get("family", "").startswith("timm"):
+    if pretrained is not None and entry.meta.get("family", "").startswith(_OWN_LOADERS):
         net = factory(num_classes=num_classes, pretrained_file=pretrained, **kwargs)
     else:
         net = factory(num_classes=num_classes, **kwargs)
@@ -662,3 +681,115 @@ for _name in ("resnet10t", "resnet18", "resnet34", "resnet50", "resnet101", "res
 for _name in ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"):
     BACKBONES.add(_name, functools.partial(timm_backbone, _name),
                   family="timm-efficientnet", split="after blocks.4 (stride 16)")
+
+
+# --------------------------------------------------------------------------------------
+# VGG (torchvision): a fully-connected head
+# --------------------------------------------------------------------------------------
+
+#: width of the 3x3 convolution that stands for VGG's fully-connected layers in ABN's
+#: attention branch: the CAM paper's VGG-GAP layer (Zhou et al., CVPR 2016, Sec. 2)
+VGG_BRANCH_WIDTH = 1024
+
+
+class FCHeadBackbone(SplitBackbone):
+    """A :class:`SplitBackbone` whose head is fully-connected layers on a fixed-size
+    pooled map, as VGG's: ``pool`` (pool5, 7x7 adaptive average pool, flatten) then
+    ``fc`` (fc6 - ReLU - dropout - fc7 - ReLU - dropout - fc8).
+
+    ABN's attention branch must not keep fully-connected layers: "if a baseline model
+    contains a fully-connected layer, such as VGGNet, the attention branch replaces that
+    fully-connected layer with a 3x3 convolution layer, similar with CAM" (Sec. 3.1).
+    :meth:`attention_trunk` is therefore the stride-1 copy of the last stage followed by
+    one 3x3 convolution of :data:`VGG_BRANCH_WIDTH` (1024) channels (+ BN with
+    ``batch_norm``) and ReLU, the layer by which the CAM paper replaces VGG's
+    fully-connected layers; ABN's K-channel layers follow it. The width is our choice:
+    the paper gives none and the authors' released code has no VGG model.
+
+    CAM does not apply (no GAP + linear head, ``head_kind`` ``"fc"``); Grad-CAM and the
+    other gradient explainers do.
+    """
+
+    head_kind: ClassVar[str] = "fc"
+
+    def __init__(self, features: nn.Sequential, last_stage: nn.Module, out_channels: int,
+                 num_classes: int, pool: nn.Module, classifier: nn.Module, *,
+                 batch_norm: bool, taps: tuple[int, ...], tap_channels: tuple[int, ...]
+                 ) -> None:
+        super().__init__(features, last_stage, out_channels, tap_channels[-1], num_classes,
+                         taps=taps, tap_channels=tap_channels)
+        self.pool = pool  # type: ignore[assignment]
+        self.fc = classifier  # type: ignore[assignment]
+        self.batch_norm = batch_norm
+
+    def attention_trunk(self, keep_weights: bool = False) -> tuple[nn.Module, int]:
+        """The stride-1 copy of the last stage, then a 3x3 convolution (1024 channels)
+        in place of the fully-connected layers (Sec. 3.1), freshly initialised."""
+        stage, width = super().attention_trunk(keep_weights)
+        top = nn.Sequential(nn.Conv2d(width, VGG_BRANCH_WIDTH, 3, 1, 1,
+                                      bias=not self.batch_norm))
+        if self.batch_norm:
+            top.append(nn.BatchNorm2d(VGG_BRANCH_WIDTH))
+        top.append(nn.ReLU(inplace=True))
+        reset_parameters(top)
+        return nn.Sequential(stage, top), VGG_BRANCH_WIDTH
+
+
+def _vgg_blocks(features: nn.Module) -> list[nn.Sequential]:
+    """torchvision VGG's ``features`` as its five conv blocks, each ending at its max-pool."""
+    blocks: list[nn.Sequential] = []
+    current: list[nn.Module] = []
+    for module in features.children():
+        current.append(module)
+        if isinstance(module, nn.MaxPool2d):
+            blocks.append(nn.Sequential(*current))
+            current = []
+    return blocks
+
+
+def vgg_backbone(arch: str, num_classes: int, pretrained_file: str | None = None,
+                 gap: bool = False) -> SplitBackbone:
+    """torchvision's VGG ``arch`` (``weights=None``: never downloaded) split as ABN's
+    ImageNet ResNets, at stride 16: ``features`` = conv blocks 1-4 (through pool4),
+    ``last_stage`` = conv5_1 - conv5_3 (14 x 14 at 224 px, the resolution of ABN's
+    ResNet attention maps, Sec. 3.4, and of CAM's and Grad-CAM's VGG maps); pool5 opens
+    the head. Taps: the outputs of blocks 2, 3, 4 (strides 4, 8, 16). The authors'
+    released code has no VGG; the paper gives no split point for it.
+
+    Args:
+        pretrained_file: a local torchvision state dict of ``arch`` (fc8 is dropped).
+        gap: the CAM paper's VGG-GAP instead (Zhou et al. 2016, Sec. 2): pool5 and the
+            fully-connected layers removed, a 3x3 convolution of 1024 channels + ReLU
+            appended to the last stage, GAP + linear head.
+    """
+    import torchvision
+
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if pretrained_file is not None:
+        state = read_state_dict(pretrained_file)
+        load_fitting(model, {k: v for k, v in state.items()
+                             if not k.startswith("classifier.6.")},
+                     pretrained_file, arch, ignore=("classifier.6.",))
+    blocks = _vgg_blocks(model.features)
+    features = nn.Sequential(*blocks[:4])
+    conv5 = nn.Sequential(*list(blocks[4])[:-1])
+    batch_norm = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    taps, widths = (1, 2, 3), (128, 256, 512)
+    if gap:
+        top = nn.Sequential(nn.Conv2d(512, VGG_BRANCH_WIDTH, 3, 1, 1), nn.ReLU(inplace=True))
+        reset_parameters(top)
+        return SplitBackbone(features, nn.Sequential(*conv5, *top), VGG_BRANCH_WIDTH, 512,
+                             num_classes, taps=taps, tap_channels=widths)
+    pool = nn.Sequential(blocks[4][-1], model.avgpool, nn.Flatten(1))
+    return FCHeadBackbone(features, conv5, 512, num_classes, pool, model.classifier,
+                          batch_norm=batch_norm, taps=taps, tap_channels=widths)
+
+
+for _name, _arch in (("vgg16", "vgg16"), ("vgg16-bn", "vgg16_bn"), ("vgg19", "vgg19")):
+    BACKBONES.add(_name, functools.partial(vgg_backbone, _arch),
+                  family="torchvision-vgg", split="after pool4 (stride 16)",
+                  description="fully-connected head; ABN's branch: 3x3 conv, 1024")
+for _name, _arch in (("vgg16-gap", "vgg16"), ("vgg16-bn-gap", "vgg16_bn")):
+    BACKBONES.add(_name, functools.partial(vgg_backbone, _arch, gap=True),
+                  family="torchvision-vgg", split="after pool4 (stride 16)",
+                  description="CAM's VGG-GAP: conv5 + 3x3 conv 1024, GAP + linear")

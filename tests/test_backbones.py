@@ -137,3 +137,114 @@ def test_seresnet152_is_resnet152_with_squeeze_and_excitation() -> None:
     assert n_params(resnet152(weights=None)) + se == n_params(net) == 66_821_848
     assert round(n_params(net) / 1e6, 1) == 66.8
     assert net.feat_channels == 1024 and net.out_channels == 2048  # split at layer3
+
+
+# --------------------------------------------------------------------------------------
+# VGG: a fully-connected head
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,arch", [("vgg16", "vgg16"), ("vgg16-bn", "vgg16_bn"),
+                                       ("vgg19", "vgg19")])
+def test_vgg_split_keeps_every_parameter(name: str, arch: str) -> None:
+    """The split VGG has torchvision's parameters, no more, no fewer: VGG-16 138,357,544
+    at 1000 classes (Simonyan & Zisserman, Table 2: 138 M; VGG-19: 144 M)."""
+    import torchvision
+
+    reference = n_params(getattr(torchvision.models, arch)(weights=None))
+    net = backbones.build(name, 1000)
+    assert n_params(net) == reference
+    assert round(reference / 1e6) == {"vgg16": 138, "vgg16-bn": 138, "vgg19": 144}[name]
+    if name == "vgg16":
+        assert reference == 138_357_544
+    assert net.head_kind == "fc" and isinstance(net, backbones.FCHeadBackbone)
+
+
+def test_vgg_split_computes_torchvision_s_forward(tmp_path: object) -> None:
+    """A torchvision VGG-16-BN state dict loads (fc8 dropped) and, fc8 copied, the split
+    backbone's logits are torchvision's; conv5_3 (the last stage) is at stride 16."""
+    import pathlib
+
+    import torchvision
+
+    tv = torchvision.models.vgg16_bn(weights=None, num_classes=3).eval()
+    path = pathlib.Path(str(tmp_path)) / "vgg16_bn.pt"
+    torch.save(tv.state_dict(), path)
+    net = backbones.build("vgg16-bn", 3, pretrained=str(path)).eval()
+    net.fc[6].load_state_dict(tv.classifier[6].state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), tv(x))
+        assert net.last_stage(net.features(x)).shape == (2, 512, 4, 4)
+        assert [t.shape[-1] for t in net.pyramid(x)] == [16, 8, 4]
+
+
+def test_abn_on_vgg_replaces_the_fully_connected_layers_by_a_3x3_conv() -> None:
+    """ABN's attention branch on VGG (Sec. 3.1): a copy of conv5 (stride 1), then one
+    3x3 convolution of 1024 channels in place of fc6-fc8, then ABN's K-channel layers;
+    its map is at g's resolution; the perception branch is VGG's conv5 and FC layers."""
+    from harness.data import DIGITS_INFO
+    from methods.abn import ABN
+
+    info = dataclasses.replace(DIGITS_INFO, num_classes=3)
+    model = ABN(backbones.build("vgg16", 3), info).eval()
+    trunk = model.attention_branch.stage
+    convs = [m for m in trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (512, 512, (3, 3))] * 3 + [(512, 1024, (3, 3))]
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.attention_branch.modules())
+    assert model.attention_branch.to_classes.in_channels == 1024
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.attention is not None and out.attention.shape == (2, 1, 4, 4)
+    assert out.att_logits is not None and out.att_logits.shape == out.logits.shape == (2, 3)
+
+
+def test_abn_trains_a_step_on_vgg16_bn() -> None:
+    cfg = config.resolve("smoke")
+    cfg = dataclasses.replace(cfg, backbone="vgg16-bn", backbone_kwargs={},
+                              dataset_kwargs={**cfg.dataset_kwargs, "n_train": 8})
+    split = data.build(cfg.dataset, "train", **cfg.dataset_kwargs)
+    testing.check_method("abn", cfg=cfg, split=split)
+
+
+def test_cam_refuses_a_fully_connected_head_and_gradcam_explains_it() -> None:
+    from harness.data import DIGITS_INFO
+    from methods.base import METHODS
+    from methods.explainers import NotApplicable
+    from methods.explainers import build as build_explainer
+    from methods.posthoc import Baseline
+
+    info = dataclasses.replace(DIGITS_INFO, num_classes=3)
+    vgg = backbones.build("vgg16", 3)
+    with pytest.raises(UserError, match=r"method 'cam' needs a GAP \+ linear head; .*"
+                                        r"head is 'fc'.* \(vgg16-gap, vgg16-bn-gap\)$"):
+        METHODS.get("cam")(vgg, info)
+    baseline = Baseline(vgg, info).eval()
+    with pytest.raises(NotApplicable, match="head is not linear"):
+        build_explainer("cam", baseline)
+    x = torch.randn(2, 3, 64, 64)
+    maps = build_explainer("gradcam", baseline).explain(x, torch.tensor([0, 2]))
+    assert maps.shape == (2, 1, 64, 64) and bool((maps >= 0).all())
+
+
+def test_vgg_gap_is_the_cam_paper_s_variant_and_cam_reads_it() -> None:
+    """Zhou et al. 2016, Sec. 2: VGG-16 up to conv5_3 (pool5 and the FC layers removed),
+    a 3x3 convolution of 1024 channels, GAP, linear; CAM's maps are its class maps."""
+    from harness.data import DIGITS_INFO
+    from methods.base import METHODS
+
+    info = dataclasses.replace(DIGITS_INFO, num_classes=3)
+    net = backbones.build("vgg16-gap", 3)
+    conv_params = 14_714_688  # VGG-16's 13 convolutions (torchvision's features)
+    extra = 512 * 1024 * 9 + 1024
+    assert n_params(net) == conv_params + extra + 1024 * 3 + 3
+    assert net.head_kind == "gap-linear" and net.out_channels == 1024
+    cam = METHODS.get("cam")(net, info).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = cam.class_maps(x, torch.tensor([[0], [1]]))
+        logits = cam(x).logits
+    assert maps.shape == (2, 1, 4, 4)
+    torch.testing.assert_close(maps.mean((2, 3))[:, 0] + net.fc.bias[[0, 1]],
+                               logits.gather(1, torch.tensor([[0], [1]]))[:, 0])
