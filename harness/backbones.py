@@ -425,7 +425,9 @@ def cifar_wrn(depth: int, widen_factor: int, num_classes: int, dropout: float = 
     blocks of 16k, 32k and 64k channels (strides 1, 2, 2), BN-ReLU, GAP, linear. ABN's
     Table 2 uses depth 28, k = 4, dropout 0.3 (Sec. 4.1). Split after stage 2; the final
     BN-ReLU belongs to the last stage (the map CAM reads is the activated one, as the
-    GAP input)."""
+    GAP input). Deviation: ABN's attention branch copies the stage with that BN-ReLU and
+    then applies its own BN, where the authors' code applies its BN to the copied
+    blocks' output directly (likewise for :func:`cifar_densenet`)."""
     if depth < 10 or (depth - 4) % 6:
         raise UserError(f"cifar-wrn depth {depth}: depths are 6n+4 (10, 16, 22, 28, 40, ...)")
     if widen_factor < 1:

@@ -59,8 +59,9 @@ class AttentionBranch(nn.Module):
         self.bn_map = nn.BatchNorm2d(1)
         if not copy_weights:
             reset_parameters(self)
-        else:  # the stage copy keeps the pretrained weights (the trunk's own extra
-            for name, child in self.named_children():  # layers start fresh)
+        else:  # the stage copy keeps the pretrained weights (a trunk's layers after it
+            # were initialised by attention_trunk)
+            for name, child in self.named_children():
                 if name != "stage":
                     reset_parameters(child)
 

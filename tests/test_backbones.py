@@ -4,6 +4,7 @@ papers, shapes of the split, and ABN on each."""
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from collections.abc import Callable
 
 import pytest
@@ -160,15 +161,13 @@ def test_vgg_split_keeps_every_parameter(name: str, arch: str) -> None:
     assert net.head_kind == "fc" and isinstance(net, backbones.FCHeadBackbone)
 
 
-def test_vgg_split_computes_torchvision_s_forward(tmp_path: object) -> None:
+def test_vgg_split_computes_torchvision_s_forward(tmp_path: pathlib.Path) -> None:
     """A torchvision VGG-16-BN state dict loads (fc8 dropped) and, fc8 copied, the split
     backbone's logits are torchvision's; conv5_3 (the last stage) is at stride 16."""
-    import pathlib
-
     import torchvision
 
     tv = torchvision.models.vgg16_bn(weights=None, num_classes=3).eval()
-    path = pathlib.Path(str(tmp_path)) / "vgg16_bn.pt"
+    path = tmp_path / "vgg16_bn.pt"
     torch.save(tv.state_dict(), path)
     net = backbones.build("vgg16-bn", 3, pretrained=str(path)).eval()
     net.fc[6].load_state_dict(tv.classifier[6].state_dict())
@@ -248,3 +247,23 @@ def test_vgg_gap_is_the_cam_paper_s_variant_and_cam_reads_it() -> None:
     assert maps.shape == (2, 1, 4, 4)
     torch.testing.assert_close(maps.mean((2, 3))[:, 0] + net.fc.bias[[0, 1]],
                                logits.gather(1, torch.tensor([[0], [1]]))[:, 0])
+
+
+def test_a_pretrained_vgg_branch_copies_conv5_and_starts_its_3x3_conv_fresh(
+        tmp_path: pathlib.Path) -> None:
+    import torchvision
+
+    from harness.data import DIGITS_INFO
+    from methods.abn import ABN
+
+    path = tmp_path / "vgg16.pt"
+    torch.save(torchvision.models.vgg16(weights=None, num_classes=3).state_dict(), path)
+    bb = backbones.build("vgg16", 3, pretrained=str(path))
+    model = ABN(bb, dataclasses.replace(DIGITS_INFO, num_classes=3))
+    copy, top = model.attention_branch.stage
+    for key, value in bb.last_stage.state_dict().items():
+        assert torch.equal(copy.state_dict()[key], value), key
+    conv = top[0]
+    assert conv.kernel_size == (3, 3) and conv.out_channels == 1024
+    fan_out = 1024 * 9  # He-initialised (normal, fan-out), as the rest of the branch
+    assert float(conv.weight.detach().std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.02)
