@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.backbones import SplitBackbone, reset_parameters, stride1_copy
+from harness.backbones import SplitBackbone, reset_parameters
 from harness.data import DatasetInfo
 from harness.geometry import map_box_mask
 from methods.base import Method, Output, register_method, upsample
@@ -28,7 +28,7 @@ from methods.base import Method, Output, register_method, upsample
 class AttentionBranch(nn.Module):
     """ABN's attention branch (authors' code).
 
-    stride-1 copy of the last stage -> BN -> 1x1 conv to K (no bias) -> BN -> ReLU,
+    trunk -> BN -> 1x1 conv to K (no bias) -> BN -> ReLU,
     then (a) 1x1 conv K->K (no bias) -> global average pool -> attention logits, and
     (b) 3x3 conv K->1 (no bias) -> BN -> sigmoid -> attention map M.
 
@@ -38,24 +38,29 @@ class AttentionBranch(nn.Module):
     Every convolution is He-initialised (normal, fan-out) and every BN starts as the
     identity, as the authors' code initialises the whole network; with
     ``copy_weights`` (a pretrained backbone) the stage copy keeps the stage's weights.
+
+    The trunk is the backbone's :meth:`~harness.backbones.SplitBackbone.attention_trunk`:
+    the stride-1 copy of its last stage, followed on a backbone with fully-connected
+    layers (VGG) by the 3x3 convolution that replaces them (Sec. 3.1).
     """
 
     #: conv -> batch-norm pairs that :func:`harness.fold.folded` may fuse for evaluation
     FOLD_PAIRS = (("to_classes", "bn_classes"), ("to_map", "bn_map"))
 
-    def __init__(self, last_stage: nn.Module, out_channels: int, num_classes: int,
+    def __init__(self, backbone: SplitBackbone, num_classes: int,
                  copy_weights: bool = False) -> None:
         super().__init__()
-        self.stage = stride1_copy(last_stage, keep_weights=copy_weights)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.to_classes = nn.Conv2d(out_channels, num_classes, 1, bias=False)
+        self.stage, width = backbone.attention_trunk(keep_weights=copy_weights)
+        self.bn = nn.BatchNorm2d(width)
+        self.to_classes = nn.Conv2d(width, num_classes, 1, bias=False)
         self.bn_classes = nn.BatchNorm2d(num_classes)
         self.head = nn.Conv2d(num_classes, num_classes, 1, bias=False)
         self.to_map = nn.Conv2d(num_classes, 1, 3, padding=1, bias=False)
         self.bn_map = nn.BatchNorm2d(1)
         if not copy_weights:
             reset_parameters(self)
-        else:  # the stage keeps the pretrained weights
+        else:  # the stage copy keeps the pretrained weights (a trunk's layers after it
+            # were initialised by attention_trunk)
             for name, child in self.named_children():
                 if name != "stage":
                     reset_parameters(child)
@@ -107,8 +112,7 @@ class ABN(Method):
         if mechanism not in ("residual", "multiply"):
             raise ValueError(f"ABN mechanism must be 'residual' or 'multiply', got {mechanism!r}")
         self.mechanism = mechanism
-        self.attention_branch = AttentionBranch(backbone.last_stage, backbone.out_channels,
-                                                info.num_classes,
+        self.attention_branch = AttentionBranch(backbone, info.num_classes,
                                                 copy_weights=backbone.pretrained)
 
     def apply_attention(self, g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 ``native`` is the method's own read-out (:meth:`Method.explain`,
 :meth:`Method.class_maps`). Every other explainer reads the *scored layer*, the
 backbone's last stage, on any trained model whose prediction is
-``fc(GAP(last_stage(.)))`` with that stage run once per forward pass: the plain
+``head(last_stage(.))`` (GAP + linear, or VGG's pool5 and fully-connected layers; CAM
+needs the former) with that stage run once per forward pass: the plain
 backbone, the perception branch of the ABN family (the attention branch has its own
 stride-1 copy of the stage, which is not the scored layer) and the
 discriminative-attention models. That is how "Grad-CAM of ABN" is asked beside "ABN's

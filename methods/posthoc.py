@@ -11,6 +11,7 @@ from captum.attr import LayerGradCam
 
 from harness.backbones import SplitBackbone
 from harness.data import DatasetInfo
+from harness.errors import UserError
 from methods.base import Method, Output, register_method, upsample
 
 
@@ -44,6 +45,12 @@ class CAM(Baseline):
     the bias is not added. Deviation: the explanation clips negative evidence to 0
     (as Grad-CAM's ReLU does) so that every explanation is a non-negative map;
     :meth:`class_maps` returns the unclipped maps.
+
+    A backbone with fully-connected layers (VGG, ``head_kind`` ``"fc"``) is refused
+    rather than converted: CAM explains the trained ``baseline`` as it is, and the CAM
+    paper's VGG-GAP (Sec. 2: pool5 and the fully-connected layers replaced by a 3x3
+    convolution of 1024 channels, GAP and a linear layer) is another network that must
+    be trained as such; it is registered as a backbone of its own (``vgg16-gap``).
     """
 
     name = "cam"
@@ -95,6 +102,10 @@ def baseline(backbone: SplitBackbone, info: DatasetInfo) -> Method:
 @register_method("cam", init_from="baseline", train={"epochs": 0},
                  paper="Zhou et al., CVPR 2016", description="CAM on the trained baseline")
 def cam(backbone: SplitBackbone, info: DatasetInfo) -> Method:
+    if backbone.head_kind != "gap-linear":
+        raise UserError(f"method 'cam' needs a GAP + linear head; this backbone's head is "
+                        f"{backbone.head_kind!r} (fully-connected layers): use gradcam, or "
+                        "the CAM paper's VGG-GAP backbone (vgg16-gap, vgg16-bn-gap)")
     return CAM(backbone, info)
 
 
