@@ -174,6 +174,23 @@ def _export_onnx(model: nn.Module, x: torch.Tensor, path: str, *, dynamo: bool) 
                               dynamic_axes={"images": {0: "images"}})
 
 
+def _same_logits(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Whether an exported graph's logits are the model's up to float rounding: within
+    1e-3 of the logits' largest magnitude (plus 1e-4). Rounding grows with the size of
+    the values a network carries, not with each logit's own: a deep network's logits of
+    order 1e9 (an untrained ResNet-110) differ by hundreds after a reordered sum, and a
+    logit near 0 among them by as much. Where the model's own logits are NaN or inf (an
+    untrained network in eval mode can overflow), the graph's must be the same there;
+    what the model then scores is for the evaluation's own checks to say."""
+    ok = torch.isfinite(want)
+    if not torch.equal(ok, torch.isfinite(got)) or not torch.equal(
+            want[~ok].nan_to_num(), got[~ok].nan_to_num()):
+        return False
+    if not ok.any():
+        return True
+    return bool((got[ok] - want[ok]).abs().max() <= 1e-3 * want[ok].abs().max() + 1e-4)
+
+
 def onnx_logits(model: nn.Module, batch: int, sample: torch.Tensor,
                 threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` (images -> logits, eval mode, float32) exported to ONNX, traced on
@@ -183,7 +200,7 @@ def onnx_logits(model: nn.Module, batch: int, sample: torch.Tensor,
     CPU provider with ``threads`` threads a call (default: this process's thread count;
     calls from several threads run at once); inputs and outputs stay torch tensors on
     the CPU. The TorchScript exporter's graph is kept when it gives the model's logits
-    (within 1e-3 relative) on random images at another batch than traced; otherwise
+    (:func:`_same_logits`) on random images at another batch than traced; otherwise
     (an operator or a shape it cannot trace, a batch size baked into the graph) the
     ``torch.export`` exporter's is.
 
@@ -224,8 +241,7 @@ def onnx_logits(model: nn.Module, batch: int, sample: torch.Tensor,
                 session = ort.InferenceSession(path, opts,
                                                providers=["CPUExecutionProvider"])
                 got = torch.from_numpy(session.run(None, {"images": check.numpy()})[0])
-                if got.shape == want.shape and torch.allclose(got, want, rtol=1e-3,
-                                                              atol=1e-4):
+                if got.shape == want.shape and _same_logits(got, want):
                     break
             except Exception:  # the tracer's failures take many forms: try the other
                 if dynamo:

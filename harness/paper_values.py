@@ -98,6 +98,17 @@ PAPER_VALUES: dict[str, tuple[PaperValue, ...]] = {
              f"{_MSABN}, Table 4, row 'BaseModel + MSABN + Puzzle', ResNet-50", 0.645,
              "mean ± sd over 3 seeds"),
     ),
+    "msabn-stanford-cars": (
+        _acc("baseline", "top1", 78.70, f"{_MSABN}, Table 5, row 'BaseModel', ResNet-50",
+             1.062, "mean ± sd over 3 seeds"),
+        _acc("abn", "top1", 85.59, f"{_MSABN}, Table 5, row 'BaseModel+ABN', ResNet-50",
+             0.396, "mean ± sd over 3 seeds"),
+        _acc("msabn", "top1", 86.81, f"{_MSABN}, Table 5, row 'BaseModel+MSABN', ResNet-50",
+             0.991, "mean ± sd over 3 seeds"),
+        _acc("msabn-puzzle", "top1", 88.25,
+             f"{_MSABN}, Table 5, row 'BaseModel + MSABN + Puzzle', ResNet-50", 1.492,
+             "mean ± sd over 3 seeds"),
+    ),
     "discattn-cifar100": (
         _acc("discattn-gradcam", "top1", 74.02,
              f"{_DISC}, Table 1, row 'ResNet-110 + A_Grad-CAM'"),

@@ -205,3 +205,19 @@ def test_onnx_export_falls_back_when_the_traced_graph_is_wrong(
         used.append(dynamo), real(m, x, p, dynamo=dynamo)))
     dev.onnx_logits(net, 4, torch.zeros(3, 5, 5))
     assert used == [False]
+
+
+def test_an_exported_graph_is_judged_on_the_logits_scale() -> None:
+    """Rounding grows with the values a network carries: logits of order 1e9 (an
+    untrained deep ResNet) that differ by hundreds after a reordered sum, a logit near 0
+    among them too, are the same logits; a shift of 1e-3 of the scale is not."""
+    want = torch.tensor([[1.2e9, -3.0e8, 5.0]])
+    assert dev._same_logits(want + torch.tensor([[480.0, -384.0, 300.0]]), want)
+    assert not dev._same_logits(want + torch.tensor([[0.0, 0.0, 2e6]]), want)
+    small = torch.tensor([[0.5, -0.2]])
+    assert dev._same_logits(small + 5e-4, small)
+    assert not dev._same_logits(small + 1e-2, small)
+    over = torch.tensor([[float("nan"), float("inf"), 1.0]])
+    assert dev._same_logits(over.clone(), over)
+    assert not dev._same_logits(torch.tensor([[float("nan"), float("-inf"), 1.0]]), over)
+    assert not dev._same_logits(torch.tensor([[0.0, float("inf"), 1.0]]), over)
