@@ -289,7 +289,9 @@ def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
         raise UserError(f"unknown --preset {shown(preset)} (known: {', '.join(PRESETS)})")
     spec: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
     overrides = ([own] if config_file is not None else []) + [parse_set(i) for i in sets]
+    # what the preset itself names, before any override: its paper values are for these
     own_bb = spec.get("backbone", RunConfig.backbone)
+    own_dataset = spec.get("dataset", RunConfig.dataset)
     new_bb = next((o["backbone"] for o in reversed(overrides) if "backbone" in o), own_bb)
     if new_bb != own_bb and spec.pop("backbone_kwargs", None):
         # the preset's backbone options describe its own backbone, not another
@@ -299,8 +301,6 @@ def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
         _merge(spec, extra)
     portable = spec.pop("portable", ())
     spec.pop("extends", None)
-    own_dataset = spec.get("dataset", RunConfig.dataset)
-    own_backbone = spec.get("backbone", RunConfig.backbone)
     if dataset is not None and dataset != own_dataset:
         # the preset's data options describe its own dataset; only the portable ones
         # (a photo's size and transforms) apply to another
@@ -312,7 +312,7 @@ def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
         ev = EvalConfig(**spec.pop("eval", {}))
         spec["for_methods"] = tuple(spec.get("for_methods", ()))
         cfg = RunConfig(preset=preset, train=train, eval=ev, seed=seed,
-                        preset_dataset=own_dataset, preset_backbone=own_backbone,
+                        preset_dataset=own_dataset, preset_backbone=own_bb,
                         config_file=None if config_file is None else str(config_file),
                         **spec)
     except TypeError as err:  # pragma: no cover - check_spec catches these first

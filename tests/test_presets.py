@@ -150,6 +150,18 @@ def test_the_papers_numbers_beside_ours() -> None:
                                 "cifar-resnet110") == ()
 
 
+@pytest.mark.parametrize("sets", [["backbone=cifar-resnet8"], ["dataset=cifar10"]])
+def test_a_preset_remembers_its_own_dataset_and_backbone_under_overrides(
+        sets: list[str]) -> None:
+    """--backbone / --set name another experiment: the preset's own dataset and backbone
+    (what its paper values are for) are those it names, not the overrides."""
+    cfg = config.resolve("abn-cifar100", sets=sets)
+    assert (cfg.preset_dataset, cfg.preset_backbone) == ("cifar100", "cifar-resnet110")
+    assert (cfg.dataset, cfg.backbone) != ("cifar100", "cifar-resnet110")
+    assert paper_values.for_run(cfg.preset, cfg.dataset, cfg.backbone, cfg.preset_dataset,
+                                cfg.preset_backbone) == ()
+
+
 def test_cifar_resnets_block_types() -> None:
     """He et al.'s basic-block ResNet-110 has 1.7 M parameters (the discriminative-
     attention paper's Table 2); ABN's code uses bottleneck blocks from depth 44."""
