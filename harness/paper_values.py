@@ -54,6 +54,17 @@ _MSABN = "Gupta & Sintorn, 2022 (MSABN)"
 _DISC = "Wang et al., 2019 (discriminative attention)"
 
 
+def _msabn(table: int, **rows: tuple[float, float]) -> tuple[PaperValue, ...]:
+    """MSABN's fine-grained tables (ResNet-50, top-1 accuracy in %, mean ± sd over 3
+    seeds): ``rows`` maps baseline / abn / msabn / puzzle to (mean, sd)."""
+    names = {"baseline": ("baseline", "BaseModel"), "abn": ("abn", "BaseModel+ABN"),
+             "msabn": ("msabn", "BaseModel+MSABN"),
+             "puzzle": ("msabn-puzzle", "BaseModel + MSABN + Puzzle")}
+    return tuple(_acc(names[k][0], "top1", mean,
+                      f"{_MSABN}, Table {table}, row '{names[k][1]}', ResNet-50", sd,
+                      "mean ± sd over 3 seeds") for k, (mean, sd) in rows.items())
+
+
 def _comb_cub() -> tuple[PaperValue, ...]:
     rows = {"abn": ("ABN", 31.68, 57.01, 0.0302), "abn-amb": ("ABN + AMB", 33.53, 58.68, 0.0451),
             "abn-hk": ("Human knowledge", 37.42, 62.08, 0.0576),
@@ -87,28 +98,10 @@ PAPER_VALUES: dict[str, tuple[PaperValue, ...]] = {
     ),
     "comb-cub200-2010": _comb_cub(),
     "comb-stanford-dogs": _comb_dogs(),
-    "msabn-cub200-2011": (
-        _acc("baseline", "top1", 40.62, f"{_MSABN}, Table 4, row 'BaseModel', ResNet-50",
-             1.985, "mean ± sd over 3 seeds"),
-        _acc("abn", "top1", 50.96, f"{_MSABN}, Table 4, row 'BaseModel+ABN', ResNet-50",
-             2.145, "mean ± sd over 3 seeds"),
-        _acc("msabn", "top1", 54.98, f"{_MSABN}, Table 4, row 'BaseModel+MSABN', ResNet-50",
-             0.219, "mean ± sd over 3 seeds"),
-        _acc("msabn-puzzle", "top1", 57.31,
-             f"{_MSABN}, Table 4, row 'BaseModel + MSABN + Puzzle', ResNet-50", 0.645,
-             "mean ± sd over 3 seeds"),
-    ),
-    "msabn-stanford-cars": (
-        _acc("baseline", "top1", 78.70, f"{_MSABN}, Table 5, row 'BaseModel', ResNet-50",
-             1.062, "mean ± sd over 3 seeds"),
-        _acc("abn", "top1", 85.59, f"{_MSABN}, Table 5, row 'BaseModel+ABN', ResNet-50",
-             0.396, "mean ± sd over 3 seeds"),
-        _acc("msabn", "top1", 86.81, f"{_MSABN}, Table 5, row 'BaseModel+MSABN', ResNet-50",
-             0.991, "mean ± sd over 3 seeds"),
-        _acc("msabn-puzzle", "top1", 88.25,
-             f"{_MSABN}, Table 5, row 'BaseModel + MSABN + Puzzle', ResNet-50", 1.492,
-             "mean ± sd over 3 seeds"),
-    ),
+    "msabn-cub200-2011": _msabn(4, baseline=(40.62, 1.985), abn=(50.96, 2.145),
+                                msabn=(54.98, 0.219), puzzle=(57.31, 0.645)),
+    "msabn-stanford-cars": _msabn(5, baseline=(78.70, 1.062), abn=(85.59, 0.396),
+                                  msabn=(86.81, 0.991), puzzle=(88.25, 1.492)),
     "discattn-cifar100": (
         _acc("discattn-gradcam", "top1", 74.02,
              f"{_DISC}, Table 1, row 'ResNet-110 + A_Grad-CAM'"),
