@@ -479,3 +479,22 @@ def test_the_listing_names_the_multi_label_datasets(capsys: pytest.CaptureFixtur
     assert "cluttered-digits-multilabel embedded, boxes, multi-label" in out
     assert "voc2012            read from --data-dir, boxes, multi-label" in out
     assert "celeba             read from --data-dir, no boxes, multi-label" in out
+
+
+def test_the_dataset_contract_checks_the_multi_label_keys() -> None:
+    from harness.testing import _check_multi_label
+
+    s = _multi("test", 8)
+    good = next(x for x in (s.dataset[i] for i in range(8)) if (x["object_labels"] < 0).any())
+    _check_multi_label("x", good, s.info)
+    k = int((good["object_labels"] >= 0).sum())
+    broken = [{**good, "labels": good["labels"].double()},
+              {**good, "labels": good["labels"] * 2},
+              {**good, "object_labels": good["object_labels"][:2]},
+              {**good, "object_labels": torch.where(good["object_labels"] < 0, 0,
+                                                    good["object_labels"])},
+              {**good, "labels": torch.where(torch.arange(10) == good["object_labels"][k - 1],
+                                             0.0, good["labels"])}]
+    for sample in broken:
+        with pytest.raises(AssertionError):
+            _check_multi_label("x", sample, s.info)

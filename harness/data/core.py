@@ -16,8 +16,8 @@ NaN padding rows), so that a class's boxes are the rows of ``objects`` whose
 away (the box is then empty, x2 <= x1 or y2 <= y1). ``label`` stays one class index,
 for code that needs one: each dataset says which (the class of the largest object for
 ``voc2012`` and ``cluttered-digits-multilabel``; for ``celeba``, whose classes are
-attributes, the first attribute the image has in the file's column order). Single-label
-datasets carry neither key.
+attributes, the first attribute the image has in the file's column order, 0 when it
+has none). Single-label datasets carry neither key.
 Boxes are xyxy in pixels of the transformed image (NaN when a dataset has none) and
 follow the image through every transform via ``torchvision.transforms.v2`` and
 ``tv_tensors``. This module imports nothing from ``methods``, ``metrics`` or
