@@ -478,6 +478,7 @@ def dataset_sizes(cfg: RunConfig, build: Callable[[str], Split]
         size = int(kw.get("image_size", meta.get("image_size", 224)))
         info = DatasetInfo(name=cfg.dataset, num_classes=int(meta["num_classes"]),
                            image_size=(size, size), mean=(0.5, 0.5, 0.5),
-                           std=(0.25, 0.25, 0.25), has_boxes=bool(meta.get("has_boxes")))
+                           std=(0.25, 0.25, 0.25), has_boxes=bool(meta.get("has_boxes")),
+                           multi_label=bool(meta.get("multi_label")))
         print(f"  (data not found: {err}; using the official sizes)")
         return info, (n_train, n_test), True

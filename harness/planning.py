@@ -238,7 +238,18 @@ def lineage(names: Sequence[str]) -> set[str]:
 def drop_unsupported(names: Sequence[str], info: data.DatasetInfo, *, explicit: bool,
                      say: Callable[..., None] = print, models: int = 0) -> list[str]:
     """Check, before any training, that the dataset has what each method needs: an
-    explicitly requested method that cannot run is an error; ``all`` skips it."""
+    explicitly requested method that cannot run is an error; ``all`` skips it. A
+    multi-label dataset is refused unless a method takes multi-label targets (its
+    registry entry says ``multi_label``): the others would train on ``label`` alone."""
+    if info.multi_label:
+        able = [n for n in names if METHODS.entry(n).meta.get("multi_label")]
+        if not able:
+            raise UserError(f"multi-label dataset {info.name!r}: no method supports "
+                            "multi-label targets yet (--check-data reads and checks it)")
+        if models:
+            raise UserError(f"multi-label dataset {info.name!r}: --model models are "
+                            "scored on single labels only")
+        names = able
     keep = []
     for n in names:
         if METHODS.entry(n).meta.get("needs_boxes") and not info.has_boxes:

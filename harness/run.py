@@ -200,11 +200,14 @@ def print_registries() -> None:
               f"{_from(me.source)}")
     print("datasets:")
     for d in sorted(data.DATASETS, key=lambda e: not e.meta.get("embedded")):
-        where = "embedded (the default)" if d.meta.get("embedded") else "read from --data-dir"
+        where = ("read from --data-dir" if not d.meta.get("embedded") else
+                 "embedded (the default)" if d.name == config_mod.RunConfig.dataset
+                 else "embedded")
         boxes = "boxes" if d.meta.get("has_boxes") else ("boxes optional"
                                                          if d.meta.get("has_boxes") is None
                                                          else "no boxes")
-        print(f"  {d.name:<18} {where}, {boxes}{_from(d.source)}")
+        labels = ", multi-label" if d.meta.get("multi_label") else ""
+        print(f"  {d.name:<18} {where}, {boxes}{labels}{_from(d.source)}")
     print("explainers:")
     for x in EXPLAINERS:
         print(f"  {x.name:<14} {x.meta.get('description', '')}{_from(x.source)}")

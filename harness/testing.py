@@ -22,6 +22,7 @@ saw. They run on the CPU on the embedded dataset's smoke size (seconds):
   in list states reduced by concatenation (what distributed gathering needs), resets;
 * :func:`check_dataset`: both splits build, samples hold a normalised ``[3,H,W]``
   image, a label in range, the index, and boxes inside the image where it has them;
+  a multi-label dataset's, 0/1 ``labels`` and ``object_labels`` beside ``objects``;
 * :func:`check_backbone`: builds and splits into ``features`` / ``last_stage`` / ``fc``
   whose composition is the forward pass.
 """
@@ -232,8 +233,34 @@ def check_dataset(name: str, **options: Any) -> tuple[data.Split, data.Split]:
             inside = 0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h
             assert box.shape == (4,) and inside, \
                 f"{name} {part}: box {box.tolist()} outside the {w}x{h} image"
+        if info.multi_label:
+            _check_multi_label(f"{name} {part}", sample, info)
         splits.append(split)
     return splits[0], splits[1]
+
+
+def _check_multi_label(what: str, sample: dict[str, Any], info: data.DatasetInfo) -> None:
+    """A multi-label sample: ``labels`` float32 0/1 ``[C]``; with objects,
+    ``object_labels`` int64 ``[K]`` beside ``objects``, -1 exactly on the NaN padding
+    rows, each other row's class among ``labels``."""
+    c = info.num_classes
+    labels = sample.get("labels")
+    assert isinstance(labels, torch.Tensor) and labels.shape == (c,) and \
+        labels.dtype == torch.float32, f"{what}: labels must be float32 [{c}]"
+    assert bool(((labels == 0) | (labels == 1)).all()), f"{what}: labels not 0/1"
+    if "objects" not in sample:
+        return
+    objects, classes = sample["objects"], sample.get("object_labels")
+    assert isinstance(classes, torch.Tensor) and classes.dtype == torch.long and \
+        classes.shape == objects.shape[:1], \
+        f"{what}: object_labels must be int64 [{len(objects)}] beside objects"
+    padding = classes < 0
+    assert bool((classes >= -1).all() and (classes < c).all()), \
+        f"{what}: object_labels outside [-1, {c})"
+    assert torch.equal(padding, torch.isnan(objects).all(1)), \
+        f"{what}: object_labels -1 must be exactly the NaN padding rows"
+    assert bool((labels[classes[~padding]] == 1).all()), \
+        f"{what}: an object's class is not among labels"
 
 
 def check_backbone(name: str, num_classes: int = 10, size: int = 64,

@@ -71,6 +71,24 @@ are xyxy pixels of the image file with x2/y2 exclusive (the object covers column
   inclusive: ``boxes = (x1 - 1, y1 - 1, x2, y2)``) and ``data/misc/make_model_name.mat`` with cell
   columns ``make_names`` and ``model_names`` indexed by id. Labels index the distinct model (or
   make) ids of the split files, ascending; ``classes`` are their names.
+* ``voc2012``: ``VOCtrainval_11-May-2012.tar`` unpacks ``VOCdevkit/VOC2012/`` into ``root``:
+  ``dataset_dir = root / "VOCdevkit" / "VOC2012"``, ``relpath = "JPEGImages/<id>.jpg"``, ids
+  ``<year>_<6 digits>``. ``ImageSets/Main/{train,val,trainval}.txt`` list the ids (train split:
+  ``train``, test split: ``val``) and ``ImageSets/Main/<class>_<set>.txt`` say ``<id> <mark>``
+  with the mark -1 (no object of the class), 1 (an object) or 0 (only difficult ones), right
+  aligned to two characters. ``Annotations/<id>.xml``: ``folder``, ``filename``, ``source``,
+  ``size``, ``segmented`` and per object ``name``, ``pose``, ``truncated``, ``occluded``,
+  ``bndbox`` (1-based inclusive: ``boxes = (xmin - 1, ymin - 1, xmax, ymax)``), ``difficult``.
+  Multi-label: ``labels`` (the classes, sorted), ``object_labels`` and ``difficult`` per box;
+  ``label`` is the largest box's class (the first on a tie).
+* ``celeba``: ``dataset_dir = root / "celeba"`` (torchvision's ``root`` is ``root``),
+  ``relpath = "img_align_celeba/<NNNNNN>.jpg"`` (178 x 218 px). ``list_attr_celeba.txt``: the
+  count, the 40 names, then ``<image>`` and 40 values -1 / 1, each right aligned to two
+  characters; ``list_eval_partition.txt``: ``<image> <0, 1 or 2>`` (train, validation, test);
+  ``list_bbox_celeba.txt`` (count, ``image_id x_1 y_1 width height``, rows),
+  ``list_landmarks_align_celeba.txt`` (count, the 10 coordinate names, rows) and
+  ``identity_CelebA.txt`` (``<image> <identity>``) hold random values. ``labels`` are the
+  attributes an image has (1), ``label`` the first of them (0 for none); ``boxes = ()``.
 
 ``python -m tests.dataset_fixtures`` builds every fixture and re-reads it independently.
 """
@@ -125,6 +143,11 @@ class FixtureImage:
     boxes: tuple[Box, ...]
     size: tuple[int, int]
     mode: str
+    #: multi-label datasets: every class of the image (sorted), each box's class and its
+    #: ``difficult`` mark (VOC)
+    labels: tuple[int, ...] = ()
+    object_labels: tuple[int, ...] = ()
+    difficult: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -641,6 +664,127 @@ def make_compcars(root: Path, per_class: tuple[int, int] = PER_CLASS,
                    tuple(im for split in ("train", "test") for im in images if im.split == split))
 
 
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+               "sheep", "sofa", "train", "tvmonitor")
+#: the classes the VOC fixture's objects are drawn from
+VOC_USED = (7, 11, 14)  # cat, dog, person
+
+
+def make_voc2012(root: Path, per_class: tuple[int, int] = PER_CLASS) -> Fixture:
+    """Writes PASCAL VOC 2012 (``VOCtrainval_11-May-2012.tar``): ``3 * per_class`` train and
+    val images of one to three objects each (cats, dogs and people; one image with two
+    objects of a class, some objects marked difficult, one class of one image difficult
+    only).
+
+    Args:
+        root: Folder the archive was extracted into (``VOCdevkit/VOC2012`` below it).
+
+    Returns:
+        The fixture: the train split is ``train.txt``, the test split ``val.txt``, each
+        in id order. ``label`` is the class of the largest object (the first on a tie).
+    """
+    rng, ds = random.Random(2012_05), Path(root) / "VOCdevkit" / "VOC2012"
+    n_train, n_test = (3 * k for k in per_class)
+    splits = ["train"] * n_train + ["test"] * n_test
+    ids = sorted(f"{2007 + n % 5}_{n:06d}" for n in rng.sample(range(8000), len(splits)))
+    rng.shuffle(splits)
+    images = []
+    for k, (stem, split) in enumerate(zip(ids, splits, strict=True)):
+        n_obj = 1 + k % 3
+        size, boxes, _ = _paint(rng, ds / "JPEGImages" / f"{stem}.jpg", n_obj=n_obj)
+        classes = [rng.choice(VOC_USED) for _ in boxes]
+        if k == 2:  # two objects of one class
+            classes[1] = classes[0]
+        difficult = [k % 4 == 3 and j == n_obj - 1 for j in range(n_obj)]
+        area = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+        objects = [("object", [("name", VOC_CLASSES[c]), ("pose", "Unspecified"),
+                               ("truncated", 0), ("occluded", 0),
+                               ("bndbox", [("xmin", int(b[0]) + 1), ("ymin", int(b[1]) + 1),
+                                           ("xmax", int(b[2])), ("ymax", int(b[3]))]),
+                               ("difficult", int(d))])
+                   for c, b, d in zip(classes, boxes, difficult, strict=True)]
+        (ds / "Annotations").mkdir(parents=True, exist_ok=True)
+        (ds / "Annotations" / f"{stem}.xml").write_text(_xml("annotation", [
+            ("folder", "VOC2012"), ("filename", f"{stem}.jpg"),
+            ("source", [("database", "The VOC2008 Database"),
+                        ("annotation", "PASCAL VOC2008"), ("image", "flickr")]),
+            ("size", [("width", size[1]), ("height", size[0]), ("depth", 3)]),
+            ("segmented", 0), *objects]))
+        images.append(FixtureImage(f"JPEGImages/{stem}.jpg", split,
+                                   classes[area.index(max(area))], boxes, size, "RGB",
+                                   tuple(sorted(set(classes))), tuple(classes),
+                                   tuple(difficult)))
+    main = ds / "ImageSets" / "Main"
+    for image_set, want in (("train", ("train",)), ("val", ("test",)),
+                            ("trainval", ("train", "test"))):
+        ims = [im for im in images if im.split in want]
+        _write(main / f"{image_set}.txt", [Path(im.relpath).stem for im in ims])
+        for c, cls in enumerate(VOC_CLASSES):  # 1: an object, 0: difficult ones only
+            marks = [max((-1, *(0 if d else 1 for o, d in zip(im.object_labels, im.difficult,
+                                                             strict=True) if o == c)))
+                     for im in ims]
+            _write(main / f"{cls}_{image_set}.txt",
+                   [f"{Path(im.relpath).stem} {m:2d}" for im, m in zip(ims, marks, strict=True)])
+    return Fixture("voc2012", Path(root), ds, VOC_CLASSES,
+                   tuple(im for split in ("train", "test") for im in images if im.split == split))
+
+
+CELEBA_ATTRIBUTES = """5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs
+Big_Lips Big_Nose Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin
+Eyeglasses Goatee Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache
+Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns
+Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace
+Wearing_Necktie Young""".split()
+CELEBA_LANDMARKS = ("lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x "
+                    "leftmouth_y rightmouth_x rightmouth_y")
+
+
+def make_celeba(root: Path, per_class: tuple[int, int] = PER_CLASS) -> Fixture:
+    """Writes CelebA as torchvision reads it: ``celeba/img_align_celeba/<NNNNNN>.jpg``
+    (178 x 218 px) and the five ``.txt`` files, ``3 * per_class`` images in partitions 0
+    (train) and 2 (test) and two in 1 (validation, in no split), interleaved. One image has
+    no attribute (all -1); the face is a red rectangle but ``boxes = ()``.
+
+    Args:
+        root: Folder holding ``celeba/`` (torchvision's ``root``).
+
+    Returns:
+        The fixture, each split in file order; ``labels`` are the attributes the image
+        has and ``label`` the first of them (0 for none).
+    """
+    rng, ds = random.Random(202599), Path(root) / "celeba"
+    n_train, n_test = (3 * k for k in per_class)
+    parts = ["0"] * n_train + ["2"] * n_test + ["1"] * 2
+    rng.shuffle(parts)
+    images, attrs, boxes, marks, ids = [], [], [], [], []
+    for k, part in enumerate(parts):
+        name = f"{k + 1:06d}.jpg"
+        size, _, _ = _paint(rng, ds / "img_align_celeba" / name, size=(218, 178))
+        has = ([rng.random() < 0.3 for _ in CELEBA_ATTRIBUTES] if k != parts.index("0")
+               else [False] * len(CELEBA_ATTRIBUTES))
+        attrs.append(f"{name} " + " ".join(f"{1 if h else -1:2d}" for h in has))
+        boxes.append(f"{name} {rng.randint(0, 200):5d} {rng.randint(0, 200):3d} "
+                     f"{rng.randint(50, 400):3d} {rng.randint(50, 500):3d}")
+        marks.append(f"{name} " + " ".join(f"{rng.randint(60, 120):3d}" for _ in range(10)))
+        ids.append(f"{name} {rng.randint(1, 10177)}")
+        present = tuple(j for j, h in enumerate(has) if h)
+        if part != "1":
+            images.append(FixtureImage(f"img_align_celeba/{name}",
+                                       "train" if part == "0" else "test",
+                                       present[0] if present else 0, (), size, "RGB",
+                                       present))
+    n = len(parts)
+    _write(ds / "list_attr_celeba.txt", [str(n), " ".join(CELEBA_ATTRIBUTES), *attrs])
+    _write(ds / "list_eval_partition.txt",
+           [f"{k + 1:06d}.jpg {p}" for k, p in enumerate(parts)])
+    _write(ds / "list_bbox_celeba.txt", [str(n), "image_id x_1 y_1 width height", *boxes])
+    _write(ds / "list_landmarks_align_celeba.txt", [str(n), CELEBA_LANDMARKS, *marks])
+    _write(ds / "identity_CelebA.txt", ids)
+    return Fixture("celeba", Path(root), ds, tuple(CELEBA_ATTRIBUTES),
+                   tuple(im for split in ("train", "test") for im in images if im.split == split))
+
+
 BUILDERS: dict[str, Callable[[Path], Fixture]] = {
     "cub200-2011": make_cub2011,
     "cub200-2010": make_cub2010,
@@ -654,6 +798,8 @@ BUILDERS: dict[str, Callable[[Path], Fixture]] = {
     "caltech256": make_caltech256,
     "compcars": make_compcars,
     "compcars-make": partial(make_compcars, task="make"),
+    "voc2012": make_voc2012,
+    "celeba": make_celeba,
 }
 
 
@@ -728,6 +874,27 @@ def _read_back(fx: Fixture) -> tuple[list[str], dict[str, list[tuple[str, int, t
             for split, picked in (("train", train), ("test", test)):
                 out[split] += [(f"{cls}/{files[i]}", label, ()) for i in picked]
         return [p.name[4:] for p in sorted(d.iterdir())][:-1], out
+    if fx.name == "voc2012":
+        for split, image_set in (("train", "train"), ("test", "val")):
+            for stem in (d / "ImageSets" / "Main" / f"{image_set}.txt").read_text().split():
+                objs = list(ET.parse(d / "Annotations" / f"{stem}.xml").getroot().iter("object"))
+                boxes = tuple(tuple(float(o.findtext(f"bndbox/{k}", "")) - k.endswith("min")
+                                    for k in ("xmin", "ymin", "xmax", "ymax")) for o in objs)
+                areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+                names = [o.findtext("name", "") for o in objs]
+                out[split].append((f"JPEGImages/{stem}.jpg",
+                                   VOC_CLASSES.index(names[areas.index(max(areas))]), boxes))
+        return list(VOC_CLASSES), out
+    if fx.name == "celeba":
+        lines = (d / "list_attr_celeba.txt").read_text().splitlines()
+        has = {ln.split()[0]: [v == "1" for v in ln.split()[1:]] for ln in lines[2:]}
+        for ln in (d / "list_eval_partition.txt").read_text().splitlines():
+            name, part = ln.split()
+            if part != "1":
+                flags = has[name]
+                out["train" if part == "0" else "test"].append(
+                    (f"img_align_celeba/{name}", flags.index(True) if any(flags) else 0, ()))
+        return lines[1].split(), out
     if fx.name.startswith("compcars"):
         col = 1 if fx.name == "compcars" else 0
         lists = {split: (d / "data" / "train_test_split" / "classification" / f"{split}.txt")
@@ -818,7 +985,8 @@ def _check(fx: Fixture, pixels: bool = True) -> None:
             with Image.open(fx.dataset_dir / im.relpath) as img:
                 assert (img.mode, img.size) == (im.mode, (w, h)), im
                 rgb = np.asarray(img.convert("RGB"))
-            unboxed = not im.boxes and fx.name in ("imagenet", "caltech256")  # drawn, unlisted
+            # drawn, unlisted
+            unboxed = not im.boxes and fx.name in ("imagenet", "caltech256", "celeba")
             assert not pixels or unboxed or _objects_match(rgb, im.mode, im.boxes), im
     return None
 

@@ -16,7 +16,7 @@ from tests import dataset_fixtures as fixtures
 from tests.dataset_fixtures import Fixture
 
 BOXED = ("cub200-2011", "cub200-2010", "stanford-dogs", "stanford-cars", "folder", "compcars",
-         "compcars-make")
+         "compcars-make", "voc2012")
 #: with boxes on some images only (the others have a drawn object but no box)
 PARTLY_BOXED = ("imagenet",)
 SIZE = 64
@@ -89,7 +89,13 @@ def _object_box(image: torch.Tensor, info: data.DatasetInfo) -> tuple[torch.Tens
     return mask, torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
 
 
-@pytest.mark.parametrize("name", BOXED)
+#: voc2012 draws three objects side by side: a crop may leave a sliver of one (under a
+#: pixel wide) that the union box counts and no pixel shows; its boxes are checked against
+#: the transforms' arithmetic in test_datasets_multilabel.py
+PIXEL_CHECKED = tuple(n for n in BOXED if n != "voc2012")
+
+
+@pytest.mark.parametrize("name", PIXEL_CHECKED)
 @pytest.mark.parametrize("train_crop", ["random-resized", "random", "none"])
 def test_boxes_follow_the_drawn_object_through_the_transforms(
         built: dict[str, Fixture], name: str, train_crop: str) -> None:

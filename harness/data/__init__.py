@@ -8,6 +8,7 @@ entries on import.
 
 from harness.data import (  # noqa: F401  (register)
     caltech,
+    celeba,
     cifar,
     compcars,
     cub,
@@ -16,6 +17,7 @@ from harness.data import (  # noqa: F401  (register)
     imagenet,
     stanford,
     svhn,
+    voc,
 )
 from harness.data.core import (
     DATA_ENV,

@@ -11,8 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from harness.data.core import Split
+from harness.data.core import LabelledObjects, Split
 from harness.data.files import DataError, ImageFiles, collecting, decode
+from harness.data.multilabel import MultiRecord
 from harness.progress import bars
 
 
@@ -29,6 +30,8 @@ class SplitSummary:
     boxed: int = 0
     objects: tuple[int, int] = (0, 0)
     box_area: tuple[float, float] | None = None
+    #: multi-label datasets: the fewest and most classes an image holds, and the mean
+    labels_per_image: tuple[int, int, float] | None = None
     problems: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -40,6 +43,9 @@ class SplitSummary:
                        f"{self.objects[1]} objects per image, box area "
                        f"{100 * self.box_area[0]:.1f}-{100 * self.box_area[1]:.1f} % of the "
                        "image")
+        if self.labels_per_image is not None:
+            lo, hi, mean = self.labels_per_image
+            out.append(f"    labels: {lo}-{hi} classes per image (mean {mean:.2f})")
         return out
 
 
@@ -92,8 +98,11 @@ def summarise(s: Split, summary: SplitSummary, num_workers: int = 0,
               progress: bool = True) -> SplitSummary:
     ds = s.dataset
     summary.num_classes = s.info.num_classes
+    present: np.ndarray | None = None  # [N,C] of a multi-label dataset
     if isinstance(ds, ImageFiles):
         labels = np.array([r.label for r in ds.records])
+        if all(isinstance(r, MultiRecord) for r in ds.records):
+            present = np.stack([r.present for r in ds.records])  # type: ignore[attr-defined]
         sizes = np.array(ds.sizes)
         loader = DataLoader(_Decoded(ds), batch_size=None, num_workers=num_workers)
         for i, item in enumerate(tqdm(loader, desc=f"checking {summary.name}", leave=False,
@@ -119,13 +128,30 @@ def summarise(s: Split, summary: SplitSummary, num_workers: int = 0,
         images: torch.Tensor = ds.images  # type: ignore[attr-defined]
         sizes = np.array([tuple(images.shape[-2:])] * len(labels))
         boxes = getattr(ds, "boxes", {}).get("bbox")
-        if boxes is not None and len(boxes):
+        if isinstance(ds, LabelledObjects):  # several objects an image
+            valid = ds.object_labels >= 0
+            objects = ds.objects[valid]
+            area = ((objects[:, 2] - objects[:, 0]) * (objects[:, 3] - objects[:, 1])).numpy()
+            area = area / float(sizes[0][0] * sizes[0][1])
+            per = valid.sum(1)
+            summary.boxed, summary.objects = int((per > 0).sum()), (int(per.min()),
+                                                                    int(per.max()))
+            summary.box_area = (float(area.min()), float(area.max()))
+            present = np.zeros((len(labels), s.info.num_classes), np.float32)
+            rows, cols = valid.nonzero(as_tuple=True)
+            present[rows.numpy(), ds.object_labels[rows, cols].numpy()] = 1.0
+        elif boxes is not None and len(boxes):
             area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).numpy()
             area = area / float(sizes[0][0] * sizes[0][1])
             summary.boxed, summary.objects = len(area), (1, 1)
             summary.box_area = (float(area.min()), float(area.max()))
     summary.images = len(labels)
     summary.classes = len(set(labels.tolist()))
+    if present is not None and len(present):
+        per_image = present.sum(1)
+        summary.classes = int((present.sum(0) > 0).sum())
+        summary.labels_per_image = (int(per_image.min()), int(per_image.max()),
+                                    float(per_image.mean()))
     summary.heights = (int(sizes[:, 0].min()), int(sizes[:, 0].max()))
     summary.widths = (int(sizes[:, 1].min()), int(sizes[:, 1].max()))
     return summary

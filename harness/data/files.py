@@ -608,7 +608,9 @@ def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[
                    source: str, has_boxes: bool | None = True, multi_object: bool = False,
                    num_classes: int | None = None, official: tuple[int, int] | None = None,
                    exif: bool = False, version: int = 1,
-                   options: dict[str, Any] | None = None) -> None:
+                   options: dict[str, Any] | None = None,
+                   multi_label: bool = False,
+                   label_names: Sequence[str] | None = None) -> None:
     """Register photo dataset ``name`` read by ``reader`` from the folder holding
     ``marker`` (``data_dir`` itself or one of ``data_dir/<subdirs>``).
 
@@ -621,6 +623,12 @@ def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[
             datasets' boxes are in the stored pixels).
         options: the reader's own keyword options and their defaults (dataset options
             beside the transforms'; part of the split's fingerprint).
+        multi_label: the reader's records are
+            :class:`harness.data.multilabel.MultiRecord` s, every class of each image:
+            the samples carry ``labels`` (and ``object_labels``), the info says
+            ``multi_label`` (:func:`harness.data.multilabel.multi_label_split`).
+        label_names: the classes' names when fixed (``label_names`` in the registry
+            entry: column names of per-class results).
     """
     defaults = dict(options or {})
 
@@ -660,6 +668,27 @@ def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[
                        "n_test (a fixed random subset)"
                        + "".join(f", {k} (default {v!r})" for k, v in defaults.items())
                        + ".")
-    extra = {} if official is None else {"official": official, "num_classes": num_classes}
-    DATASETS.add(name, factory, on_disk=True, source=source, version=version,
+    extra: dict[str, Any] = ({} if official is None
+                             else {"official": official, "num_classes": num_classes})
+    registered = factory
+    if multi_label:  # the factory's own text unchanged: the other datasets' keys too
+        from harness.data.multilabel import multi_label_split
+
+        registered = _finished(factory, multi_label_split)
+        extra["multi_label"] = True
+    if label_names is not None:
+        extra["label_names"] = tuple(label_names)
+    DATASETS.add(name, registered, on_disk=True, source=source, version=version,
                  test_only=("n_test",), has_boxes=has_boxes, image_size=224, **extra)
+
+
+def _finished(factory: Callable[..., Split], finish: Callable[[Split], Split]
+              ) -> Callable[..., Split]:
+    """``factory`` followed by ``finish``, with its signature and doc."""
+
+    def finished(**kwargs: Any) -> Split:
+        return finish(factory(**kwargs))
+
+    finished.__signature__ = inspect.signature(factory)  # type: ignore[attr-defined]
+    finished.__doc__ = factory.__doc__
+    return finished
