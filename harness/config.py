@@ -300,7 +300,6 @@ def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
     portable = spec.pop("portable", ())
     spec.pop("extends", None)
     own_dataset = spec.get("dataset", RunConfig.dataset)
-    own_backbone = spec.get("backbone", RunConfig.backbone)
     if dataset is not None and dataset != own_dataset:
         # the preset's data options describe its own dataset; only the portable ones
         # (a photo's size and transforms) apply to another
@@ -312,7 +311,7 @@ def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
         ev = EvalConfig(**spec.pop("eval", {}))
         spec["for_methods"] = tuple(spec.get("for_methods", ()))
         cfg = RunConfig(preset=preset, train=train, eval=ev, seed=seed,
-                        preset_dataset=own_dataset, preset_backbone=own_backbone,
+                        preset_dataset=own_dataset, preset_backbone=own_bb,
                         config_file=None if config_file is None else str(config_file),
                         **spec)
     except TypeError as err:  # pragma: no cover - check_spec catches these first
