@@ -112,6 +112,8 @@ class Plan:
     batch_size: int
     lr: float
     milestones: list[int]
+    #: one cosine annealing cycle instead of steps
+    cosine: bool = False
     step_seconds: float = 0.0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -250,7 +252,9 @@ def plan(names: list[str], cfg: RunConfig, info: DatasetInfo, n_train: int, n_te
         mcfg = train.method_config(name, cfg)
         tc = mcfg.train
         p = Plan(name, METHODS.entry(name).meta.get("init_from"), tc.epochs, tc.batch_size,
-                 tc.lr, train.epoch_milestones(tc.milestones, tc.epochs) if tc.epochs else [])
+                 tc.lr, train.epoch_milestones(tc.milestones, tc.epochs)
+                 if tc.epochs and tc.schedule == "step" else [],
+                 cosine=tc.schedule == "cosine" and tc.epochs > 0)
         if timed:
             say(f"  timing {name} ...")
             _estimate(p, name, mcfg, info, n_train, n_test, causal_steps, device, forwards)
@@ -428,7 +432,7 @@ def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[in
         f"{'LR steps at':<14}{'step':>9}{'training':>13}{'evaluation':>13}")
     total = 0.0
     for p in plans:
-        steps = ",".join(map(str, p.milestones)) or "-"
+        steps = "cosine" if p.cosine else ",".join(map(str, p.milestones)) or "-"
         timed = p.step_seconds > 0 or p.eval_seconds > 0
         say(f"  {p.name:<18}{p.parent or '-':<14}{p.epochs:>7}{p.batch_size:>7}"
             f"{p.lr:>9g}  {steps:<14}"

@@ -23,7 +23,8 @@ from tests import dataset_fixtures
 PAPER_PRESETS = ("abn-cifar100", "comb-cub200-2010", "comb-stanford-dogs",
                  "msabn-cub200-2011", "msabn-stanford-cars", "discattn-cifar100",
                  "discattn-cub200-2011", "abn-cifar10", "abn-svhn", "abn-imagenet",
-                 "discattn-imagenet", "msabn-imagenet", "msabn-imagenet-efficientnet-b1")
+                 "discattn-imagenet", "msabn-imagenet", "msabn-imagenet-efficientnet-b1",
+                 "discattn-caltech256", "discattn-caltech256-30")
 
 
 @pytest.mark.parametrize("preset", PAPER_PRESETS)
@@ -138,6 +139,12 @@ def test_the_papers_rows_follow_the_runs_backbone() -> None:
     assert shown("abn-imagenet", "imagenet", "vgg16-bn") == pytest.approx(
         {"baseline": 0.7376, "abn": 0.7445})
     assert shown("abn-imagenet", "imagenet", "seresnet152")["abn"] == pytest.approx(0.7923)
+    # discattn Table 3: top-1 and top-5 per row, N = 30 and N = 60 apart
+    cal = [(v.method, v.metric, v.value) for v in paper_values.for_run(
+        "discattn-caltech256-30", "caltech256", "vgg19", "caltech256", "resnet18")]
+    assert ("discattn-ch", "top1", 0.756) in cal and ("baseline", "top5", 0.9005) in cal
+    assert len(cal) == 6 and shown("discattn-caltech256", "caltech256", "resnet18")[
+        "discattn-px"] == pytest.approx(0.942)  # the last of a method's: top-5
     # MSABN's EfficientNet-B1 column trains at another batch: its own preset
     assert shown("msabn-imagenet", "imagenet", "efficientnet_b1") == {}
     assert shown("msabn-imagenet-efficientnet-b1", "imagenet", "efficientnet_b1") == \
@@ -284,3 +291,33 @@ def test_model_zoo_files_without_batch_norm_counters_load(tmp_path: Path) -> Non
     torch.save(state, old)
     bb = backbones.build("resnet18", 7, pretrained=str(old))
     assert torch.equal(bb.features[0].weight, src.conv1.weight) and bb.pretrained
+
+
+def test_the_cosine_schedule_anneals_once_batch_by_batch(smoke_train: data.Split) -> None:
+    """discattn Sec. 4.1 (Caltech-256): one cycle of cosine annealing from lr to 0 over
+    the whole training, updated after every batch; the step schedule is unchanged."""
+    import math
+
+    smoke = config.resolve("smoke")
+    n_batches = len(smoke_train.dataset) // 16  # type: ignore[arg-type]
+    for schedule in ("cosine", "step"):
+        cfg = dataclasses.replace(smoke, train=dataclasses.replace(
+            smoke.train, epochs=2, batch_size=16, lr=0.1, schedule=schedule,
+            milestones=(0.5,)))
+        model = train.build_method("baseline", cfg, smoke_train)
+        seen: list[float] = []
+        step = model.training_step
+
+        def record(batch, optimizers, run, _step=step, _seen=seen):  # type: ignore[no-untyped-def]
+            _seen.append(optimizers[0].param_groups[0]["lr"])
+            return _step(batch, optimizers, run)
+
+        model.training_step = record  # type: ignore[method-assign]
+        train.fit(model, cfg, smoke_train, torch.device("cpu"), progress=False)
+        total = 2 * n_batches
+        want = ([0.1 * (1 + math.cos(math.pi * k / total)) / 2 for k in range(total)]
+                if schedule == "cosine" else [0.1] * n_batches + [0.01] * n_batches)
+        assert seen == pytest.approx(want), schedule
+    assert config.resolve("discattn-caltech256").train.schedule == "cosine"
+    with pytest.raises(UserError, match="schedule"):
+        config.resolve("smoke", sets=["train.schedule=linear"])
