@@ -417,6 +417,11 @@ def timing_note(plans: list[Plan], info: DatasetInfo) -> str:
     return "; ".join(parts)
 
 
+def _side(size: tuple[int, int]) -> str:
+    """``H`` px for a square input, ``W x H`` otherwise."""
+    return str(size[0]) if size[0] == size[1] else f"{size[1]} x {size[0]}"
+
+
 def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[int, int],
            official: bool, device: torch.device, seeds: int,
            say: Callable[[str], None] = print, sanity: Sequence[str] = (),
@@ -425,7 +430,7 @@ def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[in
     that train again (``sanity``: ``--sanity``'s; ``roar``: ``--roar``'s), the total."""
     where = " (official sizes: the data were not found)" if official else ""
     say(f"dry run: preset {cfg.preset}, dataset {cfg.dataset}{where}: {sizes[0]} train / "
-        f"{sizes[1]} test images, {info.num_classes} classes, {info.image_size[0]} px; "
+        f"{sizes[1]} test images, {info.num_classes} classes, {_side(info.image_size)} px; "
         f"backbone {cfg.backbone}{' (pretrained)' if cfg.pretrained else ''}; device "
         f"{device}, training in {cfg.precision}; {seeds} seed(s)")
     say(f"  {'method':<18}{'from':<14}{'epochs':>7}{'batch':>7}{'lr':>9}  "
@@ -481,7 +486,8 @@ def dataset_sizes(cfg: RunConfig, build: Callable[[str], Split]
         n_test = min(n_test, kw.get("n_test") or n_test)
         size = int(kw.get("image_size", meta.get("image_size", 224)))
         info = DatasetInfo(name=cfg.dataset, num_classes=int(meta["num_classes"]),
-                           image_size=(size, size), mean=(0.5, 0.5, 0.5),
+                           image_size=(size, int(kw.get("width") or size)),
+                           mean=(0.5, 0.5, 0.5),
                            std=(0.25, 0.25, 0.25), has_boxes=bool(meta.get("has_boxes")))
         print(f"  (data not found: {err}; using the official sizes)")
         return info, (n_train, n_test), True

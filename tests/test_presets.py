@@ -24,7 +24,8 @@ PAPER_PRESETS = ("abn-cifar100", "comb-cub200-2010", "comb-stanford-dogs",
                  "msabn-cub200-2011", "msabn-stanford-cars", "discattn-cifar100",
                  "discattn-cub200-2011", "abn-cifar10", "abn-svhn", "abn-imagenet",
                  "discattn-imagenet", "msabn-imagenet", "msabn-imagenet-efficientnet-b1",
-                 "discattn-caltech256", "discattn-caltech256-30")
+                 "discattn-caltech256", "discattn-caltech256-30", "abn-compcars",
+                 "abn-compcars-make")
 
 
 @pytest.mark.parametrize("preset", PAPER_PRESETS)
@@ -139,6 +140,11 @@ def test_the_papers_rows_follow_the_runs_backbone() -> None:
     assert shown("abn-imagenet", "imagenet", "vgg16-bn") == pytest.approx(
         {"baseline": 0.7376, "abn": 0.7445})
     assert shown("abn-imagenet", "imagenet", "seresnet152")["abn"] == pytest.approx(0.7923)
+    # ABN Table 3: the model and maker columns, ResNet101 and VGG16 rows
+    assert shown("abn-compcars", "compcars", "resnet101") == pytest.approx(
+        {"baseline": 0.902, "abn": 0.971})
+    assert shown("abn-compcars-make", "compcars-make", "vgg16") == pytest.approx(
+        {"baseline": 0.904, "abn": 0.929})
     # discattn Table 3: top-1 and top-5 per row, N = 30 and N = 60 apart
     cal = [(v.method, v.metric, v.value) for v in paper_values.for_run(
         "discattn-caltech256-30", "caltech256", "vgg19", "caltech256", "resnet18")]
@@ -321,3 +327,20 @@ def test_the_cosine_schedule_anneals_once_batch_by_batch(smoke_train: data.Split
     assert config.resolve("discattn-caltech256").train.schedule == "cosine"
     with pytest.raises(UserError, match="schedule"):
         config.resolve("smoke", sets=["train.schedule=linear"])
+
+
+def test_a_non_square_input_resizes_the_whole_image(tmp_path: Path) -> None:
+    """ABN Sec. 4.3: CompCars at 323 x 224 px (width x height), the whole image resized
+    for training and testing; a crop would need a square."""
+    cfg = config.resolve("abn-compcars")
+    assert (cfg.dataset_kwargs["image_size"], cfg.dataset_kwargs["width"]) == (224, 323)
+    assert cfg.needs_pretrained and cfg.train.batch_size == 32
+    assert train.epoch_milestones(cfg.train.milestones, 50) == [25, 35]
+    fx = dataset_fixtures.BUILDERS["compcars"](tmp_path / "data")
+    for split in ("train", "test"):
+        s = data.build("compcars", split, data_dir=fx.root, image_size=32, width=48,
+                       train_crop="none", test_crop="none")
+        assert s.info.image_size == (32, 48)
+        assert s.dataset[0]["image"].shape == (3, 32, 48)
+    with pytest.raises(UserError, match="train_crop: none and test_crop: none"):
+        data.build("compcars", "test", data_dir=fx.root, image_size=32, width=48)
