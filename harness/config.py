@@ -295,7 +295,10 @@ def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
         own = read_config(config_file)
         preset = own.pop("extends", preset)
     if preset not in PRESETS:
-        raise UserError(f"unknown --preset {shown(preset)} (known: {', '.join(PRESETS)})")
+        close = difflib.get_close_matches(preset.lower(), list(PRESETS), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"unknown --preset {shown(preset)} ({hint}--list names all "
+                        f"{len(PRESETS)})")
     spec: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
     overrides = ([own] if config_file is not None else []) + [parse_set(i) for i in sets]
     own_bb = spec.get("backbone", RunConfig.backbone)
