@@ -114,12 +114,20 @@ def one_of(choices: Sequence[str]) -> dict[str, Any]:
     return {"choices": tuple(choices)}
 
 
+#: the learning-rate schedules of :class:`TrainConfig`
+SCHEDULES = ("step", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The generic trainer's schedule: SGD with momentum and a multi-step LR.
 
     ``milestones`` are fractions of ``epochs`` at which the LR is multiplied by
     ``gamma`` (ABN paper, Sec. 4.1: divided by 10 at 50 % and 75 % of training).
+    ``schedule`` ``cosine`` replaces the steps by one cosine annealing cycle from ``lr``
+    to 0 over the whole training, updated after every batch (the discriminative-
+    attention paper's Caltech-256 recipe: Huang et al.'s cyclic cosine annealing with
+    one cycle); ``milestones`` and ``gamma`` are then unused.
     """
 
     epochs: int = field(default=6, metadata=within(1, MAX_EPOCHS))
@@ -130,6 +138,7 @@ class TrainConfig:
     milestones: tuple[float, ...] = field(default=(0.5, 0.75),
                                           metadata=within(0, 1, lo_open=True))
     gamma: float = field(default=0.1, metadata=within(0, 1, lo_open=True))
+    schedule: str = field(default="step", metadata=one_of(SCHEDULES))
 
 
 @dataclass(frozen=True)
@@ -286,7 +295,10 @@ def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
         own = read_config(config_file)
         preset = own.pop("extends", preset)
     if preset not in PRESETS:
-        raise UserError(f"unknown --preset {shown(preset)} (known: {', '.join(PRESETS)})")
+        close = difflib.get_close_matches(preset.lower(), list(PRESETS), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"unknown --preset {shown(preset)} ({hint}--list names all "
+                        f"{len(PRESETS)})")
     spec: dict[str, Any] = json.loads(json.dumps(PRESETS[preset]))
     overrides = ([own] if config_file is not None else []) + [parse_set(i) for i in sets]
     # what the preset itself names, before any override: its paper values are for these

@@ -112,6 +112,8 @@ class Plan:
     batch_size: int
     lr: float
     milestones: list[int]
+    #: one cosine annealing cycle instead of steps
+    cosine: bool = False
     step_seconds: float = 0.0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -250,7 +252,9 @@ def plan(names: list[str], cfg: RunConfig, info: DatasetInfo, n_train: int, n_te
         mcfg = train.method_config(name, cfg)
         tc = mcfg.train
         p = Plan(name, METHODS.entry(name).meta.get("init_from"), tc.epochs, tc.batch_size,
-                 tc.lr, train.epoch_milestones(tc.milestones, tc.epochs) if tc.epochs else [])
+                 tc.lr, train.epoch_milestones(tc.milestones, tc.epochs)
+                 if tc.epochs and tc.schedule == "step" else [],
+                 cosine=tc.schedule == "cosine" and tc.epochs > 0)
         if timed:
             say(f"  timing {name} ...")
             _estimate(p, name, mcfg, info, n_train, n_test, causal_steps, device, forwards)
@@ -413,6 +417,11 @@ def timing_note(plans: list[Plan], info: DatasetInfo) -> str:
     return "; ".join(parts)
 
 
+def _side(size: tuple[int, int]) -> str:
+    """``H`` px for a square input, ``W x H`` otherwise."""
+    return str(size[0]) if size[0] == size[1] else f"{size[1]} x {size[0]}"
+
+
 def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[int, int],
            official: bool, device: torch.device, seeds: int,
            say: Callable[[str], None] = print, sanity: Sequence[str] = (),
@@ -421,14 +430,14 @@ def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[in
     that train again (``sanity``: ``--sanity``'s; ``roar``: ``--roar``'s), the total."""
     where = " (official sizes: the data were not found)" if official else ""
     say(f"dry run: preset {cfg.preset}, dataset {cfg.dataset}{where}: {sizes[0]} train / "
-        f"{sizes[1]} test images, {info.num_classes} classes, {info.image_size[0]} px; "
+        f"{sizes[1]} test images, {info.num_classes} classes, {_side(info.image_size)} px; "
         f"backbone {cfg.backbone}{' (pretrained)' if cfg.pretrained else ''}; device "
         f"{device}, training in {cfg.precision}; {seeds} seed(s)")
     say(f"  {'method':<18}{'from':<14}{'epochs':>7}{'batch':>7}{'lr':>9}  "
         f"{'LR steps at':<14}{'step':>9}{'training':>13}{'evaluation':>13}")
     total = 0.0
     for p in plans:
-        steps = ",".join(map(str, p.milestones)) or "-"
+        steps = "cosine" if p.cosine else ",".join(map(str, p.milestones)) or "-"
         timed = p.step_seconds > 0 or p.eval_seconds > 0
         say(f"  {p.name:<18}{p.parent or '-':<14}{p.epochs:>7}{p.batch_size:>7}"
             f"{p.lr:>9g}  {steps:<14}"
@@ -477,8 +486,9 @@ def dataset_sizes(cfg: RunConfig, build: Callable[[str], Split]
         n_test = min(n_test, kw.get("n_test") or n_test)
         size = int(kw.get("image_size", meta.get("image_size", 224)))
         info = DatasetInfo(name=cfg.dataset, num_classes=int(meta["num_classes"]),
-                           image_size=(size, size), mean=(0.5, 0.5, 0.5),
-                           std=(0.25, 0.25, 0.25), has_boxes=bool(meta.get("has_boxes")),
+                           image_size=(size, int(kw.get("width") or size)),
+                           mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                           has_boxes=bool(meta.get("has_boxes")),
                            multi_label=bool(meta.get("multi_label")))
         print(f"  (data not found: {err}; using the official sizes)")
         return info, (n_train, n_test), True

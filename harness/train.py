@@ -270,14 +270,18 @@ def fit(model: Method, cfg: RunConfig, split: Split, device: torch.device, *,
 
     def start() -> _TrainState:
         optimizers = model.configure_optimizers(tc)
-        schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, milestones, tc.gamma)
-                      for o in optimizers]
+        schedulers: list[Any] = (
+            [torch.optim.lr_scheduler.CosineAnnealingLR(o, tc.epochs * steps_per_epoch)
+             for o in optimizers] if tc.schedule == "cosine" else
+            [torch.optim.lr_scheduler.MultiStepLR(o, milestones, tc.gamma) for o in optimizers])
         # Shuffling has its own generator; augmentation draws from the global RNG,
         # seeded here so that the result depends only on (config, seed), not on what ran
         # before.
         torch.manual_seed(cfg.seed + 1 + (world.rank << 32))
         return _TrainState(optimizers, schedulers, torch.Generator().manual_seed(cfg.seed))
 
+    # full global batches per epoch (distributed.GlobalBatches drops the rest)
+    steps_per_epoch = max(1, len(split.dataset) // tc.batch_size)  # type: ignore[arg-type]
     has_resume = distributed.share(lambda: resume is not None and resume.exists())
     initial = {k: v.clone() for k, v in model.state_dict().items()} if has_resume else {}
     state = start()
@@ -353,8 +357,12 @@ def _epochs(model: Method, cfg: RunConfig, split: Split, device: torch.device,
                                     f"{epoch + 1}); lower the learning rate of the preset")
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v / i:.3f}" for k, v in sums.items()})
-        for sch in state.schedulers:
-            sch.step()
+            if tc.schedule == "cosine":  # annealed batch by batch
+                for sch in state.schedulers:
+                    sch.step()
+        if tc.schedule != "cosine":
+            for sch in state.schedulers:
+                sch.step()
         sums = distributed.mean_over_ranks(sums)
         state.history.append({"epoch": epoch + 1,
                               **{k: v / len(loader) for k, v in sums.items()}})

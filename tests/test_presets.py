@@ -22,7 +22,10 @@ from tests import dataset_fixtures
 
 PAPER_PRESETS = ("abn-cifar100", "comb-cub200-2010", "comb-stanford-dogs",
                  "msabn-cub200-2011", "msabn-stanford-cars", "discattn-cifar100",
-                 "discattn-cub200-2011")
+                 "discattn-cub200-2011", "abn-cifar10", "abn-svhn", "abn-imagenet",
+                 "discattn-imagenet", "msabn-imagenet", "msabn-imagenet-efficientnet-b1",
+                 "discattn-caltech256", "discattn-caltech256-30", "abn-compcars",
+                 "abn-compcars-make")
 
 
 @pytest.mark.parametrize("preset", PAPER_PRESETS)
@@ -91,6 +94,81 @@ def test_schedules_follow_the_papers() -> None:
     ms = config.resolve("msabn-cub200-2011")
     assert ms.dataset_kwargs["image_size"] == 352 and ms.pretrained is None  # from scratch
     assert train.method_config("msabn-cr", ms).train.epochs == 50  # Sec. 4.3
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_paper_values_name_other_backbones_only_where_the_table_has_them(preset: str) -> None:
+    """A value's own backbone is another registered one (None: the preset's); each
+    (backbone, method, metric) is quoted once."""
+    cfg = config.resolve(preset)
+    seen = set()
+    for v in paper_values.PAPER_VALUES.get(preset, ()):
+        assert v.backbone is None or (v.backbone in backbones.BACKBONES
+                                      and v.backbone != cfg.backbone), v
+        key = (v.backbone or cfg.backbone, v.method, v.metric)
+        assert key not in seen, key
+        seen.add(key)
+
+
+def test_the_papers_rows_follow_the_runs_backbone() -> None:
+    """ABN Table 2 on CIFAR-10: ResNet-110 6.43 / 4.91, WRN-28-4 4.00 / 3.78; a backbone
+    the table does not report, or another dataset, shows nothing."""
+    def shown(preset: str, dataset: str, backbone: str) -> dict[str, float]:
+        cfg = config.resolve(preset)
+        return {v.method: v.value for v in paper_values.for_run(
+            preset, dataset, backbone, cfg.preset_dataset, cfg.preset_backbone)}
+
+    assert shown("abn-cifar10", "cifar10", "cifar-resnet110") == pytest.approx(
+        {"baseline": 0.9357, "abn": 0.9509})
+    assert shown("abn-cifar10", "cifar10", "cifar-wrn28-4") == pytest.approx(
+        {"baseline": 0.96, "abn": 0.9622})
+    assert shown("abn-cifar10", "cifar10", "cifar-resnet8") == {}
+    # --backbone leaves the preset's own backbone as it is: the rows follow the run's
+    moved = config.resolve("abn-cifar10", sets=["backbone=cifar-wrn28-4"])
+    assert (moved.backbone, moved.preset_backbone) == ("cifar-wrn28-4", "cifar-resnet110")
+    assert [v.backbone for v in paper_values.for_run(
+        moved.preset, moved.dataset, moved.backbone, moved.preset_dataset,
+        moved.preset_backbone)] == ["cifar-wrn28-4"] * 2
+    assert shown("abn-cifar10", "cifar100", "cifar-wrn28-4") == {}
+    # CIFAR-100: Table 1 for the preset's ResNet-110, Table 2 for the others
+    assert shown("abn-cifar100", "cifar100", "cifar-resnext29-8x64d") == pytest.approx(
+        {"baseline": 0.8168, "abn": 0.823})
+    assert shown("abn-svhn", "svhn", "cifar-densenet-bc100") == pytest.approx(
+        {"baseline": 0.9793, "abn": 0.9799})
+    imagenet = shown("abn-imagenet", "imagenet", "resnet152")
+    assert imagenet == pytest.approx({"baseline": 0.7781, "cam": 0.7789, "abn": 0.7863})
+    assert shown("abn-imagenet", "imagenet", "vgg16-bn") == pytest.approx(
+        {"baseline": 0.7376, "abn": 0.7445})
+    assert shown("abn-imagenet", "imagenet", "seresnet152")["abn"] == pytest.approx(0.7923)
+    # ABN Table 3: the model and maker columns, ResNet101 and VGG16 rows
+    assert shown("abn-compcars", "compcars", "resnet101") == pytest.approx(
+        {"baseline": 0.902, "abn": 0.971})
+    assert shown("abn-compcars-make", "compcars-make", "vgg16") == pytest.approx(
+        {"baseline": 0.904, "abn": 0.929})
+    # discattn Table 3: top-1 and top-5 per row, N = 30 and N = 60 apart
+    cal = [(v.method, v.metric, v.value) for v in paper_values.for_run(
+        "discattn-caltech256-30", "caltech256", "vgg19", "caltech256", "resnet18")]
+    assert ("discattn-ch", "top1", 0.756) in cal and ("baseline", "top5", 0.9005) in cal
+    assert len(cal) == 6 and shown("discattn-caltech256", "caltech256", "resnet18")[
+        "discattn-px"] == pytest.approx(0.942)  # the last of a method's: top-5
+    # MSABN's EfficientNet-B1 column trains at another batch: its own preset
+    assert shown("msabn-imagenet", "imagenet", "efficientnet_b1") == {}
+    assert shown("msabn-imagenet-efficientnet-b1", "imagenet", "efficientnet_b1") == \
+        pytest.approx({"baseline": 0.6761, "msabn": 0.6908})
+
+
+def test_the_large_protocols_schedules_follow_the_papers() -> None:
+    for preset, epochs, steps, batch in (("abn-cifar10", 300, [150, 225], 256),
+                                         ("abn-svhn", 40, [20, 30], 256),
+                                         ("abn-imagenet", 90, [45, 68], 256),
+                                         ("discattn-imagenet", 90, [30, 60], 256),
+                                         ("msabn-imagenet", 90, [30, 60], 512),
+                                         ("msabn-imagenet-efficientnet-b1", 90, [30, 60], 256)):
+        cfg = config.resolve(preset)
+        assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (epochs, batch, 0.1)
+        assert train.epoch_milestones(cfg.train.milestones, epochs) == steps, preset
+        assert not cfg.needs_pretrained and cfg.pretrained is None, preset
+    assert config.resolve("abn-svhn").dataset_kwargs["extra"] is True  # 604,388 images
 
 
 def test_another_dataset_keeps_only_the_portable_options() -> None:
@@ -231,3 +309,50 @@ def test_model_zoo_files_without_batch_norm_counters_load(tmp_path: Path) -> Non
     torch.save(state, old)
     bb = backbones.build("resnet18", 7, pretrained=str(old))
     assert torch.equal(bb.features[0].weight, src.conv1.weight) and bb.pretrained
+
+
+def test_the_cosine_schedule_anneals_once_batch_by_batch(smoke_train: data.Split) -> None:
+    """discattn Sec. 4.1 (Caltech-256): one cycle of cosine annealing from lr to 0 over
+    the whole training, updated after every batch; the step schedule is unchanged."""
+    import math
+
+    smoke = config.resolve("smoke")
+    n_batches = len(smoke_train.dataset) // 16  # type: ignore[arg-type]
+    for schedule in ("cosine", "step"):
+        cfg = dataclasses.replace(smoke, train=dataclasses.replace(
+            smoke.train, epochs=2, batch_size=16, lr=0.1, schedule=schedule,
+            milestones=(0.5,)))
+        model = train.build_method("baseline", cfg, smoke_train)
+        seen: list[float] = []
+        step = model.training_step
+
+        def record(batch, optimizers, run, _step=step, _seen=seen):  # type: ignore[no-untyped-def]
+            _seen.append(optimizers[0].param_groups[0]["lr"])
+            return _step(batch, optimizers, run)
+
+        model.training_step = record  # type: ignore[method-assign]
+        train.fit(model, cfg, smoke_train, torch.device("cpu"), progress=False)
+        total = 2 * n_batches
+        want = ([0.1 * (1 + math.cos(math.pi * k / total)) / 2 for k in range(total)]
+                if schedule == "cosine" else [0.1] * n_batches + [0.01] * n_batches)
+        assert seen == pytest.approx(want), schedule
+    assert config.resolve("discattn-caltech256").train.schedule == "cosine"
+    with pytest.raises(UserError, match="schedule"):
+        config.resolve("smoke", sets=["train.schedule=linear"])
+
+
+def test_a_non_square_input_resizes_the_whole_image(tmp_path: Path) -> None:
+    """ABN Sec. 4.3: CompCars at 323 x 224 px (width x height), the whole image resized
+    for training and testing; a crop would need a square."""
+    cfg = config.resolve("abn-compcars")
+    assert (cfg.dataset_kwargs["image_size"], cfg.dataset_kwargs["width"]) == (224, 323)
+    assert cfg.needs_pretrained and cfg.train.batch_size == 32
+    assert train.epoch_milestones(cfg.train.milestones, 50) == [25, 35]
+    fx = dataset_fixtures.BUILDERS["compcars"](tmp_path / "data")
+    for split in ("train", "test"):
+        s = data.build("compcars", split, data_dir=fx.root, image_size=32, width=48,
+                       train_crop="none", test_crop="none")
+        assert s.info.image_size == (32, 48)
+        assert s.dataset[0]["image"].shape == (3, 32, 48)
+    with pytest.raises(UserError, match="train_crop: none and test_crop: none"):
+        data.build("compcars", "test", data_dir=fx.root, image_size=32, width=48)

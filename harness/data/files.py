@@ -390,6 +390,9 @@ class PhotoTransforms:
         test: centre crop of the image resized to ``resize`` (``center``), or the whole
             image resized to ``size`` x ``size`` (``none``).
         resize: shorter side before cropping (default ``size / 0.875``).
+        width: a non-square input, ``size`` (height) x ``width`` px: the whole image
+            resized to it for training and testing (both crops ``none``; ABN Sec. 4.3
+            resizes CompCars to 323 x 224 to keep the cars' shape). None: square.
     """
 
     size: int
@@ -400,12 +403,19 @@ class PhotoTransforms:
     resize: int | None = None
     flip: bool = True
     extra_augment: str | None = None
+    width: int | None = None
 
     def __post_init__(self) -> None:
         if self.extra_augment is not None and self.extra_augment not in EXTRA_AUGMENT:
             raise UserError(f"extra_augment must be one of {', '.join(EXTRA_AUGMENT)}, got "
                             f"{self.extra_augment!r}")
         require("dataset_kwargs", "image_size", self.size, 8, MAX_SIDE, integer=True)
+        if self.width is not None:
+            require("dataset_kwargs", "width", self.width, 8, MAX_SIDE, integer=True)
+            if (self.train_crop, self.test_crop) != ("none", "none"):
+                raise UserError("width (a non-square input) resizes the whole image: it "
+                                "needs train_crop: none and test_crop: none, got "
+                                f"{self.train_crop} / {self.test_crop}")
         if self.train_crop not in TRAIN_CROPS:
             raise UserError(f"train_crop must be one of {', '.join(TRAIN_CROPS)}, got "
                             f"{self.train_crop!r}")
@@ -430,7 +440,7 @@ class PhotoTransforms:
         steps: list[v2.Transform] = {
             "random-resized": [v2.RandomResizedCrop(s, antialias=True)],
             "random": [v2.Resize(self.shorter, antialias=True), v2.RandomCrop(s)],
-            "none": [v2.Resize((s, s), antialias=True)],
+            "none": [v2.Resize((s, self.width or s), antialias=True)],
         }[self.train_crop]
         if self.flip:
             steps.append(v2.RandomHorizontalFlip())
@@ -443,7 +453,7 @@ class PhotoTransforms:
         s = self.size
         steps: list[v2.Transform] = (
             [v2.Resize(self.shorter, antialias=True), v2.CenterCrop(s)]
-            if self.test_crop == "center" else [v2.Resize((s, s), antialias=True)])
+            if self.test_crop == "center" else [v2.Resize((s, self.width or s), antialias=True)])
         return v2.Compose(steps + self._tail())
 
     def region(self, h: int, w: int) -> tuple[int, int]:
@@ -595,7 +605,8 @@ def photo_info(name: str, num_classes: int, photo: PhotoTransforms, has_boxes: b
     """The :class:`DatasetInfo` of a photo dataset at ``photo.size`` px; the pointing
     game's 15 px (TorchRay) apply at the original resolution."""
     return DatasetInfo(name=name, num_classes=num_classes,
-                       image_size=(photo.size, photo.size), mean=photo.mean, std=photo.std,
+                       image_size=(photo.size, photo.width or photo.size), mean=photo.mean,
+                       std=photo.std,
                        has_boxes=has_boxes, pointing_tolerance=15.0,
                        multi_object=multi_object and has_boxes)
 
@@ -635,7 +646,7 @@ def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[
     def factory(split: str, data_dir: Path, image_size: int = 224,
                 resize: int | None = None, train_crop: str = "random-resized",
                 test_crop: str = "center", flip: bool = True, augment: bool = True,
-                extra_augment: str | None = None,
+                extra_augment: str | None = None, width: int | None = None,
                 n_train: int | None = None, n_test: int | None = None,
                 cache_dir: Path | None = None, **chosen: Any) -> Split:
         unknown = sorted(set(chosen) - set(defaults))
@@ -647,7 +658,7 @@ def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[
         records, classes = reader(root, split, **opts)
         k = num_classes or len(classes)
         photo = PhotoTransforms(image_size, IMAGENET_MEAN, IMAGENET_STD, train_crop,
-                                test_crop, resize, flip, extra_augment)
+                                test_crop, resize, flip, extra_augment, width)
         boxed = any(len(r.boxes) for r in records) if has_boxes is None else has_boxes
         info = photo_info(name, k, photo, boxed, multi_object)
         return image_split(records, info, split, root, photo=photo, augment=augment,
@@ -664,7 +675,9 @@ def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[
                        "Args: image_size (crop side), resize (shorter side before the "
                        "crop; default image_size / 0.875), train_crop, test_crop, flip, "
                        "augment (training transforms on the train split), extra_augment "
-                       "(a named set of photometric augmentations), n_train / "
+                       "(a named set of photometric augmentations), width (a "
+                       "non-square input: image_size high, width wide, both crops none), "
+                       "n_train / "
                        "n_test (a fixed random subset)"
                        + "".join(f", {k} (default {v!r})" for k, v in defaults.items())
                        + ".")
