@@ -342,8 +342,7 @@ class Evaluation:
         sal_c = sal[:n_c].clone()
         wrong = pred != y[:n_c]
         if wrong.any():
-            with torch.no_grad():
-                sal_c[wrong] = self.ex.explain(x[:n_c][wrong], pred[wrong]).float()
+            sal_c[wrong] = self.explanations(x[:n_c][wrong], pred[wrong])
         ev.causal_images, ev.causal_saliency, ev.causal_classes = x[:n_c], sal_c, pred
 
     def gallery_size(self) -> int:

@@ -6,6 +6,7 @@ forward passes at once (``eval.streams``) give the one-stream AUCs."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -221,3 +222,28 @@ def test_an_exported_graph_is_judged_on_the_logits_scale() -> None:
     assert dev._same_logits(over.clone(), over)
     assert not dev._same_logits(torch.tensor([[float("nan"), float("-inf"), 1.0]]), over)
     assert not dev._same_logits(torch.tensor([[0.0, float("inf"), 1.0]]), over)
+
+
+def test_non_finite_maps_of_misclassified_images_are_scored_as_zero(
+        smoke_cfg: config.RunConfig, smoke_test: data.Split,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A method whose maps break (NaN) is scored on zeros with a warning, also where the
+    causal subset explains a misclassified image again for its predicted class."""
+    torch.manual_seed(0)
+    model = train.build_method("cam", train.method_config("cam", smoke_cfg), smoke_test)
+    model.eval()
+    with torch.no_grad():
+        batch = torch.stack([smoke_test.dataset[i]["image"] for i in range(6)])
+        labels = torch.tensor([smoke_test.dataset[i]["label"] for i in range(6)])
+        assert (model(batch).logits.argmax(1) != labels).any()  # some are misclassified
+
+    def broken(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(x), 1, *x.shape[-2:]), math.nan)
+
+    model.explain = broken  # type: ignore[method-assign]
+    ecfg = dataclasses.replace(smoke_cfg.eval, causal_n=6, forward_batch=16)
+    out = evaluate(RowSpec(model, "cam"), smoke_test, ecfg, CPU, progress=False,
+                   only={"insertion_auc"}, parts=(), comb_subset=None)
+    scores = out.per_image["insertion_auc"].scores
+    assert len(scores) == 6 and bool(torch.isfinite(torch.as_tensor(scores)).all())
+    assert "NaN or inf values" in capsys.readouterr().err
