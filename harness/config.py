@@ -315,10 +315,11 @@ def resolve(preset: str, *, seed: int = 0, dataset: str | None = None,
     spec.pop("extends", None)
     if dataset is not None and dataset != own_dataset:
         # the preset's data options describe its own dataset; only the portable ones
-        # (a photo's size and transforms) apply to another
+        # (a photo's size and transforms) apply to another, and those the user set
+        asked = {k for o in overrides for k in o.get("dataset_kwargs", {})}
         spec["dataset"] = dataset
         spec["dataset_kwargs"] = {k: v for k, v in spec.get("dataset_kwargs", {}).items()
-                                  if k in portable}
+                                  if k in portable or k in asked}
     try:
         train = TrainConfig(**_tuples(spec.pop("train", {})))
         ev = EvalConfig(**spec.pop("eval", {}))

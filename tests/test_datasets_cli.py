@@ -20,8 +20,8 @@ PER_CLASS = (6, 4)
 def _make(name: str, root: Path) -> Fixture:
     if name.startswith("cifar"):
         return fixtures.make_cifar(root, name, scale=3)
-    if name == "caltech256":  # its default split draws 60 + 25 images per class
-        return fixtures.make_caltech256(root)
+    if name == "caltech256":  # a split of PER_CLASS, chosen by the options below
+        return fixtures.make_caltech256(root, per_class=PER_CLASS)
     return fixtures.BUILDERS[name](root, per_class=PER_CLASS)  # type: ignore[call-arg]
 
 
@@ -36,8 +36,10 @@ def _main(*args: str, tmp: Path) -> int:
 def test_smoke_on_every_dataset_writes_a_complete_leaderboard(
         name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fx = _make(name, tmp_path / "data")
+    split = (["--set", f"dataset_kwargs.train_per_class={PER_CLASS[0]}", "--set",
+              f"dataset_kwargs.test_per_class={PER_CLASS[1]}"] if name == "caltech256" else [])
     assert _main("--dataset", name, "--data-dir", str(fx.root), "--preset", "smoke",
-                 "--methods", "all", tmp=tmp_path) == 0
+                 "--methods", "all", *split, tmp=tmp_path) == 0
     out = capsys.readouterr().out
     df = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
     boxes = name not in ("cifar10", "cifar100", "svhn", "caltech256")

@@ -180,6 +180,10 @@ def test_another_dataset_keeps_only_the_portable_options() -> None:
     moved = config.resolve("msabn-cub200-2011", dataset="stanford-cars")
     assert moved.dataset == "stanford-cars" and moved.dataset_kwargs["image_size"] == 352
     assert config.resolve("default").dataset_kwargs == {"n_train": 5000, "n_test": 1000}
+    # what the user sets for the other dataset stays
+    asked = config.resolve("default", dataset="caltech256",
+                           sets=["dataset_kwargs.train_per_class=6"]).dataset_kwargs
+    assert asked == {"train_per_class": 6}
 
 
 def test_a_preset_that_needs_weights_says_so_before_any_work(
