@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -174,37 +175,24 @@ _CACHED = {"images": ("u", (3, 64, 64)), "labels": ("i", ()), "bbox": ("f", (4,)
            "distractor_bbox": ("f", (4,)), "source": ("i", ())}
 
 
-def _read_cached(path: Path, n: int) -> dict[str, np.ndarray] | None:
-    """The arrays of a cached file, or None (with a one-line warning) when it is not
-    a complete, well-formed file of ``n`` samples: it is then generated again."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as err:  # a torn or foreign file fails in many ways: all mean rebuild
-        problem = f"unreadable ({type(err).__name__})"
-    else:
-        bad = [k for k, (kind, shape) in _CACHED.items() if k not in arrays
-               or arrays[k].dtype.kind != kind or arrays[k].shape != (n, *shape)]
-        if not bad:
-            return arrays
-        problem = f"missing or malformed {bad[0]!r}"
-    print(f"warning: cached data {path} is {problem}; generating it again", file=sys.stderr)
-    return None
-
-
 @functools.lru_cache(maxsize=8)
 def _cached_digits(n: int, split: str, seed: int,
                    cache_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Generated arrays, memoised in memory and, with ``cache_dir``, on disk."""
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / "data" / (
-            f"cluttered-digits-v{GENERATOR_VERSION}-{split}-{n}-{seed}.npz")
-        if path.exists():
-            cached = _read_cached(path, n)
-            if cached is not None:
-                return cached
-    arrays = generate_digits(n, split, seed)
+    path = None if cache_dir is None else Path(cache_dir) / "data" / (
+        f"cluttered-digits-v{GENERATOR_VERSION}-{split}-{n}-{seed}.npz")
+    return _on_disk(path, n, _CACHED, lambda: generate_digits(n, split, seed))
+
+
+def _on_disk(path: Path | None, n: int, spec: dict[str, tuple[str, tuple[int, ...]]],
+             generate: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays cached at ``path`` when it holds a well-formed file of ``n`` samples
+    as ``spec`` says, else ``generate()``'s, written there whole (None: not cached)."""
+    if path is not None and path.exists():
+        cached = _read_arrays(path, n, spec)
+        if cached is not None:
+            return cached
+    arrays = generate()
     if path is not None:
         with atomic_path(path) as tmp:
             np.savez(tmp, **arrays)  # type: ignore[arg-type]
@@ -378,19 +366,9 @@ def _cached_multi_digits(n: int, split: str, seed: int,
                          cache_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Generated multi-label arrays, memoised in memory and, with ``cache_dir``, on
     disk."""
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / "data" / (
-            f"cluttered-digits-multilabel-v{MULTI_GENERATOR_VERSION}-{split}-{n}-{seed}.npz")
-        if path.exists():
-            cached = _read_arrays(path, n, _CACHED_MULTI)
-            if cached is not None:
-                return cached
-    arrays = generate_multi_digits(n, split, seed)
-    if path is not None:
-        with atomic_path(path) as tmp:
-            np.savez(tmp, **arrays)  # type: ignore[arg-type]
-    return arrays
+    path = None if cache_dir is None else Path(cache_dir) / "data" / (
+        f"cluttered-digits-multilabel-v{MULTI_GENERATOR_VERSION}-{split}-{n}-{seed}.npz")
+    return _on_disk(path, n, _CACHED_MULTI, lambda: generate_multi_digits(n, split, seed))
 
 
 @DATASETS.register("cluttered-digits-multilabel", embedded=True, needs_download=False,
