@@ -93,6 +93,25 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     return max(w, 0.0) * max(h, 0.0)
 
 
+def _place(rng: np.random.Generator, ink: np.ndarray, size: int,
+           avoid: list[np.ndarray]) -> tuple[int, int]:
+    """Top-left corner for ``ink`` (square) in a ``size`` canvas: of up to 20 uniform
+    draws, the first whose tight box overlaps none of the ``avoid`` boxes, else the one
+    of least summed overlap."""
+    best: tuple[float, int, int] | None = None
+    side = ink.shape[0]
+    for _ in range(20):
+        y, x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+        box = _tight_box(ink > INK_THRESHOLD, y, x)
+        ov = sum(_overlap(box, b) for b in avoid)
+        if best is None or ov < best[0]:
+            best = (ov, y, x)
+        if ov == 0.0:
+            break
+    assert best is not None
+    return best[1], best[2]
+
+
 def generate_digits(n: int, split: str, seed: int, size: int = 64, n_clutter: int = 6,
                     with_masks: bool = False) -> dict[str, np.ndarray]:
     """Generate ``n`` cluttered-digit images from the ``split``'s source digits.
@@ -144,16 +163,8 @@ def generate_digits(n: int, split: str, seed: int, size: int = 64, n_clutter: in
         d_label = (label + int(rng.integers(1, 10))) % 10
         d_size = int(rng.integers(22, 35))
         d_ink = _resize(digits[int(rng.choice(by_class[d_label]))], d_size)
-        best: tuple[float, int, int] | None = None
-        for _ in range(20):  # keep the distractor off the target where possible
-            dy, dx = (int(v) for v in rng.integers(0, size - d_size + 1, size=2))
-            ov = _overlap(_tight_box(d_ink > INK_THRESHOLD, dy, dx), t_box)
-            if best is None or ov < best[0]:
-                best = (ov, dy, dx)
-            if ov == 0.0:
-                break
-        assert best is not None
-        _, dy, dx = best
+        # keep the distractor off the target where possible
+        dy, dx = _place(rng, d_ink, size, [t_box])
         _paste(canvas, 0.5 * d_ink, rng.uniform(0.5, 1.0, 3).astype(np.float32), dy, dx)
         _paste(canvas, t_ink, rng.uniform(0.65, 1.0, 3).astype(np.float32), ty, tx)
         images[i] = np.round(np.clip(canvas, 0, 1) * 255).astype(np.uint8)
@@ -312,17 +323,7 @@ def generate_multi_digits(n: int, split: str, seed: int, size: int = 64,
             src = int(rng.choice(by_class[int(c)]))
             s = int(rng.integers(20, 33))
             ink = _resize(digits[src], s)
-            best: tuple[float, int, int] | None = None
-            for _ in range(20):
-                y, x = (int(v) for v in rng.integers(0, size - s + 1, size=2))
-                box = _tight_box(ink > INK_THRESHOLD, y, x)
-                ov = sum(_overlap(box, objects[i, m]) for m in range(j))
-                if best is None or ov < best[0]:
-                    best = (ov, y, x)
-                if ov == 0.0:
-                    break
-            assert best is not None
-            _, y, x = best
+            y, x = _place(rng, ink, size, list(objects[i, :j]))
             _paste(canvas, ink, rng.uniform(0.65, 1.0, 3).astype(np.float32), y, x)
             objects[i, j] = _tight_box(ink > INK_THRESHOLD, y, x)
             object_labels[i, j], sources[i, j] = int(c), src
