@@ -243,12 +243,16 @@ def drop_unsupported(names: Sequence[str], info: data.DatasetInfo, *, explicit: 
     registry entry says ``multi_label``): the others would train on ``label`` alone."""
     if info.multi_label:
         able = [n for n in names if METHODS.entry(n).meta.get("multi_label")]
-        if not able:
-            raise UserError(f"multi-label dataset {info.name!r}: no method supports "
-                            "multi-label targets yet (--check-data reads and checks it)")
+        unable = [n for n in names if n not in able]
         if models:
             raise UserError(f"multi-label dataset {info.name!r}: --model models are "
                             "scored on single labels only")
+        if unable and explicit:
+            supported = ", ".join(e.name for e in METHODS if e.meta.get("multi_label"))
+            raise UserError(f"method {unable[0]!r} does not take multi-label targets, which "
+                            f"dataset {info.name!r} has; methods that do: {supported}")
+        for n in unable:
+            say(f"  skipping {n}: it does not take the multi-label targets of {info.name}")
         names = able
     keep = []
     for n in names:

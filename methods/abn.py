@@ -22,7 +22,7 @@ from torch import nn
 from harness.backbones import SplitBackbone, reset_parameters
 from harness.data import DatasetInfo
 from harness.geometry import map_box_mask
-from methods.base import Method, Output, register_method, upsample
+from methods.base import Method, Output, classification_loss, register_method, upsample
 
 
 class AttentionBranch(nn.Module):
@@ -135,10 +135,12 @@ class ABN(Method):
                       attention=a.mechanism, class_maps=a.class_maps, features=a.features)
 
     def loss(self, out: Output, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """L = CE(attention branch) + CE(perception branch) (Eq. 3)."""
+        """L = L_att + L_per (Eq. 3): cross-entropy at both branches, or on a
+        multi-label dataset sigmoid + binary cross-entropy (Sec. 3.3: "our training loss
+        can adaptively change depending on the baseline model")."""
         assert out.att_logits is not None
-        l_att = F.cross_entropy(out.att_logits.float(), batch["label"])
-        l_per = F.cross_entropy(out.logits.float(), batch["label"])
+        l_att = classification_loss(out.att_logits, batch, self.info)
+        l_per = classification_loss(out.logits, batch, self.info)
         loss = l_att + l_per
         return loss, {"loss": float(loss.detach()), "l_att": float(l_att.detach()),
                       "l_per": float(l_per.detach())}
@@ -179,7 +181,7 @@ class ABN(Method):
         return cams.gather(1, idx)
 
 
-@register_method("abn", paper="Fukui et al., CVPR 2019", attention=True,
+@register_method("abn", paper="Fukui et al., CVPR 2019", attention=True, multi_label=True,
                  description="Attention Branch Network, g*(1+M)")
 def abn(backbone: SplitBackbone, info: DatasetInfo, mechanism: str = "residual") -> Method:
     return ABN(backbone, info, mechanism=mechanism)

@@ -74,7 +74,7 @@ class Method(nn.Module):
         """The training objective for one forward pass; returns (loss, named parts).
 
         Losses are computed in float32 from the (possibly bf16-autocast) outputs."""
-        loss = F.cross_entropy(out.logits.float(), batch["label"])
+        loss = classification_loss(out.logits, batch, self.info)
         return loss, {"loss": float(loss.detach())}
 
     def configure_optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
@@ -150,6 +150,19 @@ class Method(nn.Module):
         return None
 
 
+def classification_loss(logits: torch.Tensor, batch: dict[str, Any],
+                        info: DatasetInfo) -> torch.Tensor:
+    """The classification loss of ``logits`` ``[B,K]`` (in float32): softmax
+    cross-entropy on ``batch["label"]``, or on a multi-label dataset
+    (``info.multi_label``) sigmoid + binary cross-entropy on the 0/1 vector
+    ``batch["labels"]``, averaged over images and labels (ABN Sec. 3.4; the same number
+    as the multi-label soft margin loss of Wang et al., Sec. 4.3, which averages the
+    per-label binary cross-entropies of each image)."""
+    if info.multi_label:
+        return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
+    return F.cross_entropy(logits.float(), batch["label"])
+
+
 def descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     """One gradient step of ``opt`` on ``loss`` (gradients cleared first)."""
     opt.zero_grad(set_to_none=True)
@@ -180,7 +193,7 @@ METHODS: Registry[MethodFactory] = Registry("method")
 def register_method(name: str, *, init_from: str | None = None, paper: str = "",
                     explainer: str = "native", train: dict[str, Any] | None = None,
                     needs_boxes: bool = False, attention: bool = False,
-                    reference: bool = False,
+                    reference: bool = False, multi_label: bool = False,
                     description: str = "") -> Callable[[MethodFactory], MethodFactory]:
     """Register a method factory ``(backbone, info, **options) -> Method``.
 
@@ -190,8 +203,11 @@ def register_method(name: str, *, init_from: str | None = None, paper: str = "",
         needs_boxes: the method needs ground-truth boxes at training time.
         attention: the method has an attention mechanism (reads ``Output.attention``).
         reference: its explanation is a reference (not ranked on explanation metrics).
+        multi_label: it trains on multi-label targets (``labels``, a 0/1 vector) and
+            explains each class it is asked for; methods without it are not run on a
+            multi-label dataset.
     """
     return METHODS.register(name, init_from=init_from, paper=paper, explainer=explainer,
                             train=dict(train or {}), needs_boxes=needs_boxes,
                             attention=attention, reference=reference,
-                            description=description)
+                            multi_label=multi_label, description=description)

@@ -92,14 +92,14 @@ class GradCAM(Baseline):
         return upsample(self.class_maps(x, target.view(-1, 1)), tuple(x.shape[-2:]))
 
 
-@register_method("baseline", explainer="centre prior", reference=True,
+@register_method("baseline", explainer="centre prior", reference=True, multi_label=True,
                  description="plain backbone, cross-entropy; explanation = centre prior "
                  "(a reference floor, not ranked on explanation metrics)")
 def baseline(backbone: SplitBackbone, info: DatasetInfo) -> Method:
     return Baseline(backbone, info)
 
 
-@register_method("cam", init_from="baseline", train={"epochs": 0},
+@register_method("cam", init_from="baseline", train={"epochs": 0}, multi_label=True,
                  paper="Zhou et al., CVPR 2016", description="CAM on the trained baseline")
 def cam(backbone: SplitBackbone, info: DatasetInfo) -> Method:
     if backbone.head_kind != "gap-linear":
@@ -109,7 +109,7 @@ def cam(backbone: SplitBackbone, info: DatasetInfo) -> Method:
     return CAM(backbone, info)
 
 
-@register_method("gradcam", init_from="baseline", train={"epochs": 0},
+@register_method("gradcam", init_from="baseline", train={"epochs": 0}, multi_label=True,
                  paper="Selvaraju et al., ICCV 2017",
                  description="Grad-CAM (captum LayerGradCam) on the trained baseline")
 def gradcam(backbone: SplitBackbone, info: DatasetInfo) -> Method:
