@@ -100,15 +100,16 @@ def finite(maps: torch.Tensor, what: str) -> torch.Tensor:
 
 def applicable_metrics(split: Split, cfg: EvalConfig, only: set[str] | None = None, *,
                        permuted: bool = False) -> dict[str, PerImageMetric]:
-    """Fresh accumulators for every registered metric the dataset supports (those in
-    ``only``, when given); the data-randomisation columns when ``permuted`` (a model
+    """Fresh accumulators for every registered metric the dataset supports (its boxes,
+    single- or multi-label targets; those in ``only``, when given); the data-randomisation columns when ``permuted`` (a model
     trained on permuted labels is given)."""
     have = {"bbox"} if split.info.has_boxes else set()
     have |= set(split.info.extra_boxes)
+    task = "multi" if split.info.multi_label else "single"
     out = {}
     for entry in METRICS:
         spec = entry.obj
-        if spec.factory is not None and set(spec.needs_boxes) <= have and (
+        if spec.factory is not None and task in spec.tasks and set(spec.needs_boxes) <= have and (
                 permuted or not spec.needs_permuted) and (
                 only is None or spec.name in only):
             out[spec.name] = spec.factory(cfg)
@@ -324,8 +325,10 @@ class Evaluation:
                        if self.ex.class_maps is not None else None,
                        indices=batch["index"], original_sizes=batch.get("orig_size"),
                        explain=self.explanations, randomised=self.randomised,
-                       permuted=self.permuted_explain, input_std=tuple(self.split.info.std))
-        self.add_causal(ev, batch["index"], sal, logits)
+                       permuted=self.permuted_explain, input_std=tuple(self.split.info.std),
+                       targets=batch.get("labels"), object_labels=batch.get("object_labels"))
+        if not self.split.info.multi_label:  # no causal metric scores multi-label data
+            self.add_causal(ev, batch["index"], sal, logits)
         for m in self.metrics.values():
             m.update(ev)
         return sal, logits

@@ -40,6 +40,12 @@ from methods.explainers import build as build_explainer
 from metrics.base import METRICS
 
 
+#: the columns a row's console line shows (short name, metric): single-label data, and
+#: multi-label data (their rows have no top-1 or causal columns)
+_CONSOLE = (("top1", "top1"), ("ins", "insertion_auc"), ("del", "deletion_auc"))
+_CONSOLE_MULTI = (("label acc", "label_acc"), ("mAP", "mAP"), ("class energy", "class_energy_pg"))
+
+
 @dataclass
 class Result:
     """A finished run: its id in the store, the evaluated rows (one per (method,
@@ -127,11 +133,16 @@ def git_rev() -> str:
         return "unknown"
 
 
-def protocol_line(plan: Plan) -> str:
-    """What the run's numbers mean, one line for the report's header."""
+def protocol_line(plan: Plan, multi_label: bool = False) -> str:
+    """What the run's numbers mean, one line for the report's header (``multi_label``:
+    the test split's images hold several labels)."""
     cfg, world = plan.cfg, plan.world
-    line = ("rise (insertion: blur 11/5 substrate; deletion: zero substrate; predicted "
-            "class; softmax score; one row of pixels per step; maps min-max normalised per "
+    scored = ("multi-label (sigmoid + binary cross-entropy per label; label c predicted "
+              "when its logit > 0; every class present explained and scored against the "
+              "boxes of its own objects" if multi_label else
+              "rise (insertion: blur 11/5 substrate; deletion: zero substrate; predicted "
+              "class; softmax score; one row of pixels per step")
+    line = (f"{scored}; maps min-max normalised per "
             f"image for localisation; training in {cfg.precision}, evaluation forward passes "
             f"in {plan.eval_precision}, explanations in fp32; {world.size} process"
             f"{'es' if world.size > 1 else ''}"
@@ -163,7 +174,7 @@ def run_meta(plan: Plan, test_split: data.Split) -> dict[str, Any]:
                      "noise": cfg.eval.road_noise, "seed": cfg.eval.lens_seed}}
            if plan.roar else {}),
         "test_split_id": evalcache.split_id(test_split, cfg.dataset_kwargs),
-        "protocol": protocol_line(plan),
+        "protocol": protocol_line(plan, test_split.info.multi_label),
         "data_dir": plan.request.data_dir, "workers": cfg.workers or 0,
         "pretrained": cfg.pretrained,
         "pretrained_sha256": file_digest(cfg.pretrained) if cfg.pretrained else None,
@@ -391,9 +402,9 @@ class Session:
             how += ", evaluation cached" if n_hit == len(keys) else (
                 f", {n_hit} of {len(keys)} evaluation parts cached")
         v = res.values
-        self.say(f"  {res.row:<16} seed {row.seed}  top1 {v.get('top1', float('nan')):.3f}  "
-                 f"ins {v.get('insertion_auc', float('nan')):.3f}  "
-                 f"del {v.get('deletion_auc', float('nan')):.3f}  "
+        shown = _CONSOLE_MULTI if any(k in v for _, k in _CONSOLE_MULTI) else _CONSOLE
+        cols = "  ".join(f"{short} {v.get(k, float('nan')):.3f}" for short, k in shown)
+        self.say(f"  {res.row:<16} seed {row.seed}  {cols}  "
                  f"({how}, {time.perf_counter() - t0:.0f}s)")
 
     def finish(self) -> Any:

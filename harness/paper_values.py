@@ -209,6 +209,17 @@ PAPER_VALUES: dict[str, tuple[PaperValue, ...]] = {
                                                 "vgg16": (85.9, 90.7)}),
     "abn-compcars-make": _abn_compcars("maker [%]", {"resnet101": (90.1, 98.1),
                                                      "vgg16": (90.4, 92.9)}),
+    "abn-celeba": tuple(
+        PaperValue(m, "label_acc", round(acc / 100, 6), f"average of accuracy {acc:g} %",
+                   f"{_ABN}, Table 4, row {row!r}", note="mean of the 40 attribute accuracies")
+        for m, row, acc in (("baseline", "ResNet101", 90.69), ("abn-multitask", "ABN", 91.07))),
+    "discattn-voc2012": tuple(
+        PaperValue(m, "mAP", round(ap / 100, 6), f"AP {ap:g} %", f"{_DISC}, Table 6, row {row!r}",
+                   note="the PASCAL server's AP on VOC 2012 test; ours: scikit-learn's on "
+                        "VOC 2012 val")
+        for m, row, ap in (("baseline", "ResNet-18", 77.44),
+                           ("discattn-px", "ResNet-18 + A_px", 83.22),
+                           ("discattn-ch", "ResNet-18 + A_ch", 83.17))),
     "comb-cub200-2010": _comb_cub(),
     "comb-stanford-dogs": _comb_dogs(),
     "msabn-cub200-2011": _msabn(4, baseline=(40.62, 1.985), abn=(50.96, 2.145),

@@ -77,10 +77,27 @@ class SeedScores:
     ids: np.ndarray
 
     def take(self, ids: np.ndarray) -> SeedScores:
-        """The scores of ``ids`` (which must all be present), in that order."""
-        pos = {int(i): k for k, i in enumerate(self.ids)}
-        idx = np.array([pos[int(i)] for i in ids], dtype=np.int64)
+        """The scores of ``ids`` (which must all be present), in that order; an image
+        with several scores (one per label of a multi-label image) brings all of them,
+        in their order."""
+        pos: dict[int, list[int]] = {}
+        for k, i in enumerate(self.ids):
+            pos.setdefault(int(i), []).append(k)
+        idx = np.array([k for i in ids for k in pos[int(i)]], dtype=np.int64)
         return SeedScores(self.scores[idx], self.classes[idx], self.ids[idx])
+
+
+def _draws(ids: np.ndarray, n_resamples: int, seed: int,
+           rng: np.random.Generator | None = None) -> np.ndarray:
+    """``[R,n]`` bootstrap weights of the ``n`` scores with ids ``ids``: images drawn with
+    replacement, each score weighted by the draws of its image (the scores of one
+    image, one per label, are drawn together). With one score an image: the shared
+    draws of :func:`_image_weights` (or ``rng``'s)."""
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    n = len(uniq)
+    w = (_image_weights(n, n_resamples, seed) if rng is None
+         else rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64))
+    return w if n == len(ids) else w[:, inverse]
 
 
 @dataclass(frozen=True)
@@ -118,13 +135,10 @@ def _image_replicates(seeds: Sequence[Sequence[SeedScores]], per_class: bool,
     draw (a paired resampling). Crossed when every seed has the same image ids."""
     rng = np.random.default_rng(seed)
     n_groups, n_seeds = len(seeds), len(seeds[0])
-    sizes = [len(s.scores) for s in seeds[0]]
     crossed = all(np.array_equal(seeds[0][0].ids, s.ids) for s in seeds[0])
     out = np.zeros((n_groups, n_resamples))
     for i in range(n_seeds):
-        w = (_image_weights(sizes[0], n_resamples, seed) if crossed
-             else rng.multinomial(sizes[i], np.full(sizes[i], 1.0 / sizes[i]),
-                                  size=n_resamples))
+        w = _draws(seeds[0][i].ids, n_resamples, seed, None if crossed else rng)
         for g in range(n_groups):
             sc = seeds[g][i]
             out[g] += weighted_aggregate(sc.scores, sc.classes, w, per_class)
@@ -243,7 +257,7 @@ def paired_difference(method: Sequence[SeedScores], reference: Sequence[SeedScor
         p = float(2 * (sps.t.sf(t, df) if np.isfinite(df) else sps.norm.sf(t)))
     else:  # no variation at all: certain (given the models) unless the difference is 0
         p = 1.0 if diff == 0 else 0.0
-    return Comparison(diff, lo, hi, p, min(len(a.scores) for a in a_all), n_seeds)
+    return Comparison(diff, lo, hi, p, min(len(np.unique(a.ids)) for a in a_all), n_seeds)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -62,6 +62,10 @@ class EvalBatch:
         permuted: (images, classes ``[n]``) -> the same explainer's maps by the model
             trained on permuted labels (the data-randomisation test, ``--sanity
             data``); None: no such model in this run.
+        targets: ``[B,C]`` 0/1, every class each image holds (multi-label datasets;
+            None otherwise); ``labels`` is then one of them (the dataset's primary).
+        object_labels: ``[B,K]`` the class of each row of ``boxes["objects"]`` (-1 on
+            padding), where the dataset has it; None otherwise.
         original_sizes: ``[B,2]`` (H, W), in original pixels, of the region of each
             image that the input shows (the whole image when the test transform
             resizes it, the centre crop's side when it crops), for datasets read from
@@ -90,6 +94,8 @@ class EvalBatch:
     randomised: Callable[[], list[tuple[str, str, Callable[[torch.Tensor, torch.Tensor],
                                                             torch.Tensor]]]] | None = None
     permuted: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    targets: torch.Tensor | None = None
+    object_labels: torch.Tensor | None = None
 
 
 #: which images of a batch a metric scored: a bool mask ``[B]`` or row indices
@@ -251,6 +257,9 @@ class MetricSpec:
     #: scores against the model trained on permuted labels (``--sanity data``): a
     #: column of runs that train one, its weights in the part's cache key
     needs_permuted: bool = False
+    #: the datasets it applies to: ``single`` (one label an image) and / or ``multi``
+    #: (samples carry ``labels``, :attr:`harness.data.DatasetInfo.multi_label`)
+    tasks: tuple[str, ...] = ("single",)
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")
@@ -259,4 +268,4 @@ METRICS: Registry[MetricSpec] = Registry("metric")
 def register_metric(spec: MetricSpec) -> None:
     """Register a leaderboard column."""
     METRICS.add(spec.name, spec, higher_is_better=spec.higher_is_better,
-                needs_boxes=spec.needs_boxes)
+                needs_boxes=spec.needs_boxes, tasks=spec.tasks)

@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 from matplotlib.patches import Rectangle
 
-from harness.analysis import ALPHA, STABLE_TAU, Analysis, Row, summarise
+from harness.analysis import ALPHA, STABLE_TAU, Analysis, Row, by_method, summarise
 from harness.evaluate import MethodResult
 from harness.paper_values import PaperValue
 from harness.safeio import atomic_path, write_text
@@ -263,7 +263,59 @@ OUTPUTS = {"csv": "leaderboard.csv", "curves": "curves.csv",
            "comparisons": "comparisons.csv", "stability": "stability.csv",
            "config": "config.yaml", "html": "leaderboard.html", "paper": "paper.csv",
            "cr_sweep": "cr_sweep.csv", "cr_sweep_png": "cr_sweep.png", "mprt": "mprt.csv",
-           "roar": "roar.csv"}
+           "roar": "roar.csv", "per_label": "per_label.csv"}
+
+
+def label_names(record: RunRecord) -> tuple[str, ...]:
+    """The run dataset's class names, when its registry entry gives them."""
+    from harness.data import DATASETS
+
+    name = record.meta.get("dataset", "")
+    if name not in DATASETS:
+        return ()
+    return tuple(DATASETS.entry(name).meta.get("label_names") or ())
+
+
+def per_label_frame(record: RunRecord) -> pd.DataFrame:
+    """The multi-label columns label by label: each row's mean over seeds of its
+    per-label value (accuracy, average precision, per-class localisation) with the
+    number of (image, label) pairs scored. Empty for single-label runs."""
+    names = label_names(record)
+    cols = [e.name for e in METRICS if "multi" in e.obj.tasks]
+    records = []
+    for row, group in by_method(record.results).items():
+        for c in cols:
+            if not all(c in r.per_image for r in group):
+                continue
+            per_seed = []
+            for r in group:
+                s = r.per_image[c]
+                frame = pd.DataFrame({"label": s.classes, "score": s.scores})
+                per_seed.append(frame.groupby("label")["score"].agg(["mean", "size"]))
+            both = pd.concat(per_seed, keys=range(len(per_seed)))
+            for label, g in both.groupby(level=1):
+                k = int(label)
+                records.append({"row": row, "metric": c, "label": k,
+                                "name": names[k] if k < len(names) else str(k),
+                                "value": float(g["mean"].mean()), "n": int(g["size"].iloc[0]),
+                                "seeds": len(g)})
+    return pd.DataFrame.from_records(
+        records, columns=["row", "metric", "label", "name", "value", "n", "seeds"])
+
+
+def per_label_tables(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The HTML's per-label tables: one per metric, a row per leaderboard row, a column
+    per label."""
+    out = []
+    for metric, g in frame.groupby("metric", sort=False):
+        wide = g.pivot_table(index="row", columns="label", values="value", sort=False)
+        labels = [str(g[g["label"] == k]["name"].iloc[0]) for k in wide.columns]
+        out.append({"metric": metric, "description": METRICS.get(str(metric)).description,
+                    "labels": labels,
+                    "rows": [{"row": r, "cells": ["" if pd.isna(v) else f"{v:.3f}"
+                                                   for v in wide.loc[r]]}
+                             for r in wide.index]})
+    return out
 
 
 def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
@@ -277,7 +329,8 @@ def write_all(record: RunRecord, out: Path) -> dict[str, Path]:
     if record.paper_values:
         paths["paper"] = out / OUTPUTS["paper"]
         tables["paper"] = paper_frame(record)
-    for key, table in (("mprt", mprt_frame(record)), ("roar", roar_frame(record))):
+    for key, table in (("mprt", mprt_frame(record)), ("roar", roar_frame(record)),
+                       ("per_label", per_label_frame(record))):
         if len(table):
             paths[key] = out / OUTPUTS[key]
             tables[key] = table
@@ -415,7 +468,8 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
         has_distractor="distractor_bbox" in record.gallery_boxes,
         stability=[{"metric": m, "tau": t, "stable": t >= STABLE_TAU}
                    for m, t in stab.items() if not math.isnan(t)],
-        groups=[{"title": title, "curves": _png(curves_figure(sub)),
+        groups=[{"title": title, "curves": _png(curves_figure(sub)) if any(
+                     k in r.curves for r in sub.results for k in CURVE_PANELS) else "",
                  "gallery": _png(gallery_figure(sub)) if len(sub.gallery_images)
                  and sub.gallery_rows else "",
                  # the class maps of the other explainers are scored in the columns; one
@@ -432,6 +486,7 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
         sweep=record.cr_sweep,
         sweep_png=_png(sweep_figure(record.cr_sweep)) if record.cr_sweep else "",
         metrics=[{"id": c, **vars(METRICS.get(c))} for c in cols],
+        per_label=per_label_tables(per_label_frame(record)),
         config_yaml=yaml.safe_dump(record.config, sort_keys=False))
 
 
@@ -612,7 +667,7 @@ def confusion_figure(record: RunRecord) -> plt.Figure | None:
         for j in range(n):
             for k, what in enumerate(("target", "conf.")):
                 title = f"{what} {int(classes[j, k])}"
-                if k:
+                if k and "siou_confusion" in r.per_image:
                     title += f" · sIoU {float(r.per_image['siou_confusion'].scores[j]):.2f}"
                 ax.text((2 * j + k) * (w + GAP) + w / 2, y0 - 1, title, ha="center",
                         va="bottom", fontsize=7)
