@@ -116,6 +116,8 @@ def one_of(choices: Sequence[str]) -> dict[str, Any]:
 
 #: the learning-rate schedules of :class:`TrainConfig`
 SCHEDULES = ("step", "cosine")
+#: how a multi-label loss adds up an image's per-label binary cross-entropies
+LABEL_LOSSES = ("mean", "sum")
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,11 @@ class TrainConfig:
     to 0 over the whole training, updated after every batch (the discriminative-
     attention paper's Caltech-256 recipe: Huang et al.'s cyclic cosine annealing with
     one cycle); ``milestones`` and ``gamma`` are then unused.
+
+    ``label_loss`` (multi-label datasets): an image's loss is the ``mean`` of its
+    per-label binary cross-entropies (the multi-label soft margin loss, Wang et al.
+    Sec. 4.3) or their ``sum`` (one loss per task, summed, as multi-task learning adds
+    its tasks' losses: ABN Sec. 3.4); the sum's gradients are C times the mean's.
     """
 
     epochs: int = field(default=6, metadata=within(1, MAX_EPOCHS))
@@ -139,6 +146,7 @@ class TrainConfig:
                                           metadata=within(0, 1, lo_open=True))
     gamma: float = field(default=0.1, metadata=within(0, 1, lo_open=True))
     schedule: str = field(default="step", metadata=one_of(SCHEDULES))
+    label_loss: str = field(default="mean", metadata=one_of(LABEL_LOSSES))
 
 
 @dataclass(frozen=True)

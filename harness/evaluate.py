@@ -101,8 +101,9 @@ def finite(maps: torch.Tensor, what: str) -> torch.Tensor:
 def applicable_metrics(split: Split, cfg: EvalConfig, only: set[str] | None = None, *,
                        permuted: bool = False) -> dict[str, PerImageMetric]:
     """Fresh accumulators for every registered metric the dataset supports (its boxes,
-    single- or multi-label targets; those in ``only``, when given); the data-randomisation columns when ``permuted`` (a model
-    trained on permuted labels is given)."""
+    single- or multi-label targets; those in ``only``, when given); the
+    data-randomisation columns when ``permuted`` (a model trained on permuted labels is
+    given)."""
     have = {"bbox"} if split.info.has_boxes else set()
     have |= set(split.info.extra_boxes)
     task = "multi" if split.info.multi_label else "single"

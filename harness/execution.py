@@ -39,7 +39,6 @@ from methods.explainers import EXPLAINERS, NotApplicable, native_equivalent
 from methods.explainers import build as build_explainer
 from metrics.base import METRICS
 
-
 #: the columns a row's console line shows (short name, metric): single-label data, and
 #: multi-label data (their rows have no top-1 or causal columns)
 _CONSOLE = (("top1", "top1"), ("ins", "insertion_auc"), ("del", "deletion_auc"))

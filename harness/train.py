@@ -89,7 +89,9 @@ def build_method(name: str, cfg: RunConfig, split: Split, **options: Any) -> Met
     torch.manual_seed(cfg.seed)
     bb = backbones.build(cfg.backbone, split.info.num_classes, pretrained=cfg.pretrained,
                          **cfg.backbone_kwargs)
-    return entry.obj(bb, split.info, **options)
+    method = entry.obj(bb, split.info, **options)
+    method.label_loss = cfg.train.label_loss
+    return method
 
 
 def code_digest(name: str, cfg: RunConfig) -> str:

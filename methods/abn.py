@@ -22,7 +22,7 @@ from torch import nn
 from harness.backbones import SplitBackbone, reset_parameters
 from harness.data import DatasetInfo
 from harness.geometry import map_box_mask
-from methods.base import Method, Output, classification_loss, register_method, upsample
+from methods.base import Method, Output, register_method, upsample
 
 
 class AttentionBranch(nn.Module):
@@ -139,8 +139,8 @@ class ABN(Method):
         multi-label dataset sigmoid + binary cross-entropy (Sec. 3.3: "our training loss
         can adaptively change depending on the baseline model")."""
         assert out.att_logits is not None
-        l_att = classification_loss(out.att_logits, batch, self.info)
-        l_per = classification_loss(out.logits, batch, self.info)
+        l_att = self.classification_loss(out.att_logits, batch)
+        l_per = self.classification_loss(out.logits, batch)
         loss = l_att + l_per
         return loss, {"loss": float(loss.detach()), "l_att": float(l_att.detach()),
                       "l_per": float(l_per.detach())}

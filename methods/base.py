@@ -61,6 +61,10 @@ class Method(nn.Module):
     #: the registered explainer computing exactly this method's own explanation (so
     #: that explainer is not applied to it a second time), if there is one
     native_explainer: ClassVar[str | None] = None
+    #: on a multi-label dataset, how an image's per-label losses add up (``mean`` or
+    #: ``sum``, :class:`harness.config.TrainConfig`); set from ``train.label_loss``
+    #: when the trainer builds the method
+    label_loss: str = "mean"
 
     def __init__(self, backbone: SplitBackbone, info: DatasetInfo) -> None:
         super().__init__()
@@ -74,8 +78,13 @@ class Method(nn.Module):
         """The training objective for one forward pass; returns (loss, named parts).
 
         Losses are computed in float32 from the (possibly bf16-autocast) outputs."""
-        loss = classification_loss(out.logits, batch, self.info)
+        loss = self.classification_loss(out.logits, batch)
         return loss, {"loss": float(loss.detach())}
+
+    def classification_loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """:func:`classification_loss` of ``logits`` on this method's dataset, with its
+        ``label_loss``."""
+        return classification_loss(logits, batch, self.info, self.label_loss)
 
     def configure_optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
         """One SGD optimiser over all parameters (methods needing two override this)."""
@@ -150,17 +159,23 @@ class Method(nn.Module):
         return None
 
 
-def classification_loss(logits: torch.Tensor, batch: dict[str, Any],
-                        info: DatasetInfo) -> torch.Tensor:
+def classification_loss(logits: torch.Tensor, batch: dict[str, Any], info: DatasetInfo,
+                        label_loss: str = "mean") -> torch.Tensor:
     """The classification loss of ``logits`` ``[B,K]`` (in float32): softmax
     cross-entropy on ``batch["label"]``, or on a multi-label dataset
     (``info.multi_label``) sigmoid + binary cross-entropy on the 0/1 vector
-    ``batch["labels"]``, averaged over images and labels (ABN Sec. 3.4; the same number
-    as the multi-label soft margin loss of Wang et al., Sec. 4.3, which averages the
-    per-label binary cross-entropies of each image)."""
-    if info.multi_label:
-        return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
-    return F.cross_entropy(logits.float(), batch["label"])
+    ``batch["labels"]``: per image the ``mean`` over labels (the multi-label soft margin
+    loss of Wang et al., Sec. 4.3) or their ``sum`` (ABN Sec. 3.4: one sigmoid + binary
+    cross-entropy loss per task, the tasks' losses added), averaged over images."""
+    if not info.multi_label:
+        return F.cross_entropy(logits.float(), batch["label"])
+    per_label = F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float(),
+                                                   reduction="none")
+    if label_loss == "sum":
+        return per_label.sum(1).mean()
+    if label_loss != "mean":
+        raise ValueError(f"label_loss must be 'mean' or 'sum', got {label_loss!r}")
+    return per_label.mean()
 
 
 def descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:

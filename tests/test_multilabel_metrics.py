@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
 from harness import stats
+from harness.data import DatasetInfo
+from methods.base import classification_loss
 from metrics.base import METRICS, EvalBatch
 from metrics.multilabel import (
     ClassLocalisation,
@@ -20,8 +22,6 @@ from metrics.multilabel import (
     precision_at_positives,
     union_mask,
 )
-from methods.base import classification_loss
-from harness.data import DatasetInfo
 
 
 def _batch(logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor | None = None,
@@ -42,7 +42,7 @@ def test_map_equals_scikit_learn_macro_average_precision(ties: bool) -> None:
     if ties:  # coarse scores: many tied thresholds, ties across positives and negatives
         scores = np.round(scores * 2) / 2
     want = average_precision_score(targets, scores, average=None)
-    prec, rows, cls = precision_at_positives(scores, targets)
+    prec, _rows, cls = precision_at_positives(scores, targets)
     for k in range(c):
         assert prec[cls == k].mean() == pytest.approx(want[k], abs=1e-12)
     m = MeanAveragePrecision()
