@@ -1,5 +1,5 @@
 """Map and box geometry shared by methods (attention editing, losses) and metrics, and
-the one definition of a sample's most confusing class.
+the one definition of a sample's most confusing class (single- and multi-label).
 
 Boxes are ``[B,4]`` xyxy in input pixels. A cell (row r, column c) of a map whose cells
 span ``stride`` input pixels is inside a box when its centre ``((c + 0.5) * stride,
@@ -87,3 +87,17 @@ def most_confusing(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``[B]``: the highest-scoring class other than ``target`` (the discriminative
     attention paper's "most confusing class"; ties go to the lowest index)."""
     return logits.detach().scatter(1, target.view(-1, 1), float("-inf")).argmax(1)
+
+
+def most_confusing_absent(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the highest-scoring class absent from the image, ``present`` ``[B,K]``
+    its 0/1 (or boolean) classes; -1 where every class is present (no confusing class).
+
+    The multi-label analogue of :func:`most_confusing` (the highest non-target score):
+    Wang et al. 2019, Sec. 4.3, train on multi-label targets without saying which class
+    is then the most confusing one; a class the image holds is no confusion, so the
+    highest-scoring one among those it does not hold is taken. Ties go to the lowest
+    index."""
+    held = present.bool()
+    conf = logits.detach().masked_fill(held, float("-inf")).argmax(1)
+    return torch.where(held.all(1), torch.full_like(conf, -1), conf)

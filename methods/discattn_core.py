@@ -1,6 +1,8 @@
 """Functional core of discriminative attention (Wang et al., 2019;
 ``discriminative-attention-2019-siou.txt``): the attention maps of Eqs. 1-5, the soft
-IoU of Eq. 6, the mask of Eq. 7 and the cross-layer consistency of Eq. 8.
+IoU of Eq. 6, the mask of Eq. 7 and the cross-layer consistency of Eq. 8, and their
+multi-label form (Sec. 4.3): the class-concurrence attention of the classes an image
+holds and the confusing class among those it does not.
 
 Maps are ``[B,h,w]``; every reduction is per image.
 """
@@ -12,11 +14,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from harness.geometry import most_confusing, soft_iou
+from harness.geometry import most_confusing, most_confusing_absent, soft_iou
 
 __all__ = ["ATTENTION", "attention_consistency", "channel_attention", "class_attention",
-           "gradcam_attention", "most_confusing", "object_mask", "pixel_attention",
-           "resize_mask", "soft_iou"]
+           "confusing_weights", "gradcam_attention", "most_confusing", "most_confusing_absent",
+           "object_mask", "pixel_attention", "resize_mask", "soft_iou"]
 
 #: guards divisions by an all-zero map (the ratio is then 0)
 EPS = 1e-12
@@ -80,16 +82,41 @@ ATTENTION = {"ch": channel_attention, "px": pixel_attention, "gradcam": gradcam_
 def class_attention(logits: torch.Tensor, feats: Sequence[torch.Tensor],
                     classes: torch.Tensor, kind: str, *,
                     create_graph: bool = False) -> list[torch.Tensor]:
-    """Attention maps of ``classes`` ``[B]`` at each of ``feats`` (tensors the
-    ``logits`` were computed from), via one ``torch.autograd.grad`` of the selected
-    logits. Sample b's gradient is that of Y_b^{c_b} alone whenever samples do not
+    """Attention maps of ``classes`` at each of ``feats`` (tensors the ``logits`` were
+    computed from), via one ``torch.autograd.grad`` of the selected scores.
+
+    ``classes`` is either class indices ``[B]`` (Y_b^{c_b}: the one-hot selection of
+    the single-label objective and of every per-class explanation) or weights ``[B,K]``
+    over the scores, whose weighted sum is differentiated: with the 0/1 vector of the
+    classes an image holds this is the class-concurrence attention of Sec. 4.3 ("one-hot
+    encoding is applied to corresponding dimensions in the predicted score vector"), the
+    attention of the gradient of the summed scores of those classes. A one-hot row gives
+    exactly (bit for bit) the map of its class index; a zero row gives a zero gradient
+    and an all-zero map.
+
+    Sample b's gradient is that of its own scores alone whenever samples do not
     interact between ``feats`` and ``logits`` (no batch-statistics normalisation on
     the way, e.g. batch norm in eval mode). The gradient weights are detached unless
     ``create_graph``; the feature maps keep their graph either way, so the maps are
     differentiable in F. No hooks are used and the graph is retained for the caller.
     """
     fn = ATTENTION[kind]
-    selected = logits.gather(1, classes.view(-1, 1)).sum()
+    if classes.dim() == 2:
+        selected = (logits * classes.to(logits.dtype)).sum()
+    else:
+        selected = logits.gather(1, classes.view(-1, 1)).sum()
     grads = torch.autograd.grad(selected, list(feats), retain_graph=True,
                                 create_graph=create_graph)
     return [fn(g if create_graph else g.detach(), f) for g, f in zip(grads, feats, strict=True)]
+
+
+def confusing_weights(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Multi-label confusing class as weights for :func:`class_attention`: ``[B,K]``,
+    the one-hot row of :func:`most_confusing_absent` (the highest-scoring class the
+    image does not hold), a zero row where the image holds every class: that image has
+    no confusing class, its soft IoU terms are 0 (the objective sets them so; the zero
+    row's map is all-zero already whenever samples do not interact, see
+    :func:`class_attention`)."""
+    conf = most_confusing_absent(logits, present)
+    hot = F.one_hot(conf.clamp_min(0), logits.shape[1]).to(logits.dtype)
+    return hot * (conf >= 0).to(logits.dtype).unsqueeze(1)
