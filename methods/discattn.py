@@ -18,18 +18,19 @@ Choices where the paper is silent or differs in detail:
   the split backbone (ResNet ``layer3``, stage 2 of the CIFAR ResNets).
 * The three terms of Eq. 9 have unit weights, as printed; sIoU and L_ac are averaged
   over the batch, like the cross-entropy.
-* Multi-label datasets (Sec. 4.3, Table 6; all three variants): the target attention
-  of an image is the class-concurrence attention, from the gradient of the summed
-  scores of every class it holds ("one-hot encoding is applied to corresponding
-  dimensions in the predicted score vector"), and L_cls is the multi-label soft margin
-  loss (:func:`methods.base.classification_loss`: sigmoid + binary cross-entropy, the
-  same number); the rest of Eq. 9 is unchanged. The paper does not say which class is
-  then the most confusing one: the highest-scoring class the image does not hold is
-  taken (the analogue of the highest non-target score); an image holding every class
-  has none, and its two soft IoU terms are 0 (still counted in the batch mean). An
-  image holding no class has an all-zero target attention: its soft IoU terms are 0 and
-  its L_ac is alpha, without gradient. The explanation stays per class (one class's
-  one-hot gradient), each class the evaluator asks for on its own.
+* Multi-label datasets (Sec. 4.3, Table 6; all three variants): the target attention of
+  an image is the class-concurrence attention, from the gradient of the summed scores of
+  every class it holds ("one-hot encoding is applied to corresponding dimensions in the
+  predicted score vector"), and L_cls is the multi-label soft margin loss
+  (:func:`methods.base.classification_loss`: sigmoid + binary cross-entropy, the mean
+  over labels; ``train.label_loss: sum`` adds them up instead); the rest of Eq. 9 is
+  unchanged. The paper does not say which class is then the most confusing one: the
+  highest-scoring class the image does not hold is taken (the analogue of the highest
+  non-target score); an image holding every class has none, and its two soft IoU terms
+  are 0 (still counted in the batch mean). An image holding no class has an all-zero
+  target attention: its soft IoU terms are 0 and its L_ac is alpha, without gradient.
+  The explanation stays per class (one class's one-hot gradient), each class the
+  evaluator asks for on its own.
 * Gradients are those of the selected logits summed over the batch, one
   ``torch.autograd.grad`` per class set. Each sample's gradient is its own logit's
   whenever the samples do not interact between the layer and the logits: always for the
@@ -52,7 +53,6 @@ from harness.distributed import Engine, direct
 from methods.base import (
     Method,
     Output,
-    classification_loss,
     descend,
     register_method,
     upsample,
@@ -131,8 +131,8 @@ class DiscriminativeAttention(Method):
             s_l, s_i = (torch.where(has_conf, s, torch.zeros_like(s)) for s in (s_l, s_i))
         s_l, s_i = s_l.mean(), s_i.mean()
         l_ac = attention_consistency(t_in, mask_in, self.alpha).mean()
-        ce = classification_loss(
-            logits, {"labels" if self.info.multi_label else "label": y}, self.info)
+        ce = self.classification_loss(
+            logits, {"labels" if self.info.multi_label else "label": y})
         loss = ce + s_i + s_l + l_ac
         return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()),
                       "siou_i": float(s_i.detach()), "siou_l": float(s_l.detach()),
