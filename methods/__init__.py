@@ -2,6 +2,7 @@
 
 from methods import posthoc  # noqa: I001,F401  (registration order = listing order)
 from methods import abn  # noqa: F401
+from methods import abn_multitask  # noqa: F401
 from methods import abn_finetune  # noqa: F401
 from methods import msabn  # noqa: F401
 from methods import discattn  # noqa: F401

@@ -4,11 +4,11 @@
 :meth:`Method.class_maps`). Every other explainer reads the *scored layer*, the
 backbone's last stage, on any trained model whose prediction is
 ``head(last_stage(.))`` (GAP + linear, or VGG's pool5 and fully-connected layers; CAM
-needs the former) with that stage run once per forward pass: the plain
-backbone, the perception branch of the ABN family (the attention branch has its own
-stride-1 copy of the stage, which is not the scored layer) and the
-discriminative-attention models. That is how "Grad-CAM of ABN" is asked beside "ABN's
-own attention" on the same trained weights.
+needs the former) with that stage run once per forward pass, on one map per image: the
+plain backbone, the perception branch of the ABN family (the attention branch has its
+own stride-1 copy of the stage, which is not the scored layer; not multi-task ABN's,
+one map per task) and the discriminative-attention models. That is how "Grad-CAM of
+ABN" is asked beside "ABN's own attention" on the same trained weights.
 
 Each explainer's ``explain(x, target)`` is ``[B,1,H,W]``, >= 0, at input size, and
 ``class_maps(x, classes)`` is ``[B,C,h,w]`` for ``classes`` ``[B,C]`` at the scored
@@ -114,7 +114,8 @@ def _capture(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
 
 def scored_layer(method: Method) -> nn.Module:
     """The layer every non-native explainer reads: the backbone's last stage, which the
-    prediction must run exactly once (checked on a probe image; NotApplicable if not)."""
+    prediction must run exactly once, on one map per image (checked on a probe image;
+    NotApplicable if not: multi-task ABN runs it on one map per task)."""
     backbone = getattr(method, "backbone", None)
     layer = getattr(backbone, "last_stage", None)
     if not isinstance(layer, nn.Module):
@@ -127,6 +128,10 @@ def scored_layer(method: Method) -> nn.Module:
     if len(seen) != 1:
         raise NotApplicable(f"{method.name}'s forward runs the backbone's last stage "
                             f"{len(seen)} times; the scored layer is ambiguous")
+    if len(seen[0]) != len(probe):
+        raise NotApplicable(f"{method.name}'s forward runs the backbone's last stage on "
+                            f"{len(seen[0]) // len(probe)} maps per image; the scored layer "
+                            "is ambiguous")
     return layer
 
 

@@ -42,8 +42,11 @@ LAYER_READING = [e for e in NON_NATIVE if e != "random"]
 #: ABN fine-tunes (abn-amb, -cot, -comb, -hk) and msabn-puzzle / msabn-cr inherit
 #: abn's / msabn's, which test_representatives_cover_every_method checks. The full
 #: matrix would triple the file's runtime for no new code path.
-REPRESENTATIVES = ("baseline", "cam", "gradcam", "abn", "msabn", "discattn-ch",
-                   "discattn-px", "discattn-gradcam")
+REPRESENTATIVES = ("baseline", "cam", "gradcam", "abn", "abn-multitask", "msabn",
+                   "discattn-ch", "discattn-px", "discattn-gradcam")
+#: methods whose forward runs the scored layer on several maps per image (multi-task
+#: ABN: one per task), which the layer-reading explainers refuse
+PER_TASK_PERCEPTION = ("abn-multitask",)
 INFERENCE = ("forward", "attend", "perceive", "apply_attention", "explain", "class_maps",
              "layers", "last_maps")
 #: exceptions an explainer may raise for a class index beyond the head (captum's and
@@ -204,7 +207,8 @@ def test_contract(name: str, explainer: str, smoke_cfg: config.RunConfig,
     """Shapes, finiteness, >= 0; no hooks, gradients, parameter or mode changes, also
     after a call that raises; explain under no_grad == class_maps' first column (taken
     with gradients enabled), clipped and upsampled. Every explainer applies to every
-    method except the one that computes the method's own read-out."""
+    method except the one that computes the method's own read-out (and the
+    layer-reading ones to a method in PER_TASK_PERCEPTION)."""
     method = _method(name, smoke_cfg, smoke_test)
     n = 2 if explainer == "scorecam" else 4  # Score-CAM: one forward per channel and image
     x, y = _images(smoke_test, n)
@@ -212,6 +216,11 @@ def test_contract(name: str, explainer: str, smoke_cfg: config.RunConfig,
     params, modes, hooks = _params(method), _modes(method), all_hooks(method)
     if explainer == native_equivalent(method):
         with pytest.raises(NotApplicable):
+            build(explainer, method)
+        _assert_untouched(method, params, modes, hooks)
+        return
+    if name in PER_TASK_PERCEPTION and explainer in LAYER_READING:
+        with pytest.raises(NotApplicable, match="maps per image"):
             build(explainer, method)
         _assert_untouched(method, params, modes, hooks)
         return
@@ -615,7 +624,8 @@ NATIVE_EQUIVALENT = {"cam": "cam", "gradcam": "gradcam", "discattn-ch": "att-ch"
 def test_native_equivalent_not_applicable(name: str, smoke_cfg: config.RunConfig,
                                           smoke_test: data.Split) -> None:
     """The explainer computing a method's own read-out is refused on it, and only it:
-    every other explainer builds on every registered method (hooks and modes kept)."""
+    every other explainer builds on every registered method (hooks and modes kept),
+    except the layer-reading ones on a method in PER_TASK_PERCEPTION."""
     method = _method(name, smoke_cfg, smoke_test)
     own = native_equivalent(method)
     assert own == NATIVE_EQUIVALENT.get(name)
@@ -623,6 +633,9 @@ def test_native_equivalent_not_applicable(name: str, smoke_cfg: config.RunConfig
     for explainer in EXPLAINERS.names():
         if explainer == own:
             with pytest.raises(NotApplicable, match="own explanation"):
+                build(explainer, method)
+        elif name in PER_TASK_PERCEPTION and explainer in LAYER_READING:
+            with pytest.raises(NotApplicable, match="maps per image"):
                 build(explainer, method)
         else:
             assert build(explainer, method).name == explainer
