@@ -256,6 +256,10 @@ def drop_unsupported(names: Sequence[str], info: data.DatasetInfo, *, explicit: 
         names = able
     keep = []
     for n in names:
+        if METHODS.entry(n).meta.get("multi_task") and not info.multi_label and not explicit:
+            say(f"  skipping {n}: a multi-task method, run with --methods all on multi-label "
+                f"data only (name it to run it on {info.name})")
+            continue
         if METHODS.entry(n).meta.get("needs_boxes") and not info.has_boxes:
             if explicit:
                 raise UserError(f"method {n!r} needs bounding boxes; dataset "

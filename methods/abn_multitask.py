@@ -55,7 +55,7 @@ from torch import nn
 from harness.backbones import SplitBackbone, reset_parameters
 from harness.data import DatasetInfo
 from harness.geometry import map_box_mask
-from methods.base import Method, Output, classification_loss, register_method, upsample
+from methods.base import Method, Output, register_method, upsample
 
 
 class MultiTaskAttentionBranch(nn.Module):
@@ -166,8 +166,8 @@ class MultiTaskABN(Method):
         branches on a multi-label dataset (Sec. 3.4), softmax cross-entropy on a
         single-label one (:func:`methods.base.classification_loss`)."""
         assert out.att_logits is not None
-        l_att = classification_loss(out.att_logits, batch, self.info)
-        l_per = classification_loss(out.logits, batch, self.info)
+        l_att = self.classification_loss(out.att_logits, batch)
+        l_per = self.classification_loss(out.logits, batch)
         loss = l_att + l_per
         return loss, {"loss": float(loss.detach()), "l_att": float(l_att.detach()),
                       "l_per": float(l_per.detach())}
@@ -207,7 +207,7 @@ class MultiTaskABN(Method):
 
 
 @register_method("abn-multitask", paper="Fukui et al., CVPR 2019 (Sec. 3.4)", attention=True,
-                 multi_label=True,
+                 multi_label=True, multi_task=True,
                  description="multi-task ABN: one map M^t = sigmoid(A^t) per task, "
                              "perception on g*(1+M^t) per task")
 def abn_multitask(backbone: SplitBackbone, info: DatasetInfo,

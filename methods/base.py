@@ -209,7 +209,8 @@ def register_method(name: str, *, init_from: str | None = None, paper: str = "",
                     explainer: str = "native", train: dict[str, Any] | None = None,
                     needs_boxes: bool = False, attention: bool = False,
                     reference: bool = False, multi_label: bool = False,
-                    description: str = "") -> Callable[[MethodFactory], MethodFactory]:
+                    multi_task: bool = False, description: str = ""
+                    ) -> Callable[[MethodFactory], MethodFactory]:
     """Register a method factory ``(backbone, info, **options) -> Method``.
 
     Args:
@@ -221,8 +222,11 @@ def register_method(name: str, *, init_from: str | None = None, paper: str = "",
         multi_label: it trains on multi-label targets (``labels``, a 0/1 vector) and
             explains each class it is asked for; methods without it are not run on a
             multi-label dataset.
+        multi_task: it is built for multi-label data (one output per task): ``--methods
+            all`` runs it on multi-label datasets only; named, it runs on any.
     """
     return METHODS.register(name, init_from=init_from, paper=paper, explainer=explainer,
                             train=dict(train or {}), needs_boxes=needs_boxes,
                             attention=attention, reference=reference,
-                            multi_label=multi_label, description=description)
+                            multi_label=multi_label, multi_task=multi_task,
+                            description=description)

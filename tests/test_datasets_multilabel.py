@@ -448,7 +448,8 @@ def test_methods_without_multi_label_targets_are_refused_in_one_line(
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith(f"error: method 'abn-amb' does not take multi-label "
                                   f"targets, which dataset {name!r} has; methods that do: "
-                                  "baseline, cam, gradcam, abn, discattn-ch, discattn-px, "
+                                  "baseline, cam, gradcam, abn, abn-multitask, discattn-ch, "
+                                  "discattn-px, "
                                   "discattn-gradcam")
     assert not (tmp_path / "cache" / "models").exists() or not any(
         (tmp_path / "cache" / "models").iterdir())
