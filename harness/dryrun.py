@@ -59,7 +59,7 @@ from harness import data, fold, train
 from harness import device as dev
 from harness.config import RunConfig
 from harness.data import DatasetInfo, Split
-from harness.data.core import DataDirMissing
+from harness.data.core import DataDirMissing, LabelledObjects
 from harness.progress import duration
 from methods.base import METHODS
 
@@ -147,6 +147,10 @@ def synthetic_split(info: DatasetInfo, n: int, seed: int = 0) -> Split:
     images = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, info.num_classes, (n,), generator=g)
     box = torch.tensor([w / 4, h / 4, 3 * w / 4, 3 * h / 4]).repeat(n, 1)
+    if info.multi_label:  # one centred object of class ``label`` an image
+        objects = LabelledObjects(images, labels, box[:, None], labels[:, None],
+                                  info.num_classes, data.make_transform(info, train=False))
+        return Split(objects, dataclasses.replace(info, has_boxes=True, multi_object=True))
     boxes = {"bbox": box, **{b: box.clone() for b in info.extra_boxes}}
     ds = data.BoxedImages(images, labels, boxes, data.make_transform(info, train=False))
     return Split(ds, dataclasses.replace(info, has_boxes=True))

@@ -68,3 +68,18 @@ def test_per_label_table_gives_every_label_of_every_row(tiny_multilabel_run: Pat
     html = (tiny_multilabel_run / "leaderboard.html").read_text()
     assert 'id="per-label"' in html and "Insertion and deletion curves" not in html
     assert np.isfinite(per["value"]).all()
+
+
+def test_dry_run_prints_the_multilabel_plan(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``--dry-run`` times each method's step on synthetic multi-label images (one
+    labelled object each) and prints the plan without training."""
+    rc = run.main(["--preset", "multilabel", "--methods", "baseline,abn-multitask",
+                   "--dry-run", "--out", str(tmp_path / "o"), "--cache-dir",
+                   str(tmp_path / "c"), "--db", str(tmp_path / "r.sqlite"), "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "dataset cluttered-digits-multilabel: 5000 train / 1000 test images" in out
+    assert "abn-multitask" in out and "estimated wall time" in out
+    assert not (tmp_path / "c" / "models").exists() or not any(
+        (tmp_path / "c" / "models").iterdir())
