@@ -89,6 +89,16 @@ are xyxy pixels of the image file with x2/y2 exclusive (the object covers column
   ``list_landmarks_align_celeba.txt`` (count, the 10 coordinate names, rows) and
   ``identity_CelebA.txt`` (``<image> <identity>``) hold random values. ``labels`` are the
   attributes an image has (1), ``label`` the first of them (0 for none); ``boxes = ()``.
+* ``diagset10x``: DiagSet-A as its authors publish it (the layout
+  ``diagset-a-container/container.py`` reads): ``dataset_dir = root / "DiagSet-A"`` with
+  ``partitions/DiagSet-A.2/{train,validation,test}.csv`` (a ``scan_id`` column, scans in
+  no particular order), ``distributions/S/10x/<scan>.json`` (``{label: count}`` for all
+  nine labels) and ``blobs/S/10x/<scan>/<label>/<k>.npy``, uint8 ``[n, H, W, 3]`` random
+  patches (40 x 40 here; 256 x 256 in the dataset), one folder per label and scan (empty
+  when the scan has no patch of it). Labels ``BG T N A R1 R2 R3 R4 R5``; ``classes`` are
+  all but ``BG``, whose patches are in no split, nor are the validation scans'.
+  ``relpath = "blobs/S/10x/<scan>/<label>/<k>.npy#<row>"``; each split by scan id, label
+  (that order), blob name, row. No boxes.
 
 ``python -m tests.dataset_fixtures`` builds every fixture and re-reads it independently.
 """
@@ -785,6 +795,56 @@ def make_celeba(root: Path, per_class: tuple[int, int] = PER_CLASS) -> Fixture:
                    tuple(im for split in ("train", "test") for im in images if im.split == split))
 
 
+DIAGSET_LABELS = ("BG", "T", "N", "A", "R1", "R2", "R3", "R4", "R5")
+#: each partition's scans as its file lists them (one id all digits, a leading zero)
+DIAGSET_SCANS = {"train": ("S0117", "0042", "S0209"), "validation": ("S0031", "S0305"),
+                 "test": ("S0150", "S0088")}
+
+
+def make_diagset(root: Path, per_class: tuple[int, int] = PER_CLASS, image_size: int = 40,
+                 magnification: int = 10) -> Fixture:
+    """Writes DiagSet-A at one magnification: ``per_class`` train and test patches of
+    each of the eight classes spread at random over the partition's scans, in blobs of
+    one or two patches; every scan also has ``BG`` patches, and the validation scans
+    two patches of each label.
+
+    Returns:
+        The fixture (``image_size`` x ``image_size`` patches), each split in the
+        reader's order.
+    """
+    import json
+
+    rng, ds = np.random.default_rng(10), Path(root) / "DiagSet-A"
+    level, s = f"{magnification}x", image_size
+    images: list[tuple[tuple[str, int, str, int], FixtureImage]] = []
+    wanted = {"train": per_class[0], "validation": 2, "test": per_class[1]}
+    for part, scans in DIAGSET_SCANS.items():
+        _write(ds / "partitions" / "DiagSet-A.2" / f"{part}.csv", ["scan_id", *scans])
+        counts = {scan: dict.fromkeys(DIAGSET_LABELS, 0) for scan in scans}
+        for lab in DIAGSET_LABELS:
+            for _ in range(wanted[part] if lab != "BG" else len(scans) + 1):
+                counts[scans[int(rng.integers(len(scans)))]][lab] += 1
+        for scan in scans:
+            _write(ds / "distributions" / "S" / level / f"{scan}.json",
+                   [json.dumps(counts[scan])])
+            for li, lab in enumerate(DIAGSET_LABELS):
+                folder = ds / "blobs" / "S" / level / scan / lab
+                folder.mkdir(parents=True, exist_ok=True)
+                left, k = counts[scan][lab], 0
+                while left:
+                    n = min(left, int(rng.integers(1, 3)))
+                    np.save(folder / f"{k}.npy", rng.integers(0, 256, (n, s, s, 3), np.uint8))
+                    if lab != "BG" and part != "validation":
+                        images += [((scan, li, f"{k}.npy", row), FixtureImage(
+                            f"blobs/S/{level}/{scan}/{lab}/{k}.npy#{row}",
+                            "train" if part == "train" else "test", li - 1, (), (s, s),
+                            "RGB")) for row in range(n)]
+                    left, k = left - n, k + 1
+    images.sort(key=lambda item: (item[1].split != "train", item[0]))
+    return Fixture("diagset10x", Path(root), ds, DIAGSET_LABELS[1:],
+                   tuple(im for _, im in images))
+
+
 BUILDERS: dict[str, Callable[[Path], Fixture]] = {
     "cub200-2011": make_cub2011,
     "cub200-2010": make_cub2010,
@@ -800,6 +860,7 @@ BUILDERS: dict[str, Callable[[Path], Fixture]] = {
     "compcars-make": partial(make_compcars, task="make"),
     "voc2012": make_voc2012,
     "celeba": make_celeba,
+    "diagset10x": make_diagset,
 }
 
 
@@ -969,12 +1030,37 @@ def _check_svhn(fx: Fixture) -> None:
     assert got == [(im.relpath, im.label) for im in fx.images]
 
 
+def _check_diagset(fx: Fixture) -> None:
+    """Re-reads the fixture as the authors' container does: a partition's scans from
+    its ``scan_id`` column, each scan's blobs per label in sorted order, its
+    distribution file's counts."""
+    import json
+
+    d, got = fx.dataset_dir, []
+    for split, part in (("train", "train"), ("test", "test")):
+        with open(d / "partitions" / "DiagSet-A.2" / f"{part}.csv", newline="") as f:
+            scans = sorted(row["scan_id"] for row in csv.DictReader(f))
+        for scan in scans:
+            counts = json.loads((d / "distributions" / "S" / "10x" / f"{scan}.json").read_text())
+            for li, lab in enumerate(DIAGSET_LABELS):
+                folder = d / "blobs" / "S" / "10x" / scan / lab
+                blobs = [np.load(p) for p in sorted(folder.iterdir())]
+                assert sum(len(b) for b in blobs) == counts[lab], (scan, lab)
+                for p, b in zip(sorted(folder.iterdir()), blobs, strict=True):
+                    assert b.dtype == np.uint8 and b.ndim == 4 and b.shape[3] == 3
+                    got += [(split, f"{p.relative_to(d).as_posix()}#{r}", li - 1, b.shape[1:3])
+                            for r in range(len(b)) if lab != "BG"]
+    assert got == [(im.split, im.relpath, im.label, im.size) for im in fx.images]
+
+
 def _check(fx: Fixture, pixels: bool = True) -> None:
     """Compares ``fx`` with what independent readers find in its files."""
     if fx.name.startswith("cifar"):
         return _check_cifar(fx)
     if fx.name == "svhn":
         return _check_svhn(fx)
+    if fx.name == "diagset10x":
+        return _check_diagset(fx)
     classes, found = _read_back(fx)
     assert classes == list(fx.classes), (classes, fx.classes)
     for split in ("train", "test"):

@@ -25,7 +25,7 @@ PAPER_PRESETS = ("abn-cifar100", "comb-cub200-2010", "comb-stanford-dogs",
                  "discattn-cub200-2011", "abn-cifar10", "abn-svhn", "abn-imagenet",
                  "discattn-imagenet", "msabn-imagenet", "msabn-imagenet-efficientnet-b1",
                  "discattn-caltech256", "discattn-caltech256-30", "abn-compcars",
-                 "abn-compcars-make", "abn-celeba", "discattn-voc2012")
+                 "abn-compcars-make", "abn-celeba", "discattn-voc2012", "msabn-diagset10x")
 
 
 @pytest.mark.parametrize("preset", PAPER_PRESETS)

@@ -12,6 +12,7 @@ from harness.data import (  # noqa: F401  (register)
     cifar,
     compcars,
     cub,
+    diagset,
     digits,
     folder,
     imagenet,

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from harness.data.core import LabelledObjects, Split
+from harness.data.diagset import BlobPatches
 from harness.data.files import DataError, ImageFiles, collecting, decode
 from harness.data.multilabel import MultiRecord
 from harness.progress import bars
@@ -123,6 +124,14 @@ def summarise(s: Split, summary: SplitSummary, num_workers: int = 0,
             summary.box_area = (min(areas), max(areas))
             boxed = [c for c in counts if c]
             summary.objects = (min(boxed), max(boxed))
+    elif isinstance(ds, BlobPatches):  # arrays of patches on disk: each read in full
+        labels = ds.labels.numpy()
+        sizes = np.array(ds.sizes).reshape(-1, 2)
+        for problem in tqdm(ds.read_all(), total=len(ds.blobs),
+                            desc=f"checking {summary.name}", leave=False,
+                            disable=not bars(progress), dynamic_ncols=True):
+            if problem is not None:
+                summary.problems.append(problem)
     else:  # in memory (generated, or pickled arrays)
         labels = np.array([int(v) for v in ds.labels])  # type: ignore[attr-defined]
         images: torch.Tensor = ds.images  # type: ignore[attr-defined]

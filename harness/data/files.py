@@ -61,9 +61,17 @@ def _msabn_augment() -> tuple[list[v2.Transform], list[v2.Transform]]:
             [v2.RandomApply([v2.GaussianNoise(sigma=0.05)], p=0.5)])
 
 
+def _jitter_augment() -> tuple[list[v2.Transform], list[v2.Transform]]:
+    """Colour jitter alone (MSABN Sec. 4.1 on DiagSet-10x: "color jitter", no
+    magnitudes given); chosen: the magnitudes of the ``msabn`` set, 0.4 / 0.4 / 0.4 /
+    0.1."""
+    return [v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], []
+
+
 #: extra photometric training augmentations by name: (uint8 steps, float steps)
 EXTRA_AUGMENT: dict[str, Callable[[], tuple[list[v2.Transform], list[v2.Transform]]]] = {
     "msabn": _msabn_augment,
+    "jitter": _jitter_augment,
 }
 
 
@@ -390,6 +398,8 @@ class PhotoTransforms:
         test: centre crop of the image resized to ``resize`` (``center``), or the whole
             image resized to ``size`` x ``size`` (``none``).
         resize: shorter side before cropping (default ``size / 0.875``).
+        vflip: training also flips top-bottom at random (images without an up, e.g.
+            tissue patches).
         width: a non-square input, ``size`` (height) x ``width`` px: the whole image
             resized to it for training and testing (both crops ``none``; ABN Sec. 4.3
             resizes CompCars to 323 x 224 to keep the cars' shape). None: square.
@@ -404,6 +414,7 @@ class PhotoTransforms:
     flip: bool = True
     extra_augment: str | None = None
     width: int | None = None
+    vflip: bool = False
 
     def __post_init__(self) -> None:
         if self.extra_augment is not None and self.extra_augment not in EXTRA_AUGMENT:
@@ -444,6 +455,8 @@ class PhotoTransforms:
         }[self.train_crop]
         if self.flip:
             steps.append(v2.RandomHorizontalFlip())
+        if self.vflip:
+            steps.append(v2.RandomVerticalFlip())
         extra_u8, extra_float = (EXTRA_AUGMENT[self.extra_augment]() if self.extra_augment
                                  else ([], []))
         tail = self._tail()
