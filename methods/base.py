@@ -31,7 +31,8 @@ class Output:
     Attributes:
         logits: ``[B,K]`` the prediction (for ABN: the perception branch).
         att_logits: ``[B,K]`` attention-branch logits, for methods that have them.
-        attention: ``[B,1,h,w]`` the attention map used by the attention mechanism.
+        attention: ``[B,1,h,w]`` the attention map used by the attention mechanism
+            (multi-task ABN: ``[B,T,h,w]``, one map per task).
         class_maps: ``[B,K,h,w]`` class-specific response maps, if produced.
         features: ``[B,C,h,w]`` the feature extractor's output g(x), for methods that
             re-use it (attention mining).
