@@ -138,12 +138,7 @@ class ABN(Method):
         """L = L_att + L_per (Eq. 3): cross-entropy at both branches, or on a
         multi-label dataset sigmoid + binary cross-entropy (Sec. 3.3: "our training loss
         can adaptively change depending on the baseline model")."""
-        assert out.att_logits is not None
-        l_att = self.classification_loss(out.att_logits, batch)
-        l_per = self.classification_loss(out.logits, batch)
-        loss = l_att + l_per
-        return loss, {"loss": float(loss.detach()), "l_att": float(l_att.detach()),
-                      "l_per": float(l_per.detach())}
+        return branch_losses(self, out, batch)
 
     def explain(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The attention map M (class-agnostic), bilinearly upsampled to the input."""
@@ -179,6 +174,18 @@ class ABN(Method):
         cams = self.attend(x).class_maps
         idx = classes[:, :, None, None].expand(-1, -1, *cams.shape[-2:])
         return cams.gather(1, idx)
+
+
+def branch_losses(method: Method, out: Output, batch: dict[str, Any]
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """ABN's L = L_att + L_per (Eq. 3) of ``method``'s forward output ``out``, each
+    branch's loss :meth:`Method.classification_loss`; returns (loss, named parts)."""
+    assert out.att_logits is not None
+    l_att = method.classification_loss(out.att_logits, batch)
+    l_per = method.classification_loss(out.logits, batch)
+    loss = l_att + l_per
+    return loss, {"loss": float(loss.detach()), "l_att": float(l_att.detach()),
+                  "l_per": float(l_per.detach())}
 
 
 @register_method("abn", paper="Fukui et al., CVPR 2019", attention=True, multi_label=True,

@@ -55,6 +55,7 @@ from torch import nn
 from harness.backbones import SplitBackbone, reset_parameters
 from harness.data import DatasetInfo
 from harness.geometry import map_box_mask
+from methods.abn import branch_losses
 from methods.base import Method, Output, register_method, upsample
 
 
@@ -165,12 +166,7 @@ class MultiTaskABN(Method):
         """L = L_att + L_per (Eq. 3): per task sigmoid + binary cross-entropy at both
         branches on a multi-label dataset (Sec. 3.4), softmax cross-entropy on a
         single-label one (:func:`methods.base.classification_loss`)."""
-        assert out.att_logits is not None
-        l_att = self.classification_loss(out.att_logits, batch)
-        l_per = self.classification_loss(out.logits, batch)
-        loss = l_att + l_per
-        return loss, {"loss": float(loss.detach()), "l_att": float(l_att.detach()),
-                      "l_per": float(l_per.detach())}
+        return branch_losses(self, out, batch)
 
     def explain(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The target task's attention map M^target, bilinearly upsampled to the input

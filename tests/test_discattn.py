@@ -109,9 +109,16 @@ def test_one_smoke_step_changes_weights_with_finite_losses(
         smoke_train: data.Split) -> None:
     model = train.build_method(name, smoke_cfg, smoke_train, create_graph=create_graph)
     model.train()
+    assert_step_updates(model, _batch(smoke_train, 16), smoke_cfg)
+
+
+def assert_step_updates(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                        cfg: config.RunConfig) -> None:
+    """One training step on ``batch``: finite logs of Eq. 9's parts that add up to the
+    loss, the feature extractor's weights changed, every weight finite."""
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
-    opts = model.configure_optimizers(smoke_cfg.train)
-    logs = model.training_step(_batch(smoke_train, 16), opts)
+    opts = model.configure_optimizers(cfg.train)  # type: ignore[operator]
+    logs = model.training_step(batch, opts)  # type: ignore[operator]
     assert set(logs) == {"loss", "ce", "siou_i", "siou_l", "l_ac"}
     assert all(np.isfinite(v) for v in logs.values()), logs
     assert logs["loss"] == pytest.approx(logs["ce"] + logs["siou_i"] + logs["siou_l"]

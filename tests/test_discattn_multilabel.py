@@ -19,7 +19,7 @@ from methods.discattn_core import (
     confusing_weights,
     most_confusing_absent,
 )
-from tests.test_discattn import KINDS, _batch, _np_map, _np_siou
+from tests.test_discattn import KINDS, _batch, _np_map, _np_siou, assert_step_updates
 
 # ---- a tiny hand-set model: logits_c = sum_k W_ck mean_ij (F^k_ij)^2, so that
 # dY_c / dF^k_ij = W_ck F^k_ij / 2 on a 2x2 map (a gradient that varies per pixel)
@@ -253,16 +253,7 @@ def test_one_multi_label_step_changes_weights(name: str, create_graph: bool,
                                               smoke_cfg: config.RunConfig,
                                               ml_train: data.Split) -> None:
     model = _ml_model(name, smoke_cfg, ml_train, steps=0, create_graph=create_graph)
-    before = {k: p.detach().clone() for k, p in model.named_parameters()}
-    opts = model.configure_optimizers(smoke_cfg.train)
-    logs = model.training_step(_ml_batch(ml_train, 8), opts)
-    assert set(logs) == {"loss", "ce", "siou_i", "siou_l", "l_ac"}
-    assert all(np.isfinite(v) for v in logs.values()), logs
-    assert logs["loss"] == pytest.approx(logs["ce"] + logs["siou_i"] + logs["siou_l"]
-                                         + logs["l_ac"], rel=1e-5)
-    changed = [k for k, p in model.named_parameters() if not torch.equal(p, before[k])]
-    assert changed and any(k.startswith("backbone.features") for k in changed)
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert_step_updates(model, _ml_batch(ml_train, 8), smoke_cfg)
 
 
 def test_explanations_stay_one_class_each(smoke_cfg: config.RunConfig,

@@ -44,6 +44,7 @@ from harness.data.files import (
     IMAGENET_STD,
     DataError,
     PhotoTransforms,
+    Reseeded,
     find_root,
     photo_info,
     read_text,
@@ -196,7 +197,7 @@ def _scan_blobs(folder: Path, dist: Path) -> list[Blob]:
     return out
 
 
-class BlobPatches(Dataset[dict[str, Any]]):
+class BlobPatches(Reseeded, Dataset[dict[str, Any]]):
     """Patches of ``.npy`` blobs, read memory-mapped on demand, transformed per sample.
 
     Samples carry ``label``, ``index``, ``orig_size`` (:meth:`PhotoTransforms.region`)
@@ -247,10 +248,6 @@ class BlobPatches(Dataset[dict[str, Any]]):
                            torch.as_tensor(labels, dtype=torch.long), self.transform,
                            self.photo)
 
-    def reseed(self, seed: int) -> None:
-        """Draw the next pass's augmentation of sample i from (``seed``, i)."""
-        self.epoch_seed = seed
-
     def patch(self, i: int) -> np.ndarray:
         """Sample i's uint8 ``[H,W,3]`` pixels as stored."""
         k = int(self.blob_of[i])
@@ -271,13 +268,6 @@ class BlobPatches(Dataset[dict[str, Any]]):
         else:
             self._open.move_to_end(k)
         return np.array(arr[int(self.row_of[i])])  # a copy: out of the map, writable
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if self.epoch_seed is None:
-            return self._sample(i)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.epoch_seed + 1_000_003 * i) % 2**63)
-            return self._sample(i)
 
     def _sample(self, i: int) -> dict[str, Any]:
         raw = torch.from_numpy(np.ascontiguousarray(self.patch(i))).permute(2, 0, 1)

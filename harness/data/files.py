@@ -478,7 +478,30 @@ class PhotoTransforms:
         return min(side, h), min(side, w)
 
 
-class ImageFiles(Dataset[dict[str, Any]]):
+class Reseeded:
+    """A dataset whose sample i is drawn with its augmentation seeded by (the pass's
+    seed, i) once :meth:`reseed` is called: the same images whatever the number of
+    loader workers, and a resumed training repeats the uninterrupted one. Subclasses
+    implement ``_sample(i)``."""
+
+    epoch_seed: int | None = None
+
+    def reseed(self, seed: int) -> None:
+        """Draw the next pass's augmentation of sample i from (``seed``, i)."""
+        self.epoch_seed = seed
+
+    def _sample(self, i: int) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.epoch_seed is None:
+            return self._sample(i)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.epoch_seed + 1_000_003 * i) % 2**63)
+            return self._sample(i)
+
+
+class ImageFiles(Reseeded, Dataset[dict[str, Any]]):
     """Images decoded from files, with labels and boxes, transformed per sample.
 
     Samples carry ``bbox`` (the union of what the transform leaves of the image's
@@ -516,17 +539,6 @@ class ImageFiles(Dataset[dict[str, Any]]):
                    for r, v in zip(self.records, labels.tolist(), strict=True)]
         return ImageFiles(records, self.sizes, self.transform, self.photo, self.max_objects,
                           self.exif)
-
-    def reseed(self, seed: int) -> None:
-        """Draw the next pass's augmentation of sample i from (``seed``, i)."""
-        self.epoch_seed = seed
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if self.epoch_seed is None:
-            return self._sample(i)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.epoch_seed + 1_000_003 * i) % 2**63)
-            return self._sample(i)
 
     def _sample(self, i: int) -> dict[str, Any]:
         r = self.records[i]
