@@ -330,9 +330,17 @@ def _estimate(p: Plan, name: str, mcfg: RunConfig, info: DatasetInfo, n_train: i
     p.eval_timing = forwards[key]
     n = p.eval_timing.batches[-1]
     per_image = p.forward_seconds = p.eval_timing.seconds(n, info.image_size) / n
+    if info.multi_label:  # no causal lens: an explanation (two) per present class
+        p.eval_seconds = per_image * n_test * (
+            5 + 2 * (MULTI_LABEL_EXPLAINED if info.has_boxes else 0))
+        return
     p.eval_seconds = per_image * (5 * n_test + causal_forwards(
         causal_steps, len(model.parameter_groups()), ev.sensitivity_n)
         * min(ev.causal_n, n_test))
+
+
+#: the classes a multi-label test image is explained for, as the estimate takes it
+MULTI_LABEL_EXPLAINED = 3
 
 
 #: ROAD's forward passes per image: MoRF and LeRF at 10, 20, ..., 90 %
