@@ -19,6 +19,11 @@ from metrics import METRICS
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: what ``--methods all`` runs on single-label data: every method but the multi-task
+#: ones (built for multi-label data)
+SINGLE_LABEL = [m for m in METHODS.names() if not METHODS.entry(m).meta.get("multi_task")]
+
+
 def smoke_main(out: Path, cache: Path) -> int:
     return run.main(["--methods", "all", "--preset", "smoke", "--out", str(out),
                      "--cache-dir", str(cache), "--no-progress", "--device", "cpu"])
@@ -41,7 +46,7 @@ def test_outputs_written(smoke_run: Path) -> None:
         assert (smoke_run / f).stat().st_size > 0
     df = pd.read_csv(smoke_run / "leaderboard.csv")
     # each method's own row, then the random explainer's reference row (the floor)
-    assert list(df["method"]) == [*METHODS.names(), "baseline+random"]
+    assert list(df["method"]) == [*SINGLE_LABEL, "baseline+random"]
     cols = ["top1", "top5", "insertion_auc", "deletion_auc", "bbox_inside_frac", "energy_pg",
             "pointing_game", "distractor_frac", "explain_ms"]
     own = df[~df["method"].str.contains("+", regex=False)]
@@ -65,7 +70,7 @@ def test_outputs_written(smoke_run: Path) -> None:
     # compact table: intervals on demand (hover, or the toggle); sorting by method id
     assert 'id="show-ci"' in html and 'class="wide compact"' in html
     assert 'data-key="abn"' in html and 'title="95 % interval [' in html
-    for name in METHODS.names():
+    for name in SINGLE_LABEL:
         assert f"<b>{name}</b>" in html
     for c in cols:
         arrow = "↑" if METRICS.get(c).higher_is_better else "↓"
@@ -80,7 +85,7 @@ def test_mprt_csv_and_columns(smoke_run: Path) -> None:
     """Every row's randomisation steps; ABN's first step (the perception branch) leaves
     its map as it was; the random explainer's maps never change (it fails)."""
     mprt = pd.read_csv(smoke_run / "mprt.csv")
-    assert set(mprt["method"]) == {*METHODS.names(), "baseline+random"}
+    assert set(mprt["method"]) == {*SINGLE_LABEL, "baseline+random"}
     abn = mprt[(mprt["method"] == "abn")].set_index(["scheme", "step"])
     assert list(abn.loc["cascading", "group"]) == ["perception branch", "attention branch",
                                                    "feature extractor"]
@@ -99,7 +104,7 @@ def test_mprt_csv_and_columns(smoke_run: Path) -> None:
 def test_second_run_uses_the_cache(smoke_run: Path, cache_dir: Path, tmp_path: Path) -> None:
     trained = {p.name.rsplit("-", 1)[0] for p in cache_dir.glob("*.pt")}
     # cam and gradcam reuse baseline's checkpoint
-    assert trained == {m for m in METHODS.names() if m not in ("cam", "gradcam")}
+    assert trained == {m for m in SINGLE_LABEL if m not in ("cam", "gradcam")}
     first = pd.read_csv(smoke_run / "leaderboard.csv")
     assert not first["cached"].any()
     assert smoke_main(tmp_path, cache_dir) == 0
