@@ -27,8 +27,13 @@ def normalize(maps: torch.Tensor) -> torch.Tensor:
 
 def box_mask(boxes: torch.Tensor, height: int, width: int,
              stride: float | tuple[float, float] = 1.0) -> torch.Tensor:
-    """Boolean ``[B,H,W]``: cells whose centres lie in each box; ``stride`` is the cell
-    size in input pixels, one number or (vertical, horizontal)."""
+    """Boolean ``[B,H,W]``: cells whose centres lie in each box (``[B,4]``), or in any of
+    each image's boxes (``[B,K,4]``, NaN rows none); ``stride`` is the cell size in input
+    pixels, one number or (vertical, horizontal)."""
+    if boxes.dim() == 3:
+        n, k = boxes.shape[:2]
+        return box_mask(boxes.reshape(n * k, 4), height, width, stride).view(
+            n, k, height, width).any(1)
     sy, sx = stride if isinstance(stride, tuple) else (stride, stride)
     boxes = boxes.float()
     cx = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) * sx
@@ -41,7 +46,8 @@ def box_mask(boxes: torch.Tensor, height: int, width: int,
 
 def bbox_inside_frac(maps: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.2,
                      normalized: bool = True) -> torch.Tensor:
-    """Share of the binarised map (value >= ``threshold``) inside the box.
+    """Share of the binarised map (value >= ``threshold``) inside the box (or boxes,
+    ``[B,K,4]``).
 
     MSABN (Sec. 4.3) binarises attention at 0.2. An empty binarised map scores 0.
     Maps at input resolution, ``[B,H,W]`` or ``[B,1,H,W]``; returns ``[B]``.
@@ -56,6 +62,15 @@ def bbox_inside_frac(maps: torch.Tensor, boxes: torch.Tensor, threshold: float =
     inside = (on & box_mask(boxes, *s.shape[-2:])).sum((1, 2)).float()
     total = on.sum((1, 2)).float()
     return torch.where(total > 0, inside / total.clamp_min(1), torch.zeros_like(total))
+
+
+def energy_inside(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Share of the min-max normalised map's sum inside the box (or boxes, ``[B,K,4]``);
+    0 for an all-zero map. Maps ``[B,H,W]`` or ``[B,1,H,W]``; returns ``[B]``."""
+    s = normalize(maps)
+    inside = (s * box_mask(boxes, *s.shape[-2:])).sum((1, 2))
+    total = s.sum((1, 2))
+    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
 
 
 def map_box_mask(boxes: torch.Tensor, fmap: torch.Tensor,

@@ -41,10 +41,7 @@ def energy_pointing_game(saliency: torch.Tensor, boxes: torch.Tensor) -> torch.T
     boxes = checks.boxes(boxes, len(saliency))
     if len(saliency) == 0:
         return torch.zeros(0, device=saliency.device)
-    s = normalize(saliency)
-    inside = (s * box_mask(boxes, *s.shape[-2:])).sum((1, 2))
-    total = s.sum((1, 2))
-    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
+    return geometry.energy_inside(saliency, boxes)
 
 
 def pointing_game(saliency: torch.Tensor, boxes: torch.Tensor, tolerance: float = 15.0,

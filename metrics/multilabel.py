@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torchmetrics.utilities import dim_zero_cat
 
-from harness.geometry import box_mask, normalize
+from harness import geometry
 from metrics import localization
 from metrics.base import EvalBatch, MetricSpec, PerImageMetric, register_metric
 
@@ -140,21 +140,20 @@ class MeanAveragePrecision(PerImageMetric):
         return {**super().empty_states(), "logits": torch.zeros(0, c),
                 "targets": torch.zeros(0, c)}
 
-    def _entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not self.logits:
-            return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        logits = dim_zero_cat(self.logits).cpu().numpy()
-        targets = dim_zero_cat(self.targets).cpu().numpy()
-        ids = dim_zero_cat(self.ids).cpu().numpy()
-        prec, rows, cls = precision_at_positives(logits, targets)
-        return prec, cls.astype(np.int64), ids[rows].astype(np.int64)
-
     def per_image(self) -> tuple[np.ndarray, np.ndarray]:
-        prec, cls, _ = self._entries()
-        return prec, cls
+        """Each positive pair's precision and class, image by image."""
+        if not self.logits:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        prec, _, cls = precision_at_positives(dim_zero_cat(self.logits).cpu().numpy(),
+                                              dim_zero_cat(self.targets).cpu().numpy())
+        return prec, cls.astype(np.int64)
 
     def image_ids(self) -> np.ndarray:
-        return self._entries()[2]
+        """The image of each pair of :meth:`per_image` (its positives, in the same order)."""
+        if not self.logits:
+            return np.zeros(0, dtype=np.int64)
+        rows, _ = np.nonzero(dim_zero_cat(self.targets).cpu().numpy() > 0.5)
+        return dim_zero_cat(self.ids).cpu().numpy()[rows].astype(np.int64)
 
 
 def class_boxes(objects: torch.Tensor, object_labels: torch.Tensor, rows: torch.Tensor,
@@ -164,13 +163,6 @@ def class_boxes(objects: torch.Tensor, object_labels: torch.Tensor, rows: torch.
     mine = object_labels[rows] == labels[:, None]
     boxes = objects[rows].float()
     return torch.where(mine[..., None], boxes, torch.full_like(boxes, float("nan")))
-
-
-def union_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Boolean ``[n,H,W]``: pixels whose centres lie in any of each row's ``[K,4]``
-    boxes."""
-    n, k = boxes.shape[:2]
-    return box_mask(boxes.reshape(n * k, 4), height, width).view(n, k, height, width).any(1)
 
 
 def class_explanations(batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -212,22 +204,12 @@ class ClassLocalisation(PerLabelMetric):
         if got is None:
             return None
         maps, rows, labels, boxes = got
-        h, w = maps.shape[-2:]
         if self.fn == "pointing":
             sizes = None if batch.original_sizes is None else batch.original_sizes[rows]
             s = localization.pointing_game(maps, boxes, batch.pointing_tolerance, sizes)
             return s, rows, labels
-        norm = normalize(maps)
-        inside = union_mask(boxes, h, w)
-        if self.fn == "energy":
-            total = norm.sum((1, 2))
-            s = torch.where(total > 0, (norm * inside).sum((1, 2)) / total.clamp_min(1e-12),
-                            torch.zeros_like(total))
-        else:
-            on = norm >= 0.2
-            total = on.sum((1, 2)).float()
-            s = torch.where(total > 0, (on & inside).sum((1, 2)).float() / total.clamp_min(1),
-                            torch.zeros_like(total))
+        s = (geometry.energy_inside(maps, boxes) if self.fn == "energy"
+             else geometry.bbox_inside_frac(maps, boxes))
         return s, rows, labels
 
 

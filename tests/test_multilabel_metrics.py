@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score
 
 from harness import stats
 from harness.data import DatasetInfo
+from harness.geometry import box_mask
 from methods.base import classification_loss
 from metrics.base import METRICS, EvalBatch
 from metrics.multilabel import (
@@ -20,7 +21,6 @@ from metrics.multilabel import (
     MeanAveragePrecision,
     class_boxes,
     precision_at_positives,
-    union_mask,
 )
 
 
@@ -82,13 +82,13 @@ def test_label_accuracy_is_the_mean_of_per_label_accuracies() -> None:
     assert np.bincount(m.image_ids()).tolist() == [3, 3, 3, 3]
 
 
-def test_class_boxes_and_union_mask() -> None:
+def test_class_boxes_and_their_union() -> None:
     objects = torch.tensor([[[0.0, 0, 4, 4], [4, 4, 8, 8], [0, 4, 2, 8]]])
     object_labels = torch.tensor([[3, 5, 3]])
     b = class_boxes(objects, object_labels, torch.tensor([0, 0]), torch.tensor([3, 5]))
     assert torch.isnan(b[0, 1]).all() and torch.equal(b[0, 0], objects[0, 0])
     assert torch.equal(b[1, 1], objects[0, 1]) and torch.isnan(b[1, [0, 2]]).all()
-    m = union_mask(b, 8, 8)
+    m = box_mask(b, 8, 8)  # the union of each row's boxes
     assert int(m[0].sum()) == 16 + 8 and int(m[1].sum()) == 16
 
 
