@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -172,10 +173,63 @@ def summary_table(pairs: list[tuple[str, float, float]]) -> list[str]:
     return [head, "-" * len(head), *rows]
 
 
+#: where a full (not quick) run of the suite writes its tables for the documentation's
+#: performance page (``ATTNBENCH_BENCH_REPORT`` overrides; empty: not written)
+REPORT = os.environ.get("ATTNBENCH_BENCH_REPORT",
+                        str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
+
+
+def markdown_report(pairs: list[tuple[str, float, float]],
+                    throughput: dict[tuple[str, str], dict[str, tuple[float, str]]], *,
+                    when: str, revision: str, machine: str, load: int) -> str:
+    """The suite's two tables as the Markdown page the performance docs include: what
+    was measured, when, at which revision and on what machine."""
+    lines = [f"Measured by `tox -e benchmark` on {when} at revision `{revision}` ({machine}); "
+             "medians of the sides timed in turn in one run.", ""]
+    if throughput:
+        lines += [f"**Insertion + deletion throughput over TorchCAM's**, quiet and beside {load} "
+                  f"CPU-bound process{'es' if load != 1 else ''}:", "",
+                  "| model | engine | quiet | beside a busy process | forward batch "
+                  "(quiet / busy) |", "|---|---|---|---|---|"]
+        for (model, engine), by in throughput.items():
+            q, lo = by.get("quiet"), by.get("loaded")
+            lines.append(f"| {model} | {engine} | {f'{q[0]:.2f}×' if q else '—'} | "
+                         f"{f'{lo[0]:.2f}×' if lo else '—'} | {q[1] if q else '—'} / "
+                         f"{lo[1] if lo else '—'} |")
+        lines.append("")
+    lines += ["**Every pair measured** (measured / reference; below 1: ours faster):", "",
+              "| pair | measured ms | reference ms | ratio |", "|---|---|---|---|"]
+    lines += [f"| {p} | {1e3 * a:.2f} | {1e3 * b:.2f} | {a / b:.2f} |" for p, a, b in pairs]
+    return "\n".join(lines) + "\n"
+
+
+def _revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).resolve().parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _machine() -> str:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables: the last thing shown
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not PAIRS:  # benchmarks disabled (plain test runs): nothing was measured
         return
+    if REPORT and not QUICK:
+        from harness import safeio
+
+        text = markdown_report(PAIRS, THROUGHPUT, when=time.strftime("%Y-%m-%d"),
+                               revision=_revision(), machine=_machine(), load=LOAD_PROCESSES)
+        safeio.write_text(Path(REPORT), text)
+        terminalreporter.write_line(f"tables written to {REPORT} (the performance page)")
     terminalreporter.section("attnbench speed ratios (medians, side by side in this run)")
     for line in summary_table(PAIRS):
         terminalreporter.write_line(line)

@@ -10,6 +10,8 @@ them) enter by value. Only *own* code is followed: the project's packages, plugi
 standard library or site-packages; libraries enter the caches' keys by version instead.
 Modules that only print, write files or report (:data:`QUIET`) are not followed.
 
+The source enters as code: docstrings, comments and layout are left out (the
+documentation is generated from the docstrings; editing it retrains nothing).
 Where no source is available (a function typed into an interactive session) the
 compiled code (bytecode, constants and names) stands in for it.
 
@@ -20,12 +22,14 @@ edit).
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import inspect
 import os
 import sys
 import sysconfig
+import textwrap
 import types
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -146,12 +150,30 @@ def _described(obj: types.FunctionType | type) -> tuple[str, tuple[Any, ...]]:
 
 def _source(obj: types.FunctionType | type) -> str:
     try:
-        return inspect.getsource(obj)
+        return _code_only(inspect.getsource(obj))
     except (OSError, TypeError):  # no file behind it: its compiled form stands in
         if isinstance(obj, type):
             return repr(sorted((k, _compiled(v)) for k, v in vars(obj).items()
                                if isinstance(v, types.FunctionType)))
         return _compiled(obj)
+
+
+def _code_only(source: str) -> str:
+    """The source as code, without docstrings, comments or layout: editing what a
+    function says about itself (the documentation is generated from docstrings) keeps
+    its digest. Source that does not parse alone (a lambda's line) stays as written."""
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
 
 
 def _compiled(fn: types.FunctionType) -> str:

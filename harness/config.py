@@ -275,6 +275,8 @@ PRESET_DIR = Path(__file__).with_name("presets")
 _PRESET_KEYS = ("portable", "extends")
 #: fields a preset or config file may not set (they come from the command line)
 _NOT_SETTABLE = ("preset", "seed", "pretrained")
+#: RunConfig fields a preset or --config file cannot hold (set by the run itself)
+NOT_IN_FILES = (*_NOT_SETTABLE, "preset_dataset", "preset_backbone", "config_file")
 
 
 def _load_presets() -> dict[str, dict[str, Any]]:
@@ -409,8 +411,7 @@ def check_spec(spec: dict[str, Any], where: str) -> None:
     """
     hints = typing.get_type_hints(RunConfig)
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
-    allowed = [n for n in fields if n not in (*_NOT_SETTABLE, "preset_dataset",
-                                              "preset_backbone", "config_file")]
+    allowed = [n for n in fields if n not in NOT_IN_FILES]
     for k, v in spec.items():
         if k in ("train", "eval"):
             _check_section(v, TrainConfig if k == "train" else EvalConfig, f"{k}.", where)

@@ -39,7 +39,7 @@ ResNet-50 at 352 px, batch 16: 2.2-4.4 s (3.2 s); at 224 px: 1.4-1.6 s (1.4 s), 
 256: 2.6 s (3.0 s), ABN on it 4.0-5.1 s (9.0 s). The forward passes came within 10 %.
 Scaling in proportion to batch 2 alone (``a = 0``) would have said 10.5 s for ResNet-50
 at 352 px. The ``default`` preset: 7 min 53 s - 8 min 42 s estimated, against a run of
-10 min (training 7 min 4 s, same machine, busy) or 6 min 22 s (README, quiet). On a
+10 min (training 7 min 4 s, same machine, busy) or 6 min 22 s (quiet). On a
 busy machine every timed call is slower, and the estimate with it.
 """
 

@@ -240,7 +240,9 @@ def list_runs(store: Store) -> None:
               f"{r.dataset} / {r.preset} / {r.backbone} on {r.device}, git {r.git_rev}")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (also what the documentation's command-line page is
+    generated from)."""
     p = cli.Parser(prog="python -m harness.report",
                    description="Leaderboards from the results store.")
     p.add_argument("--db", default=str(default_path()),
@@ -266,7 +268,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "--include; repeatable)")
     p.add_argument("--compare", type=run_id, nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
                    help="write compare.csv / compare.html: B - A on the images both scored")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def run_id(text: str) -> int:

@@ -67,7 +67,9 @@ except KeyboardInterrupt as stop:  # pragma: no cover - timing-dependent, tested
 PLUGIN_GROUP = plugins.GROUP
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (also what the documentation's command-line page is
+    generated from)."""
     p = cli.Parser(prog="python -m harness.run",
                    description="Train and compare visual-explanation methods.")
     p.add_argument("--methods", default=None,
@@ -180,7 +182,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "the annotated share: comma-separated values, 'paper' "
                         "(0,0.1,...,0.7) or 'auto' (the default: the values annotating "
                         "5-100 %% of the training images)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _from(source: str) -> str:

@@ -97,7 +97,14 @@ class Attended:
 
 
 class ABN(Method):
-    """Attention Branch Network.
+    """Attention Branch Network (Fukui et al., CVPR 2019).
+
+    The attention branch (the authors' head: a stride-1 copy of the last stage, a K×K
+    1×1 convolution whose spatial mean gives the attention logits, and M =
+    sigmoid(BN(conv3×3(K maps))) the attention map) feeds the attention mechanism
+    g·(1 + M) (Eq. 2) of the perception branch; L = CE(attention logits) + CE(perception
+    logits) (Eq. 3). The explanation is M; the class maps are channel c of the K×K
+    head's output (a CAM whose spatial mean is the class-c attention logit).
 
     Args:
         mechanism: ``"residual"`` for g * (1 + M) (Eq. 2, default) or ``"multiply"``

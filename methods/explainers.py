@@ -292,7 +292,7 @@ Attribute = Callable[[nn.Module, "nn.Module | None", torch.Tensor, torch.Tensor]
 
 
 def channel_abs_sum(a: torch.Tensor) -> torch.Tensor:
-    """``[B,h,w]`` from an attribution ``[B,C,h,w]``: the sum of |a| over the channels
+    """``[B,h,w]`` from an attribution ``[B,C,h,w]``: the sum of ``|a|`` over the channels
     (captum's ``visualize_image_attr`` "absolute_value" sign, summed over RGB)."""
     return a.abs().sum(1)
 
@@ -336,7 +336,7 @@ def from_attribution(name: str, attribute: Attribute, *, layer: bool = False,
     return factory
 
 
-#: the random explainer's seed (recorded here and in README's explainer table)
+#: the random explainer's seed (recorded here and in the explainers' table of the docs)
 RANDOM_SEED = 0
 #: the random explainer's grid: one uniform value per cell, bilinearly upsampled
 RANDOM_GRID = 7

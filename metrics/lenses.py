@@ -91,7 +91,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win: int = SSIM_WINDOW, k1: float = 0
 
 
 def sparseness(maps: torch.Tensor) -> torch.Tensor:
-    """Gini index of |map| over its pixels (Chalasani et al., ICML 2020's sparseness,
+    """Gini index of ``|map|`` over its pixels (Chalasani et al., ICML 2020's sparseness,
     after Hurley & Rickard, IEEE Trans. Inf. Theory 2009): with the n values sorted
     ascending, G = sum_i (2 i - n - 1) a_(i) / (n sum_i a_(i)). 0 for a uniform map,
     (n - 1) / n for a single pixel; a map without mass counts as uniform (0). Higher is
@@ -106,7 +106,7 @@ def sparseness(maps: torch.Tensor) -> torch.Tensor:
 
 
 def complexity(maps: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of the map's share per pixel, p = |a| / sum |a| (Bhatt et al.,
+    """Entropy (nats) of the map's share per pixel, p = ``|a| / sum |a|`` (Bhatt et al.,
     IJCAI 2020, "complexity"): 0 for a single pixel, log n for a uniform map of n pixels (and
     for a map without mass, counted as uniform). Lower is simpler."""
     a = _flat(maps).abs()

@@ -2,7 +2,7 @@
 saliency maps", Sec. 3.1): copies of a trained model whose parameter groups are
 re-initialised top-down, one more group per step (cascading) or one group alone
 (independent), and the similarity of a map before and after (Spearman rank correlation
-of |map|, SSIM). An explanation that passes changes when the model does.
+of ``|map|``, SSIM). An explanation that passes changes when the model does.
 
 Groups come from :meth:`methods.base.Method.parameter_groups`. A group is
 re-initialised by its modules' own ``reset_parameters`` (PyTorch's default initialisers,

@@ -61,7 +61,7 @@ def perturbations(images: torch.Tensor, ids: torch.Tensor, radius: float, n: int
         seed: non-negative seed of the draw (``eval.lens_seed``).
 
     Returns:
-        float32 ``[B,n,C,H,W]`` on ``images.device``, |δ| <= float32(r).
+        float32 ``[B,n,C,H,W]`` on ``images.device``, ``|δ| <= float32(r)``.
     """
     _check(radius, n)
     if images.dim() != 4:

@@ -80,3 +80,20 @@ def test_competing_load_runs_beside_the_block_and_is_stopped() -> None:
     with conftest.competing_load(True, processes=1, seconds=0.3) as procs:
         procs[0].wait(timeout=10)
         assert procs[0].returncode == 0
+
+
+def test_markdown_report_holds_both_tables_and_where_they_were_measured() -> None:
+    text = conftest.markdown_report(
+        [("abn / baseline training step", 0.045, 0.030)],
+        {("cifar-resnet8", "eager"): {"quiet": (1.2, "32"), "loaded": (2.49, "16")},
+         ("resnet18", "onnxruntime"): {"quiet": (1.33, "64")}},
+        when="2026-12-06", revision="abc1234", machine="x86_64, 2 CPUs", load=1)
+    assert "on 2026-12-06 at revision `abc1234` (x86_64, 2 CPUs)" in text
+    assert "beside 1 CPU-bound process:" in text
+    assert "| cifar-resnet8 | eager | 1.20× | 2.49× | 32 / 16 |" in text
+    assert "| resnet18 | onnxruntime | 1.33× | — | 64 / — |" in text
+    assert "| abn / baseline training step | 45.00 | 30.00 | 1.50 |" in text
+    # a pipe table: every row of a table has the header's number of cells
+    for block in text.split("\n\n"):
+        rows = [r for r in block.splitlines() if r.startswith("|")]
+        assert len({r.count("|") for r in rows}) <= 1

@@ -148,3 +148,21 @@ def test_libraries_are_not_followed() -> None:
 
     assert codedigest.is_own(CAM)
     assert codedigest.digest(CAM) != codedigest.digest()
+
+
+def test_docstrings_comments_and_layout_do_not_change_a_digest(load) -> None:  # type: ignore[no-untyped-def]
+    """The documentation is generated from docstrings: editing one, a comment or the
+    layout keeps every checkpoint and score; editing the code does not."""
+    a = load(BASE)
+    b = load(BASE.replace("class Base:\n", 'class Base:\n    """Scores x (Eq. 3)."""\n\n')
+              .replace("def helper(x):\n", 'def helper(x):\n    """Doubles."""  \n'
+                       "    # a comment\n"))
+    c = load(BASE.replace("return x * SCALE", "return (x\n            * SCALE)"))
+    d = load(BASE.replace("return x * SCALE", "return x * SCALE * 1"))
+    assert _same_name(a, "Child") == _same_name(b, "Child") == _same_name(c, "Child")
+    assert _same_name(a, "Child") != _same_name(d, "Child")
+    # a string that is not the first statement is code, not a docstring
+    e = load(BASE.replace("    return x - 1", '    y = x - 1\n    "a string"\n    return y'))
+    f = load(BASE.replace("    return x - 1", '    y = x - 1\n    "another"\n    return y'))
+    assert _same_name(e, "unrelated") != _same_name(f, "unrelated")
+    assert codedigest._code_only('def f():\n    """only a docstring"""\n') == "def f():\n    pass"
