@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -219,6 +220,29 @@ def backbones_page() -> str:
             + table(("id", "family", "what (and where the attention branch taps it)"), rows))
 
 
+def store_page() -> str:
+    """The results store's tables: what a row of each is (the module's docstring) and its
+    columns (the schema the migrations build)."""
+    from harness import store
+
+    described = dict(re.findall(r"^- ``(\w+)``: (.+?)(?=^- ``|^\s*$)",
+                                inspect.getdoc(store) or "", re.M | re.S))
+    rows = [(code(name), described.get(name, ""), ", ".join(code(c) for c in columns))
+            for name, columns in store.expected_schema().items()]
+    return (HEADER.format(source="harness.store (its docstring and schema)")
+            + table(("table", "holds", "columns"), rows))
+
+
+def testing_page() -> str:
+    """The plugin checks of :mod:`harness.testing`: each ``check_*`` and what it asserts."""
+    from harness import testing
+
+    rows = [(code(f"{name}(...)"), docstring(getattr(testing, name)).split("\n\n")[0])
+            for name, fn in vars(testing).items() if name.startswith("check_")
+            and inspect.isfunction(fn) and fn.__module__ == testing.__name__]
+    return HEADER.format(source="harness.testing") + table(("check", "what it asserts"), rows)
+
+
 # -- presets and their fields ---------------------------------------------------------
 
 def preset_header(path: Path) -> str:
@@ -387,6 +411,8 @@ PAGES: dict[str, Callable[[], str]] = {
     "backbones.md": backbones_page,
     "presets.md": presets_page,
     "config.md": config_page,
+    "store.md": store_page,
+    "testing.md": testing_page,
 }
 
 

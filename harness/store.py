@@ -15,6 +15,8 @@ older database forward, each in one transaction):
   score, in evaluation order), so that paired tests across runs are possible.
 - ``curves``: each row's mean insertion / deletion curves.
 - ``estimates``: each run's values over seeds with their 95 % intervals.
+- ``masks``: the test images a reference method misclassifies (COMB's subset), by the
+  key of the model and split they were found with, so a rerun does not predict again.
 
 A row and everything under it are written in one transaction, so a killed run leaves
 complete rows or none. The database is in WAL mode with a busy timeout: several runs

@@ -79,8 +79,15 @@ def _build(method: str | Callable[..., Method], cfg: RunConfig, split: data.Spli
 
 def check_method(method: str | Callable[..., Method], *, cfg: RunConfig | None = None,
                  split: data.Split | None = None) -> Method:
-    """The method contract for a registered name or a factory ``(backbone, info)``;
-    returns the model after one training step."""
+    """The method contract for a registered name or a factory ``(backbone, info)``:
+    it builds (and its parent's weights load); one training step changes parameters
+    with finite logs; ``forward`` returns ``Output`` with ``[B,K]`` logits; ``explain``
+    is ``[B,1,H,W]``, finite, >= 0, and leaves its input and the parameters' gradients
+    alone; class maps are ``[B,C,h,w]``; the parameter groups partition the parameters
+    and can be re-initialised; no hook is left; nothing is stored on a module in
+    ``forward``.
+
+    Returns the model after one training step."""
     if cfg is None or split is None:
         cfg, split = smoke()
     model = _build(method, cfg, split)
@@ -139,7 +146,10 @@ def check_explainer(name: str, methods: list[str] | None = None, *,
                     cfg: RunConfig | None = None, split: data.Split | None = None
                     ) -> list[str]:
     """The explainer contract on every method of ``methods`` (default: every
-    registered one) it fits; returns those it fits (at least one)."""
+    registered one) it fits: maps and class maps of the method contract's shapes, no
+    hook left, gradients untouched; it fits at least one.
+
+    Returns the methods it fits."""
     if cfg is None or split is None:
         cfg, split = smoke()
     batch = next(iter(DataLoader(split.dataset, batch_size=BATCH)))
@@ -165,8 +175,12 @@ def check_explainer(name: str, methods: list[str] | None = None, *,
 
 
 def check_metric(name: str, *, cfg: EvalConfig | None = None) -> PerImageMetric | None:
-    """The metric contract for a registered column; None for the evaluator's own
-    columns (no factory)."""
+    """The metric contract for a registered column: it builds from the evaluation
+    settings, takes an evaluation batch, keeps per-image scores, classes and ids in
+    list states reduced by concatenation (what ``torchrun`` gathers), computes within
+    its bounds and resets.
+
+    Returns the metric; None for the evaluator's own columns (no factory)."""
     spec = METRICS.get(name)
     if spec.factory is None:
         return None
@@ -215,7 +229,9 @@ def eval_batch(split: data.Split, cfg: EvalConfig) -> EvalBatch:
 
 
 def check_dataset(name: str, **options: Any) -> tuple[data.Split, data.Split]:
-    """The dataset contract: both splits with ``options`` (e.g. ``data_dir``)."""
+    """The dataset contract, with ``options`` (e.g. ``data_dir``): both splits build; a
+    sample holds a float ``[3,H,W]`` image, a label in range, its index, and a box
+    inside the image where the dataset has boxes."""
     splits = []
     for part in ("train", "test"):
         split = data.build(name, part, **options)
@@ -265,7 +281,8 @@ def _check_multi_label(what: str, sample: dict[str, Any], info: data.DatasetInfo
 
 def check_backbone(name: str, num_classes: int = 10, size: int = 64,
                    **options: Any) -> backbones.SplitBackbone:
-    """The backbone contract: ``fc(pool(last_stage(features(x))))`` is its forward."""
+    """The backbone contract: ``fc(pool(last_stage(features(x))))`` is its forward;
+    feature channels and taps are as declared."""
     net = backbones.build(name, num_classes, **options).eval()
     assert isinstance(net, backbones.SplitBackbone), f"{name}: builds {type(net).__name__}"
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))

@@ -155,3 +155,16 @@ def test_readme_is_short_and_its_links_resolve() -> None:
     # the quick start is the two commands
     assert "./dev python -m harness.run --methods all" in readme
     assert "./dev python -m pytest" in readme
+
+
+def test_store_and_plugin_check_tables_come_from_the_schema_and_the_checks() -> None:
+    from harness import store, testing
+
+    rows = table_rows(gen.store_page())[1:]
+    assert [r[0].strip("`") for r in rows] == list(store.expected_schema())
+    assert all(r[1] != "—" for r in rows), "every table of the store is described"
+    assert rows[0][2] == ", ".join(f"`{c}`" for c in store.expected_schema()[rows[0][0].strip("`")])
+    checks = [r[0] for r in table_rows(gen.testing_page())[1:]]
+    own = [n for n, f in vars(testing).items()
+           if n.startswith("check_") and getattr(f, "__module__", "") == testing.__name__]
+    assert checks == [f"`{n}(...)`" for n in own] and "`check_method(...)`" in checks
