@@ -258,24 +258,27 @@ def preset_header(path: Path) -> str:
 def presets_page() -> str:
     from harness import config, paper_values
 
-    rows = []
+    rows, details = [], []
     for name, spec in config.PRESETS.items():
         path = config.PRESET_DIR / f"{name}.yaml"
         train = spec.get("train", {})
         schedule = ", ".join(f"{k} {train[k]}" for k in ("epochs", "batch_size", "lr")
                              if k in train)
         values = paper_values.PAPER_VALUES.get(name, ())
-        rows.append((code(name), spec.get("dataset", config.RunConfig.dataset),
+        rows.append((f"[`{name}`](#preset-{name})", spec.get("dataset", config.RunConfig.dataset),
                      spec.get("backbone", config.RunConfig.backbone),
                      ", ".join(spec.get("for_methods", [])) or "all", schedule,
-                     "yes" if spec.get("needs_pretrained") else "",
-                     "; ".join(f"{v.method}{'' if v.backbone is None else ' (' + v.backbone + ')'}"
-                               f" {v.metric} {v.quoted} ({v.source})" for v in values),
-                     preset_header(path) if path.exists() else ""))
+                     "yes" if spec.get("needs_pretrained") else "", len(values) or ""))
+        shown = "".join(
+            f"- {v.method}{'' if v.backbone is None else f' ({v.backbone})'}: `{v.metric}` "
+            f"{v.quoted} — {v.source}{f'; {v.note}' if v.note else ''}\n" for v in values)
+        details.append(f"(preset-{name})=\n### `{name}`\n\n"
+                       f"{preset_header(path) if path.exists() else ''}\n\n"
+                       + (f"The paper's numbers shown beside ours:\n\n{shown}" if shown else ""))
     return (HEADER.format(source="harness/presets/*.yaml and harness.paper_values")
             + table(("preset", "dataset", "backbone", "methods", "schedule",
-                     "needs `--pretrained`", "paper numbers shown", "protocol (the file's header)"),
-                    rows))
+                     "needs `--pretrained`", "paper numbers"), rows)
+            + DETAILS + "\n".join(details))
 
 
 def _type_name(tp: Any) -> str:

@@ -107,12 +107,17 @@ def test_presets_table_quotes_each_file_header_and_its_paper_values() -> None:
     from harness import config, paper_values
 
     page = gen.presets_page()
-    rows = {cells[0].strip("`"): cells for cells in table_rows(page)[1:]}
-    assert list(rows) == list(config.PRESETS)
+    table_part, details = page.split(gen.DETAILS)
+    names = [re.match(r"\[`([^`]+)`\]", cells[0]).group(1)  # type: ignore[union-attr]
+             for cells in table_rows(table_part)[1:]]
+    assert names == list(config.PRESETS)
     header = gen.preset_header(config.PRESET_DIR / "abn-cifar100.yaml")
-    assert header.startswith("ABN Sec. 4.1-4.2") and rows["abn-cifar100"][-1] == gen.cell(header)
-    for v in paper_values.PAPER_VALUES["abn-cifar100"]:
-        assert f"{v.metric} {v.quoted}" in rows["abn-cifar100"][6]
+    assert header.startswith("ABN Sec. 4.1-4.2")
+    start = details.index("### `abn-cifar100`")
+    own = details[start:details.index("\n### ", start + 1)]
+    assert header in own
+    values = paper_values.PAPER_VALUES["abn-cifar100"]
+    assert values and all(f"`{v.metric}` {v.quoted} — {v.source}" in own for v in values)
 
 
 def test_preset_fields_are_those_a_file_may_hold_with_their_ranges() -> None:
