@@ -243,6 +243,37 @@ def testing_page() -> str:
     return HEADER.format(source="harness.testing") + table(("check", "what it asserts"), rows)
 
 
+#: the measured runs a findings page shows: (page name, the run's leaderboard.csv rows
+#: over seeds, the columns shown)
+FINDINGS = [("findings-default.md", "data/default-seeds3.csv",
+             ("top1", "insertion_auc", "deletion_auc", "energy_pg", "pointing_game"))]
+
+
+def findings_table(csv: Path, columns: Sequence[str]) -> str:
+    """A run's aggregated rows (its ``leaderboard.csv``, seed ``all``) as value ± seed sd,
+    with the revision, seeds and test images it was measured with."""
+    import pandas as pd
+
+    frame = pd.read_csv(csv, dtype={"seed": str})
+    frame = frame[frame["seed"] == "all"]
+
+    def shown(row: Any, col: str) -> str:
+        value, sd = row.get(col), row.get(f"{col}_sd")
+        if pd.isna(value):
+            return ""
+        return f"{value:.3f}" + ("" if pd.isna(sd) else f" ± {sd:.3f}")
+
+    rows = [(row["method"] if row["explainer"] in ("native", "centre prior", "own attention")
+             else f"{row['method'].split('+')[0]}+{row['explainer']}",
+             *(shown(row, c) for c in columns)) for _, row in frame.iterrows()]
+    first = frame.iloc[0]
+    return (f"Revision `{first['git_rev']}`, dataset `{first['dataset']}`, backbone "
+            f"`{first['backbone']}`, seeds {first['seeds']}, {int(first['n'])} test images "
+            f"({int(first['n_causal'])} for the causal columns); value ± sd over seeds, from "
+            f"`docs/{csv.relative_to(csv.parent.parent)}` (the run's `leaderboard.csv`).\n\n"
+            + table(("row", *columns), rows))
+
+
 # -- presets and their fields ---------------------------------------------------------
 
 def preset_header(path: Path) -> str:
@@ -430,6 +461,11 @@ def write_all(out: Path) -> list[Path]:
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             path.write_text(text, encoding="utf-8")
         written.append(path)
+    here = Path(__file__).resolve().parent
+    for name, csv, columns in FINDINGS:
+        (out / name).write_text(HEADER.format(source=csv) + findings_table(here / csv, columns),
+                                encoding="utf-8")
+        written.append(out / name)
     measured = Path(__file__).resolve().parent / "benchmarks.md"
     bench = (measured.read_text(encoding="utf-8") if measured.exists() else
              "No full run of `tox -e benchmark` is recorded in this checkout: run it to "

@@ -173,3 +173,22 @@ def test_store_and_plugin_check_tables_come_from_the_schema_and_the_checks() -> 
     own = [n for n, f in vars(testing).items()
            if n.startswith("check_") and getattr(f, "__module__", "") == testing.__name__]
     assert checks == [f"`{n}(...)`" for n in own] and "`check_method(...)`" in checks
+
+
+def test_findings_table_is_the_measured_runs_leaderboard(tmp_path: Path) -> None:
+    import pandas as pd
+
+    for _, csv, columns in gen.FINDINGS:
+        frame = pd.read_csv(DOCS / csv, dtype={"seed": str})
+        text = gen.findings_table(DOCS / csv, columns)
+        rows = {cells[0]: cells for cells in table_rows(text)[1:]}
+        assert len(rows) == int((frame["seed"] == "all").sum())
+        abn = frame[(frame["method"] == "abn") & (frame["seed"] == "all")].iloc[0]
+        assert rows["abn"][1] == f"{abn['top1']:.3f} ± {abn['top1_sd']:.3f}"
+        assert f"Revision `{abn['git_rev']}`" in text
+    # a row without a value is an empty cell, not "nan"
+    small = tmp_path / "data" / "run.csv"
+    small.parent.mkdir()
+    small.write_text("method,explainer,seed,seeds,n,n_causal,git_rev,dataset,backbone,top1,top1_sd\n"
+                     "baseline+random,random,all,0,10,5,abc,d,b,,\n", encoding="utf-8")
+    assert table_rows(gen.findings_table(small, ("top1",)))[1] == ["baseline+random", "—"]
