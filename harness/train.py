@@ -373,7 +373,7 @@ def _epochs(model: Method, cfg: RunConfig, split: Split, device: torch.device,
             logs_txt = ", ".join(f"{k} {v:.3f}" for k, v in state.history[-1].items()
                                  if k != "epoch")
             print(f"    {name} epoch {epoch + 1}/{tc.epochs}: {logs_txt} "
-                  f"({time.perf_counter() - t_epoch:.1f} s)", flush=True)
+                  f"({progress_mod.duration(time.perf_counter() - t_epoch)})", flush=True)
         if resume is not None and epoch + 1 < tc.epochs:
             state.save(model, resume)
 
