@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness import data, distributed, evalcache, paper_values, roar, train
+from harness import data, distributed, evalcache, paper_values, roar, runfolder, train
 from harness import store as store_mod
 from harness.errors import UserError, message
 from harness.evaluate import MethodResult, row_id
@@ -87,9 +87,14 @@ def execute(plan: Plan) -> Result:
     from harness.analysis import STABLE_TAU
     from reports.leaderboard import write_all
 
-    with open_store(plan.db) as store:
-        session = Session.start(plan, store)
-        record = session.run()
+    try:
+        with open_store(plan.db) as store:
+            session = Session.start(plan, store)
+            record = session.run()
+    except BaseException:
+        if plan.own_folder and plan.world.main:  # nothing written: no empty folder left
+            runfolder.drop_if_empty(plan.out)
+        raise
     if store is None:
         return Result(None, session.results, None, plan.out)
     if len(plan.seeds) > 1:  # a result, printed also without progress output
@@ -98,9 +103,23 @@ def execute(plan: Plan) -> Result:
             flag = "" if tau >= STABLE_TAU else "  (not stable)"
             print(f"  {metric:<22} {tau:+.3f}{flag}")
     paths = write_all(record, plan.out)
-    session.say(f"wrote {paths['csv']} and {paths['html']} (run {session.run_id} in "
-                f"{plan.db}) in {time.perf_counter() - session.t_start:.0f}s")
+    tell_outputs(plan, paths, session.run_id, time.perf_counter() - session.t_start)
     return Result(session.run_id, session.results, record, plan.out, paths)
+
+
+def tell_outputs(plan: Plan, paths: dict[str, Path], run_id: int, seconds: float) -> None:
+    """Where the run's outputs are (printed also without progress output), and, for a
+    run folder of its own, ``runs/latest`` pointed at it."""
+    rest = len(paths) - 2  # the leaderboards' companions: curves, comparisons, config, ...
+    print(f"wrote {paths['html'].name}, {paths['csv'].name} and {rest} more file"
+          f"{'s' if rest != 1 else ''} to {plan.out} (run {run_id} in {plan.db}) in "
+          f"{duration(seconds)}")
+    if plan.own_folder:
+        problem = runfolder.point_latest(plan.out)
+        if problem is None:
+            print(f"{plan.out.parent / runfolder.LATEST} now points to {plan.out.name}")
+        else:
+            print(problem, file=sys.stderr)
 
 
 def register_models(plan: Plan, info: data.DatasetInfo) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from harness import backbones, data, distributed, external, roar, train
+from harness import backbones, data, distributed, external, roar, runfolder, train
 from harness import config as config_mod
 from harness import device as dev
 from harness import store as store_mod
@@ -67,7 +67,9 @@ class Request:
     reference: str | None = None
     pretrained: str | None = None
     workers: int | None = None
-    out: str | Path = "runs/latest"
+    #: the output folder; None: a new folder of the run's own under ``runs/``
+    #: (:mod:`harness.runfolder`), ``runs/latest`` pointed at it once the run is done
+    out: str | Path | None = None
     db: str | Path = field(default_factory=lambda: str(store_mod.default_path()))
     cache_dir: str | Path = str(DEFAULT_CACHE)
     no_cache: bool = False
@@ -106,6 +108,9 @@ class Plan:
     db: Path
     #: the methods were named (not ``all``): one that cannot run is an error
     explicit: bool
+    #: ``out`` is the run's own new folder under ``runs/`` (no ``--out`` given): removed
+    #: when the run stops before writing anything, ``runs/latest`` pointed at it after
+    own_folder: bool = False
 
     @property
     def progress(self) -> bool:
@@ -464,16 +469,43 @@ def make_plan(req: Request, *, dry_run: bool = False) -> Plan:
               file=sys.stderr)
     device = dev.select(distributed.device(req.device))
     cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(req.precision, device))
-    out, db = Path(req.out), Path(req.db)
-    if not dry_run:  # where results and checkpoints go: writable, before any work
-        out = probe_writable(req.out, "--out")
-        db = check_db_path(req.db, out)
+    # where checkpoints and results go: writable, before any work (a new run folder last)
     cache = None if req.no_cache or dry_run else probe_writable(req.cache_dir, "--cache-dir")
+    out, db = resolve_out(req, cfg, dry_run=dry_run)
     return Plan(dataclasses.replace(req, data_dir=data_dir), cfg, tuple(names),
                 tuple(explainers), tuple(models), tuple(seeds),
                 tuple(sanity), fractions, extras, device,
                 dev.resolve_precision(cfg.eval.precision, device), world, cache, out, db,
-                explicit=_given(_csv(req.methods), "all").strip() != "all")
+                explicit=_given(_csv(req.methods), "all").strip() != "all",
+                own_folder=req.out is None)
+
+
+def resolve_out(req: Request, cfg: config_mod.RunConfig, *, dry_run: bool
+                ) -> tuple[Path, Path]:
+    """The output folder and the store's path. ``--out`` is used as given; without it
+    the run gets a new folder of its own, ``runs/<date>-<preset>-<dataset>`` (``-2``,
+    ``-3``, ... when taken), created now (by rank 0 under torchrun) so that no other run
+    takes it; a dry run only names it.
+
+    Raises:
+        UserError: a folder that cannot be written, a store among the outputs.
+    """
+    if req.out is not None:
+        if dry_run:
+            return Path(req.out), Path(req.db)
+        out = probe_writable(req.out, "--out")
+        return out, check_db_path(req.db, out)
+    name = runfolder.folder_name(cfg.preset, cfg.dataset)
+    if dry_run:
+        return runfolder.RUNS / name, Path(req.db)
+    root = probe_writable(runfolder.RUNS, "--out's default folder")
+    out = distributed.share(lambda: runfolder.reserve(root, name))
+    try:
+        return out, check_db_path(req.db, out)
+    except UserError:
+        if distributed.current().main:
+            runfolder.drop_if_empty(out)
+        raise
 
 
 def split_builder(plan: Plan, dataset_kwargs: dict[str, Any] | None = None,
@@ -569,4 +601,4 @@ def check_data(req: Request) -> Path:
     if problems:
         raise UserError(f"{len(problems)} problem(s) in {cfg.dataset}; the first: "
                         f"{problems[0]}")
-    return Path(req.out)
+    return runfolder.RUNS if req.out is None else Path(req.out)

@@ -1,6 +1,6 @@
 """Command line: train (or load) every requested method, evaluate, write leaderboards.
 
-    python -m harness.run --methods all
+    python -m harness.run --methods all                 # into runs/DATE-PRESET-DATASET/
     python -m harness.run --methods all --seeds 3
     python -m harness.run --methods abn,cam --preset smoke --out runs/smoke
     python -m harness.run --methods msabn-cr --cr-sweep 0,0.2,0.4
@@ -30,7 +30,7 @@ if __name__ == "__main__":  # SIGTERM while the libraries load is Ctrl-C too
 
 try:  # Ctrl-C or SIGTERM while the libraries load (seconds): one line, not a traceback
     import metrics  # noqa: F401  (registers metrics)
-    from harness import backbones, data, distributed, evalcache, plugins
+    from harness import backbones, data, distributed, evalcache, plugins, runfolder
     from harness import config as config_mod
     from harness import device as dev
     from harness import store as store_mod
@@ -132,8 +132,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the method every row is compared with, paired on images and seeds "
                         "(default: baseline on accuracy columns, gradcam on explanation "
                         "columns)")
-    p.add_argument("--out", default="runs/latest",
-                   help="output directory (default runs/latest)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory, used as given (default: a new folder of the "
+                        "run's own, runs/DATE-PRESET-DATASET, with -2, -3, ... when taken; "
+                        "runs/latest then links to the newest finished one)")
     p.add_argument("--device", default="auto",
                    help="auto, cpu or cuda[:N] (default auto; under torchrun each rank "
                         "takes cuda:LOCAL_RANK)")
@@ -247,9 +249,9 @@ def run(args: argparse.Namespace) -> Path:
     if args.check_data:
         return check_data(req)
     plan = make_plan(req, dry_run=args.dry_run)
-    args.out = str(plan.out)  # where the error log goes
-    if args.dry_run:
+    if args.dry_run:  # nothing written: a dry run's folder is only named
         return dry_run(plan)
+    args.out = str(plan.out)  # where the error log goes: the run's folder
     execute(plan)
     return plan.out
 
@@ -296,7 +298,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.debug:
             traceback.print_exc()
         else:
-            where = write_error_log(args.out)
+            where = write_error_log(runfolder.RUNS if args.out is None else args.out)
             what = clip(f"{type(err).__name__}: {err}".splitlines()[0], 240)
             print(f"error: {what} (full traceback in {where}; --debug prints it)",
                   file=sys.stderr)
