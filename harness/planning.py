@@ -537,15 +537,17 @@ def open_store(db: str | Path) -> Iterator[store_mod.Store | None]:
             st.close()
 
 
-def announce(plan: Plan) -> None:
-    """The run's first line (with progress output on rank 0)."""
+def announce(plan: Plan, methods: Sequence[str]) -> None:
+    """The run's first line (with progress output on rank 0): ``methods``, those of the
+    plan that run on its dataset, counted."""
     if not plan.progress:
         return
     cfg, seeds = plan.cfg, plan.seeds
     seeds_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
     models = f" and {len(plan.models)} model{'s' if len(plan.models) > 1 else ''}" \
         if plan.models else ""
-    print(f"attnbench: {len(plan.methods)} methods{models} on {cfg.dataset} ({cfg.preset}), "
+    n = len(methods)
+    print(f"attnbench: {n} method{'s' if n != 1 else ''}{models} on {cfg.dataset} ({cfg.preset}), "
           f"backbone {cfg.backbone}, device {plan.device}, training in {cfg.precision}, "
           f"evaluation in {plan.eval_precision}, {seeds_txt}")
 
@@ -555,10 +557,13 @@ def dry_run(plan: Plan) -> Path:
     the dataset sizes and a time estimate; nothing trained or written."""
     from harness import dryrun
 
-    announce(plan)
     cfg = plan.cfg
     info, sizes, official = dryrun.dataset_sizes(cfg, split_builder(plan))
-    names = drop_unsupported(plan.methods, info, explicit=plan.explicit)
+    skipped: list[str] = []
+    names = drop_unsupported(plan.methods, info, explicit=plan.explicit, say=skipped.append)
+    announce(plan, names)
+    for line in skipped:
+        print(line)
     fractions = plan.roar
     timed = names if not fractions or roar.RETRAINED in names else [*names, roar.RETRAINED]
     plans = dryrun.plan(timed, cfg, info, sizes[0], sizes[1], plan.device)
