@@ -150,6 +150,21 @@ def test_a_run_that_stops_before_writing_leaves_no_folder(
     assert not plan.out.exists() and not (in_tmp / "runs" / "latest").exists()
 
 
+def test_an_unexpected_error_logs_into_the_run_s_folder(
+        in_tmp: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def fail(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(execution.Session, "start", fail)
+    assert run.main(["--methods", "baseline", "--preset", "smoke", "--no-progress"]) == 1
+    log = in_tmp / "runs" / NAME / run.ERROR_LOG
+    (err,) = capsys.readouterr().err.splitlines()
+    assert "RuntimeError: a bug" in err and str(log.relative_to(in_tmp)) in err
+    assert "RuntimeError: a bug" in log.read_text()
+    assert not (in_tmp / "runs" / "latest").exists()  # the newest finished run: none
+
+
 # --------------------------------------------------------------------------------------
 # end to end: three runs and an explicit --out
 # --------------------------------------------------------------------------------------
