@@ -164,7 +164,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true",
                    help="print the full traceback of an unexpected error (default: one line "
-                        "and a log file in --out)")
+                        "and a log file in the output folder)")
     p.add_argument("--sanity", default=None, metavar="CHECKS",
                    help="opt-in sanity checks that train again: 'data' trains every method "
                         "a second time on the training labels permuted once (eval.lens_seed) "
@@ -262,7 +262,7 @@ ERROR_LOG = "attnbench-error.log"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: exit 0 on success, 2 on bad input or data (one line, also for a
-    bad option value), 1 on an unexpected error (one line; the traceback in ``--out``'s
+    bad option value), 1 on an unexpected error (one line; the traceback in the output folder's
     error log, or printed with ``--debug``), 130 when interrupted (Ctrl-C), 143 when
     terminated (SIGTERM)."""
     with cli.terminate_as_interrupt():
