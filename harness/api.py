@@ -12,6 +12,11 @@ fields: ``dataset``, ``backbone``, ``explainers``, ``seeds``, ``sets``, ``out``,
 ``sanity``, ``roar``, ``progress``, ...) and ``include`` (plugins); everything is
 checked before anything is trained. :func:`execute` trains, evaluates, records and
 writes the reports with progress and the store as on the command line.
+
+Without ``out`` a plan gets a new folder of its own as the command line does,
+``runs/<date>-<preset>-<dataset>`` (created when the plan is made, so no other run
+takes it; ``plan.out``), and :func:`execute` points ``runs/latest`` at it once the
+reports are written; a given ``out`` is used as it is and leaves ``runs/latest`` alone.
 """
 
 from __future__ import annotations

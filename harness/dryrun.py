@@ -446,14 +446,14 @@ def report(plans: list[Plan], cfg: RunConfig, info: DatasetInfo, sizes: tuple[in
         f"backbone {cfg.backbone}{' (pretrained)' if cfg.pretrained else ''}; device "
         f"{device}, training in {cfg.precision}; {seeds} seed(s)")
     say(f"  {'method':<18}{'from':<14}{'epochs':>7}{'batch':>7}{'lr':>9}  "
-        f"{'LR steps at':<14}{'step':>9}{'training':>13}{'evaluation':>13}")
+        f"{'LR steps at':<14}{'step':>10}{'training':>13}{'evaluation':>13}")
     total = 0.0
     for p in plans:
         steps = "cosine" if p.cosine else ",".join(map(str, p.milestones)) or "-"
         timed = p.step_seconds > 0 or p.eval_seconds > 0
         say(f"  {p.name:<18}{p.parent or '-':<14}{p.epochs:>7}{p.batch_size:>7}"
             f"{p.lr:>9g}  {steps:<14}"
-            + (f"{p.step_seconds:>8.2f}s{duration(p.train_seconds):>13}"
+            + (f"{duration(p.step_seconds):>10}{duration(p.train_seconds):>13}"
                f"{duration(p.eval_seconds):>13}" if timed else ""))
         total += p.train_seconds + p.eval_seconds
     if "data" in sanity:  # every method trained again; an explanation per causal image

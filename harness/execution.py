@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import platform
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness import data, distributed, evalcache, paper_values, roar, train
+from harness import data, distributed, evalcache, paper_values, roar, runfolder, train
 from harness import store as store_mod
 from harness.errors import UserError, message
 from harness.evaluate import MethodResult, row_id
@@ -87,9 +88,14 @@ def execute(plan: Plan) -> Result:
     from harness.analysis import STABLE_TAU
     from reports.leaderboard import write_all
 
-    with open_store(plan.db) as store:
-        session = Session.start(plan, store)
-        record = session.run()
+    try:
+        with open_store(plan.db) as store:
+            session = Session.start(plan, store)
+            record = session.run()
+    except BaseException:
+        if plan.own_folder and plan.world.main:  # nothing written: no empty folder left
+            runfolder.drop_if_empty(plan.out)
+        raise
     if store is None:
         return Result(None, session.results, None, plan.out)
     if len(plan.seeds) > 1:  # a result, printed also without progress output
@@ -98,9 +104,23 @@ def execute(plan: Plan) -> Result:
             flag = "" if tau >= STABLE_TAU else "  (not stable)"
             print(f"  {metric:<22} {tau:+.3f}{flag}")
     paths = write_all(record, plan.out)
-    session.say(f"wrote {paths['csv']} and {paths['html']} (run {session.run_id} in "
-                f"{plan.db}) in {time.perf_counter() - session.t_start:.0f}s")
+    tell_outputs(plan, paths, session.run_id, time.perf_counter() - session.t_start)
     return Result(session.run_id, session.results, record, plan.out, paths)
+
+
+def tell_outputs(plan: Plan, paths: dict[str, Path], run_id: int, seconds: float) -> None:
+    """Where the run's outputs are (printed also without progress output), and, for a
+    run folder of its own, ``runs/latest`` pointed at it."""
+    rest = len(paths) - 2  # the leaderboards' companions: curves, comparisons, config, ...
+    print(f"wrote {paths['html'].name}, {paths['csv'].name} and {rest} more file"
+          f"{'s' if rest != 1 else ''} to {plan.out} (run {run_id} in {plan.db}) in "
+          f"{duration(seconds)}")
+    if plan.own_folder:
+        problem = runfolder.point_latest(plan.out)
+        if problem is None:
+            print(f"{plan.out.parent / runfolder.LATEST} now points to {plan.out.name}")
+        else:
+            print(problem, file=sys.stderr)
 
 
 def register_models(plan: Plan, info: data.DatasetInfo) -> None:
@@ -197,6 +217,7 @@ class Session:
         self.results: list[MethodResult] = []
         self.method_meta: dict[str, dict[str, Any]] = {}
         self.told: set[tuple[str, str]] = set()
+        self.reported: set[tuple[str, int]] = set()  # (model, seed) with a row line said
         self.digests: dict[str, str] = {}  # checkpoint key -> weights digest
         self.n_read = self.n_parts = 0
         self.read = plan.cache is not None
@@ -211,12 +232,15 @@ class Session:
         from harness.planning import split_builder
 
         t_start = time.perf_counter()
-        announce(plan)
         build = split_builder(plan)
         with distributed.main_first():  # rank 0 fills a dataset cache before the others
             train_split, test_split = build("train"), build("test")
+        skipped: list[str] = []
         methods = drop_unsupported(plan.methods, test_split.info, explicit=plan.explicit,
-                                   say=print, models=len(plan.models))  # shown always
+                                   say=skipped.append, models=len(plan.models))
+        announce(plan, methods)
+        for line in skipped:  # shown always
+            print(line)
         register_models(plan, test_split.info)
         if "cr_sweep" in plan.extras and not test_split.info.has_boxes:
             raise UserError(f"--cr-sweep needs bounding boxes; dataset "
@@ -254,13 +278,27 @@ class Session:
             self.digests[trained.key] = evalcache.weights_digest(trained.method)
         return self.digests[trained.key]
 
+    def source(self, name: str, cfg: Any) -> str:
+        """Where :meth:`obtain` would take ``name`` from (:func:`harness.train.source`)."""
+        return train.source(name, cfg, self.train_split, self.plan.device, self.plan.cache,
+                            self.memo)
+
+    def obtain_early(self, name: str, cfg: Any, hook: str) -> train.Trained:
+        """``name`` for seed hook ``hook``, before the rows: its training (if it trains
+        here) said under a line of its own."""
+        if self.source(name, cfg) == "train":
+            self.say(f"{hook} needs {name} before the rows (seed {cfg.seed}): training it "
+                     "first", flush=True)
+        return self.obtain(name, cfg)
+
     def seed_contexts(self, cfg: Any) -> dict[str, Any]:
         """The declared seed hooks' values for this seed (their facts into the record)."""
-        ctx = SeedContext(self.plan, tuple(self.methods), cfg, self.train_split, self.test_split,
-                          lambda name: self.obtain(name, cfg), self.weights, self.store,
-                          self.meta["test_split_id"], self.read)
         values = {}
         for entry in SEED_CONTEXTS:
+            ctx = SeedContext(self.plan, tuple(self.methods), cfg, self.train_split,
+                              self.test_split,
+                              functools.partial(self.obtain_early, cfg=cfg, hook=entry.name),
+                              self.weights, self.store, self.meta["test_split_id"], self.read)
             got = entry.obj(ctx)
             if got is not None:
                 values[entry.name] = got.value
@@ -276,14 +314,16 @@ class Session:
         context = self.seed_contexts(cfg)
         made: dict[tuple[str, str], str] = {}
         rows = self.plan.rows(self.methods)
+        started: list[str] = []  # the methods and models whose first row has begun
         for i, (name, explainer) in enumerate(rows):
-            t0 = time.perf_counter()
+            self.header(name, explainer, cfg, started,
+                        i + len(rows) * self.plan.seeds.index(seed), len(rows))
             row = self.prepare_row(name, explainer, cfg, made)
             if row is None:
                 continue
-            self.progress_line(row, i + len(rows) * self.plan.seeds.index(seed), len(rows), t0)
+            t_eval = time.perf_counter()
             res, keys, n_hit = self.evaluate_row(row, cfg, context)
-            self.record_row(row, res, keys, n_hit, t0)
+            self.record_row(row, res, keys, n_hit, time.perf_counter() - t_eval)
 
     def prepare_row(self, name: str, explainer: str, cfg: Any,
                     made: dict[tuple[str, str], str]) -> Row | None:
@@ -316,15 +356,34 @@ class Session:
             self.say(f"  no {name}+{explainer} row: {why}")
             self.told.add((name, explainer))
 
-    def progress_line(self, row: Row, done: int, per_seed: int, t0: float) -> None:
+    def header(self, name: str, explainer: str, cfg: Any, started: list[str], done: int,
+               per_seed: int) -> None:
+        """The line a row's output starts under (its training's epoch lines, its scores):
+        ``method N of M: NAME`` for a method's first row of the seed, with how its model
+        is obtained (``cached``, ``trained above``, ``on PARENT's weights``; nothing when
+        it trains now), ``model N of K: NAME`` for a ``--model``'s, ``row NAME+EXPLAINER``
+        for the others; then the time so far and an ETA from the rows done."""
+        if not self.plan.progress:
+            return
         total = per_seed * len(self.plan.seeds)
-        elapsed = t0 - self.t_start
-        eta = f", ETA {duration(elapsed / done * (total - done))}" if done else ""
-        own = list(self.plan.explainers) == ["native"] and per_seed == len(self.methods)
-        what = ("method", "") if own else ("row", "at most ")
-        self.say(f"{what[0]} {done + 1} of {what[1]}{total}: "
-                 f"{row_id(row.name, row.explainer)} (seed {row.seed}), elapsed "
-                 f"{duration(elapsed)}{eta}", flush=True)
+        elapsed = time.perf_counter() - self.t_start
+        timing = f"elapsed {duration(elapsed)}" + (
+            f", ETA {duration(elapsed / done * (total - done))}" if done else "")
+        models = [m.name for m in self.plan.models]
+        if name in started:
+            self.say(f"row {row_id(name, explainer)} (seed {cfg.seed}), {timing}", flush=True)
+            return
+        started.append(name)
+        if name in models:
+            what, n, of, how = "model", models.index(name) + 1, len(models), "loaded"
+        else:
+            what, n, of = "method", self.methods.index(name) + 1, len(self.methods)
+            source = self.source(name, cfg)
+            how = {"cache": "cached", "run": "trained above",
+                   "parent": f"on {METHODS.entry(name).meta.get('init_from')}'s weights"
+                   }.get(source, "")
+        self.say(f"{what} {n} of {of}: {name} (seed {cfg.seed}){', ' if how else ''}{how}, "
+                 f"{timing}", flush=True)
 
     def evaluate_row(self, row: Row, cfg: Any, context: dict[str, Any]
                      ) -> tuple[MethodResult, dict[str, str], int]:
@@ -375,7 +434,7 @@ class Session:
             "seeds": {}})
 
     def record_row(self, row: Row, res: MethodResult, keys: dict[str, str], n_hit: int,
-                   t0: float) -> None:
+                   eval_seconds: float) -> None:
         """Store the row and say what it scored and how it was obtained."""
         trained, shadow = row.trained, row.shadow
         self.n_read += n_hit
@@ -392,19 +451,28 @@ class Session:
             self.store.add_row(self.run_id, res, checkpoint_key=trained.key, eval_keys=keys,
                                method_meta=self.method_meta)
         self.results.append(res)
-        how = ("loaded" if METHODS.entry(row.name).meta.get("external") else "cached"
-               if trained.cached else f"trained {trained.train_seconds:.0f}s")
-        if shadow is not None:
-            how += (", on permuted labels " + ("cached" if shadow.cached
-                                               else f"trained {shadow.train_seconds:.0f}s"))
-        if n_hit:
-            how += ", evaluation cached" if n_hit == len(keys) else (
-                f", {n_hit} of {len(keys)} evaluation parts cached")
         v = res.values
         shown = _CONSOLE_MULTI if any(k in v for _, k in _CONSOLE_MULTI) else _CONSOLE
         cols = "  ".join(f"{short} {v.get(k, float('nan')):.3f}" for short, k in shown)
         self.say(f"  {res.row:<16} seed {row.seed}  {cols}  "
-                 f"({how}, {time.perf_counter() - t0:.0f}s)")
+                 f"({self.how_obtained(row, len(keys), n_hit, eval_seconds)})")
+
+    def how_obtained(self, row: Row, parts: int, n_hit: int, eval_seconds: float) -> str:
+        """How a row's numbers were obtained, for its console line: the model's training
+        (in the model's first row of the seed; later rows have the same model as
+        above), the permuted-label model's, then the evaluation's time and how many of
+        its ``parts`` were read from the store (``n_hit``)."""
+        if (row.name, row.seed) in self.reported:
+            how = "the same model as above"
+        else:
+            self.reported.add((row.name, row.seed))
+            how = training_text(row.name, row.trained)
+            if row.shadow is not None:
+                how += f", permuted labels: {training_text(row.name, row.shadow)}"
+        if parts and n_hit == parts:
+            return f"{how}, evaluation cached"
+        return f"{how}, evaluation {duration(eval_seconds)}" + (
+            f", {n_hit} of {parts} parts cached" if n_hit else "")
 
     def finish(self) -> Any:
         """After every row: the rows' run-level facts, the run extras, the gallery's
@@ -501,6 +569,18 @@ class Session:
                       f"{self.store.path}: "
                       f"{message(err) if isinstance(err, UserError) else err}",
                       file=sys.stderr)
+
+
+def training_text(name: str, trained: train.Trained) -> str:
+    """How a row's model was obtained, for its console line: ``training 5.2 s``,
+    ``training cached``, ``on baseline's weights`` (a method that trains nothing) or
+    ``loaded`` (a model trained elsewhere)."""
+    meta = METHODS.entry(name).meta
+    if meta.get("external"):
+        return "loaded"
+    if meta.get("init_from") and trained.cfg.train.epochs <= 0:
+        return f"on {meta['init_from']}'s weights"
+    return "training " + ("cached" if trained.cached else duration(trained.train_seconds))
 
 
 def passes_by_kind(results: list[MethodResult]) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from harness import backbones, data, distributed, external, roar, train
+from harness import backbones, data, distributed, external, roar, runfolder, train
 from harness import config as config_mod
 from harness import device as dev
 from harness import store as store_mod
@@ -67,7 +67,9 @@ class Request:
     reference: str | None = None
     pretrained: str | None = None
     workers: int | None = None
-    out: str | Path = "runs/latest"
+    #: the output folder; None: a new folder of the run's own under ``runs/``
+    #: (:mod:`harness.runfolder`), ``runs/latest`` pointed at it once the run is done
+    out: str | Path | None = None
     db: str | Path = field(default_factory=lambda: str(store_mod.default_path()))
     cache_dir: str | Path = str(DEFAULT_CACHE)
     no_cache: bool = False
@@ -106,6 +108,9 @@ class Plan:
     db: Path
     #: the methods were named (not ``all``): one that cannot run is an error
     explicit: bool
+    #: ``out`` is the run's own new folder under ``runs/`` (no ``--out`` given): removed
+    #: when the run stops before writing anything, ``runs/latest`` pointed at it after
+    own_folder: bool = False
 
     @property
     def progress(self) -> bool:
@@ -464,16 +469,43 @@ def make_plan(req: Request, *, dry_run: bool = False) -> Plan:
               file=sys.stderr)
     device = dev.select(distributed.device(req.device))
     cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(req.precision, device))
-    out, db = Path(req.out), Path(req.db)
-    if not dry_run:  # where results and checkpoints go: writable, before any work
-        out = probe_writable(req.out, "--out")
-        db = check_db_path(req.db, out)
+    # where checkpoints and results go: writable, before any work (a new run folder last)
     cache = None if req.no_cache or dry_run else probe_writable(req.cache_dir, "--cache-dir")
+    out, db = resolve_out(req, cfg, dry_run=dry_run)
     return Plan(dataclasses.replace(req, data_dir=data_dir), cfg, tuple(names),
                 tuple(explainers), tuple(models), tuple(seeds),
                 tuple(sanity), fractions, extras, device,
                 dev.resolve_precision(cfg.eval.precision, device), world, cache, out, db,
-                explicit=_given(_csv(req.methods), "all").strip() != "all")
+                explicit=_given(_csv(req.methods), "all").strip() != "all",
+                own_folder=req.out is None)
+
+
+def resolve_out(req: Request, cfg: config_mod.RunConfig, *, dry_run: bool
+                ) -> tuple[Path, Path]:
+    """The output folder and the store's path. ``--out`` is used as given; without it
+    the run gets a new folder of its own, ``runs/<date>-<preset>-<dataset>`` (``-2``,
+    ``-3``, ... when taken), created now (by rank 0 under torchrun) so that no other run
+    takes it; a dry run only names it.
+
+    Raises:
+        UserError: a folder that cannot be written, a store among the outputs.
+    """
+    if req.out is not None:
+        if dry_run:
+            return Path(req.out), Path(req.db)
+        out = probe_writable(req.out, "--out")
+        return out, check_db_path(req.db, out)
+    name = runfolder.folder_name(cfg.preset, cfg.dataset)
+    if dry_run:
+        return runfolder.RUNS / name, Path(req.db)
+    root = probe_writable(runfolder.RUNS, "--out's default folder")
+    out = distributed.share(lambda: runfolder.reserve(root, name))
+    try:
+        return out, check_db_path(req.db, out)
+    except UserError:
+        if distributed.current().main:
+            runfolder.drop_if_empty(out)
+        raise
 
 
 def split_builder(plan: Plan, dataset_kwargs: dict[str, Any] | None = None,
@@ -505,15 +537,17 @@ def open_store(db: str | Path) -> Iterator[store_mod.Store | None]:
             st.close()
 
 
-def announce(plan: Plan) -> None:
-    """The run's first line (with progress output on rank 0)."""
+def announce(plan: Plan, methods: Sequence[str]) -> None:
+    """The run's first line (with progress output on rank 0): ``methods``, those of the
+    plan that run on its dataset, counted."""
     if not plan.progress:
         return
     cfg, seeds = plan.cfg, plan.seeds
     seeds_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
     models = f" and {len(plan.models)} model{'s' if len(plan.models) > 1 else ''}" \
         if plan.models else ""
-    print(f"attnbench: {len(plan.methods)} methods{models} on {cfg.dataset} ({cfg.preset}), "
+    n = len(methods)
+    print(f"attnbench: {n} method{'s' if n != 1 else ''}{models} on {cfg.dataset} ({cfg.preset}), "
           f"backbone {cfg.backbone}, device {plan.device}, training in {cfg.precision}, "
           f"evaluation in {plan.eval_precision}, {seeds_txt}")
 
@@ -523,10 +557,13 @@ def dry_run(plan: Plan) -> Path:
     the dataset sizes and a time estimate; nothing trained or written."""
     from harness import dryrun
 
-    announce(plan)
     cfg = plan.cfg
     info, sizes, official = dryrun.dataset_sizes(cfg, split_builder(plan))
-    names = drop_unsupported(plan.methods, info, explicit=plan.explicit)
+    skipped: list[str] = []
+    names = drop_unsupported(plan.methods, info, explicit=plan.explicit, say=skipped.append)
+    announce(plan, names)
+    for line in skipped:
+        print(line)
     fractions = plan.roar
     timed = names if not fractions or roar.RETRAINED in names else [*names, roar.RETRAINED]
     plans = dryrun.plan(timed, cfg, info, sizes[0], sizes[1], plan.device)
@@ -569,4 +606,4 @@ def check_data(req: Request) -> Path:
     if problems:
         raise UserError(f"{len(problems)} problem(s) in {cfg.dataset}; the first: "
                         f"{problems[0]}")
-    return Path(req.out)
+    return runfolder.RUNS if req.out is None else Path(req.out)

@@ -1,4 +1,5 @@
-"""Progress output: bars on a terminal, one line per step of work in a log.
+"""Progress output: bars on a terminal, one line per step of work in a log, and the one
+format every duration on the console is written in.
 
 tqdm's carriage-return bars turn a log file into one very long line; when stderr is
 not a terminal they are off and the trainer and the run print one line per epoch,
@@ -7,6 +8,7 @@ per evaluated method and per method started (with the elapsed time and an ETA).
 
 from __future__ import annotations
 
+import math
 import sys
 
 
@@ -21,12 +23,24 @@ def lines(progress: bool) -> bool:
 
 
 def duration(seconds: float) -> str:
-    """``seconds`` in the largest sensible whole units (``4 d 3 h``, ``12 min``, ``40 s``)."""
+    """``seconds`` as the console writes every duration: ``0.42 s`` under a second,
+    ``12.3 s`` under a minute, then two whole units, the second one zero-padded:
+    ``4 min 05 s``, ``1 h 02 min``, ``3 d 07 h``.
+
+    Raises:
+        ValueError: a negative, infinite or NaN number of seconds.
+    """
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"a duration is a finite number of seconds >= 0, got {seconds!r}")
+    if seconds < 0.995:  # what rounds to 1.00 s is written 1.0 s
+        return f"{seconds:.2f} s"
+    if seconds < 59.95:  # what rounds to 60.0 s is written 1 min 00 s
+        return f"{seconds:.1f} s"
     s = round(seconds)
-    if s >= 86400:
-        return f"{s // 86400} d {s % 86400 // 3600} h"
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    if s >= 60:
-        return f"{s // 60} min {s % 60} s" if s < 600 else f"{s // 60} min"
-    return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    m = round(seconds / 60)
+    if m < 24 * 60:
+        return f"{m // 60} h {m % 60:02d} min"
+    h = round(seconds / 3600)
+    return f"{h // 24} d {h % 24:02d} h"

@@ -1,6 +1,6 @@
 """Command line: train (or load) every requested method, evaluate, write leaderboards.
 
-    python -m harness.run --methods all
+    python -m harness.run --methods all                 # into runs/DATE-PRESET-DATASET/
     python -m harness.run --methods all --seeds 3
     python -m harness.run --methods abn,cam --preset smoke --out runs/smoke
     python -m harness.run --methods msabn-cr --cr-sweep 0,0.2,0.4
@@ -30,7 +30,7 @@ if __name__ == "__main__":  # SIGTERM while the libraries load is Ctrl-C too
 
 try:  # Ctrl-C or SIGTERM while the libraries load (seconds): one line, not a traceback
     import metrics  # noqa: F401  (registers metrics)
-    from harness import backbones, data, distributed, evalcache, plugins
+    from harness import backbones, data, distributed, evalcache, plugins, runfolder
     from harness import config as config_mod
     from harness import device as dev
     from harness import store as store_mod
@@ -134,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the method every row is compared with, paired on images and seeds "
                         "(default: baseline on accuracy columns, gradcam on explanation "
                         "columns)")
-    p.add_argument("--out", default="runs/latest",
-                   help="output directory (default runs/latest)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory, used as given (default: a new folder of the "
+                        "run's own, runs/DATE-PRESET-DATASET, with -2, -3, ... when taken; "
+                        "runs/latest then links to the newest finished one)")
     p.add_argument("--device", default="auto",
                    help="auto, cpu or cuda[:N] (default auto; under torchrun each rank "
                         "takes cuda:LOCAL_RANK)")
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--debug", action="store_true",
                    help="print the full traceback of an unexpected error (default: one line "
-                        "and a log file in --out)")
+                        "and a log file in the output folder)")
     p.add_argument("--sanity", default=None, metavar="CHECKS",
                    help="opt-in sanity checks that train again: 'data' trains every method "
                         "a second time on the training labels permuted once (eval.lens_seed) "
@@ -253,9 +255,9 @@ def run(args: argparse.Namespace) -> Path:
     if args.check_data:
         return check_data(req)
     plan = make_plan(req, dry_run=args.dry_run)
-    args.out = str(plan.out)  # where the error log goes
-    if args.dry_run:
+    if args.dry_run:  # nothing written: a dry run's folder is only named
         return dry_run(plan)
+    args.out = str(plan.out)  # where the error log goes: the run's folder
     execute(plan)
     return plan.out
 
@@ -266,7 +268,7 @@ ERROR_LOG = "attnbench-error.log"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: exit 0 on success, 2 on bad input or data (one line, also for a
-    bad option value), 1 on an unexpected error (one line; the traceback in ``--out``'s
+    bad option value), 1 on an unexpected error (one line; the traceback in the output folder's
     error log, or printed with ``--debug``), 130 when interrupted (Ctrl-C), 143 when
     terminated (SIGTERM)."""
     with cli.terminate_as_interrupt():
@@ -302,7 +304,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.debug:
             traceback.print_exc()
         else:
-            where = write_error_log(args.out)
+            where = write_error_log(runfolder.RUNS if args.out is None else args.out)
             what = clip(f"{type(err).__name__}: {err}".splitlines()[0], 240)
             print(f"error: {what} (full traceback in {where}; --debug prints it)",
                   file=sys.stderr)

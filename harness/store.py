@@ -45,6 +45,7 @@ import numpy as np
 
 from harness.errors import UserError, shown_path
 from harness.evaluate import GALLERY, TIMING, MethodResult
+from harness.progress import duration
 from harness.safeio import free_bytes, instead, kind
 from harness.stats import SeedScores
 
@@ -220,7 +221,7 @@ def explain(err: sqlite3.Error, path: Path) -> StoreError:
                "another --db")
     elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
         why = ("another process holds it locked (waited for up to "
-               f"{BUSY_TIMEOUT:.0f} s); retry when that process is done")
+               f"{duration(BUSY_TIMEOUT)}); retry when that process is done")
     elif name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
         why = ("it cannot be opened (its folder must be readable, and writable for a "
                "run); check the permissions, or give another --db")

@@ -147,9 +147,8 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
         options: method constructor options (part of the cache key).
     """
     options = method_options(name, cfg) if options is None else dict(options)
-    cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(cfg.precision, device))
+    cfg, key = _keyed(name, cfg, train_split, device, options)
     memo = _memo if _memo is not None else {}
-    key = cache_key(name, cfg, options, data_id=train_split.fingerprint)
     if key in memo:
         return memo[key]
     mcfg = method_config(name, cfg)
@@ -169,6 +168,29 @@ def obtain(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
                                       cache_dir, path, progress, memo)
     memo[key] = result
     return result
+
+
+def _keyed(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
+           options: dict[str, Any]) -> tuple[RunConfig, str]:
+    """``cfg`` with the precision resolved for ``device``, and the checkpoint key."""
+    cfg = dataclasses.replace(cfg, precision=dev.resolve_precision(cfg.precision, device))
+    return cfg, cache_key(name, cfg, options, data_id=train_split.fingerprint)
+
+
+def source(name: str, cfg: RunConfig, train_split: Split, device: torch.device,
+           cache_dir: Path | None, memo: dict[str, Trained]) -> str:
+    """Where :func:`obtain` would take ``name`` from, nothing built or read: ``run``
+    (trained before in this run: in ``memo``), ``parent`` (it trains nothing: its
+    ``init_from`` parent's weights), ``cache`` (its checkpoint is in ``cache_dir``, or
+    was read from there before in this run) or ``train``."""
+    if METHODS.entry(name).meta.get("init_from") and method_config(name, cfg).train.epochs <= 0:
+        return "parent"
+    _, key = _keyed(name, cfg, train_split, device, method_options(name, cfg))
+    if key in memo:
+        return "cache" if memo[key].cached else "run"
+    if cache_dir is not None and (cache_dir / f"{name}-{key}.pt").exists():
+        return "cache"
+    return "train"
 
 
 def _load_checkpoint(path: Path, model: Method, key: str, mcfg: RunConfig,
@@ -373,7 +395,7 @@ def _epochs(model: Method, cfg: RunConfig, split: Split, device: torch.device,
             logs_txt = ", ".join(f"{k} {v:.3f}" for k, v in state.history[-1].items()
                                  if k != "epoch")
             print(f"    {name} epoch {epoch + 1}/{tc.epochs}: {logs_txt} "
-                  f"({time.perf_counter() - t_epoch:.1f} s)", flush=True)
+                  f"({progress_mod.duration(time.perf_counter() - t_epoch)})", flush=True)
         if resume is not None and epoch + 1 < tc.epochs:
             state.save(model, resume)
 

@@ -164,7 +164,10 @@ def test_sanity_data_end_to_end(sanity_run: tuple[Path, Path], tmp_path: Path,
                      str(tmp_path), "--cache-dir", str(cache), "--device", "cpu",
                      "--sanity", "data"]) == 0
     text = capsys.readouterr().out
-    assert text.count("on permuted labels cached") == 4 and "trained" not in text
+    # each model's first row says how both were obtained (gradcam explains baseline's)
+    assert text.count("(training cached, permuted labels: training cached, ") == 2
+    assert text.count("(on baseline's weights, permuted labels: on baseline's weights, ") == 1
+    assert "trained" not in text and "epoch" not in text
     again = pd.read_csv(tmp_path / "leaderboard.csv").set_index("method")
     assert np.allclose(again[list(DATA_RAND)], df[list(DATA_RAND)])
 

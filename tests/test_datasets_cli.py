@@ -156,13 +156,6 @@ def test_dry_run_without_the_data_uses_the_official_sizes(
     assert "official sizes" in out and "64 train / 32 test images, 200 classes" in out
 
 
-def test_durations_read_in_whole_units() -> None:
-    from harness.dryrun import duration
-
-    assert [duration(s) for s in (40.4, 720, 86100, 89700, 4 * 86400 + 3 * 3600 + 59)] == [
-        "40 s", "12 min", "23 h 55 min", "1 d 0 h", "4 d 3 h"]
-
-
 def test_dry_run_with_bad_data_is_an_error(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     fx = fixtures.make_cub2011(tmp_path / "data")

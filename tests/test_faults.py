@@ -325,9 +325,14 @@ def test_progress_in_a_log_is_one_line_per_epoch(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stdout + proc.stderr
     assert "baseline epoch 1/1: loss" in proc.stdout
-    # two methods and the random explainer's reference row
-    assert "row 1 of at most 3: baseline (seed 0), elapsed" in proc.stdout
-    assert "row 2 of at most 3: cam (seed 0), elapsed" in proc.stdout and "ETA" in proc.stdout
+    # two methods, each under its header, and the random explainer's reference row
+    lines = proc.stdout.splitlines()
+    first = lines.index(next(ln for ln in lines if ln.startswith("method 1 of 2: ")))
+    assert lines[first].startswith("method 1 of 2: baseline (seed 0), elapsed")
+    assert lines[first + 1].startswith("    baseline epoch 1/1: loss")
+    assert lines[first + 3].startswith("method 2 of 2: cam (seed 0), on baseline's weights, "
+                                       "elapsed") and "ETA" in lines[first + 3]
+    assert lines[first + 5].startswith("row baseline+random (seed 0), elapsed")
 
 
 # --------------------------------------------------------------------------------------

@@ -230,21 +230,22 @@ def test_editing_a_plugin_invalidates_exactly_what_its_code_computed(
                 for name in ("baseline", "gate")}
 
     first = rows()
-    assert "trained" in first["gate"]
+    assert "(training " in first["gate"] and "(training cached" not in first["gate"]
     again = rows()
-    assert all("(cached, evaluation cached" in line for line in again.values())
+    assert all("(training cached, evaluation cached)" in line for line in again.values())
     metric.write_text(metric.read_text().replace("k.clamp_min(1).float()",
                                                  "k.clamp_min(1).double()"))
     edited = rows()
     for line in edited.values():  # one part of each row computed again: the column
-        assert "(cached, " in line and " evaluation parts cached" in line, line
-        done, total = line.split("(cached, ")[1].split(" evaluation")[0].split(" of ")
+        assert "(training cached, evaluation " in line and " parts cached)" in line, line
+        done, total = line.split(", ")[-1].split(" parts")[0].split(" of ")
         assert int(total) - int(done) == 1, line
     method.write_text(method.read_text().replace("loss = ce + self.sparsity * l1",
                                                  "loss = ce + self.sparsity * l1 * 1.0"))
     retrained = rows()
-    assert "trained" in retrained["gate"] and "evaluation" not in retrained["gate"]
-    assert "(cached, evaluation cached" in retrained["baseline"]
+    assert "(training cached" not in retrained["gate"] and "parts cached" not in \
+        retrained["gate"] and "evaluation cached" not in retrained["gate"]
+    assert "(training cached, evaluation cached)" in retrained["baseline"]
 
 
 def test_library_explainers_example_end_to_end(tmp_path: Path) -> None:
