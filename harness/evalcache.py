@@ -31,11 +31,12 @@ from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
 
+import numpy as np
 import torch
 
 from harness import codedigest, distributed
 from harness.config import EvalConfig
-from harness.data import DATASETS, Split
+from harness.data import DATASETS, Split, loader
 from harness.evaluate import (
     GALLERY,
     TIMING,
@@ -49,6 +50,7 @@ from harness.store import Store
 from methods.base import Method
 from methods.explainers import EXPLAINERS
 from metrics.base import METRICS
+from metrics.localization import box_share
 
 #: libraries whose version can change an evaluated number
 LIBRARIES = ("torch", "torchvision", "captum", "torchcam", "timm", "numpy", "pillow",
@@ -156,6 +158,39 @@ def split_id(split: Split, dataset_kwargs: dict[str, Any]) -> str:
                     "code": codedigest.digest(DATASETS.get(split.info.name))
                     if split.info.name in DATASETS else "",
                     "fingerprint": split.fingerprint, "n": len(split)})
+
+
+def box_shares(split: Split, batch_size: int = 250) -> np.ndarray:
+    """``[N]``: each image's share of the input's pixels inside its ``bbox``
+    (:func:`metrics.localization.box_share`, the ``energy_pg`` a map spread evenly over
+    the image would score); NaN for an image without a box."""
+    out = []
+    for batch in loader(split, batch_size, torch.device("cpu")):
+        boxes = batch["bbox"].float()
+        ok = torch.isfinite(boxes).all(1)
+        share = torch.full((len(boxes),), float("nan"))
+        share[ok] = box_share(boxes[ok], *batch["image"].shape[-2:])
+        out.append(share)
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def uniform_energy_cached(store: Store | None, split: Split, *, split_key: str,
+                          read: bool = True, batch_size: int = 250) -> float | None:
+    """The ``energy_pg`` of a uniform map on ``split``: the mean of :func:`box_shares`
+    over the images with a box (as ``energy_pg`` skips the others); None for a split
+    without boxes. The shares are read from ``store`` when it holds them for this
+    split."""
+    if not split.info.has_boxes:
+        return None
+    key = _digest({"part": "box_shares", "split": split_key,
+                   "code": codedigest.digest(box_shares)})
+    shares = store.mask(key) if store is not None and read else None
+    if shares is None:
+        shares = box_shares(split, batch_size)
+        if store is not None:
+            store.put_mask(key, shares)
+    shares = shares[np.isfinite(shares)]
+    return float(shares.mean()) if len(shares) else None
 
 
 def misclassified_cached(store: Store | None, reference: Method, split: Split,

@@ -193,6 +193,9 @@ def run_meta(plan: Plan, test_split: data.Split) -> dict[str, Any]:
                      "noise": cfg.eval.road_noise, "seed": cfg.eval.lens_seed}}
            if plan.roar else {}),
         "test_split_id": evalcache.split_id(test_split, cfg.dataset_kwargs),
+        "num_classes": test_split.info.num_classes,
+        "label_names": list(test_split.info.label_names
+                            or data.DATASETS.entry(cfg.dataset).meta.get("label_names") or ()),
         "protocol": protocol_line(plan, test_split.info.multi_label),
         "data_dir": plan.request.data_dir, "workers": cfg.workers or 0,
         "pretrained": cfg.pretrained,
@@ -551,8 +554,14 @@ class Session:
         meta.setdefault("n_comb", None)
         meta.update(n_test=self.results[0].n_test, n_causal=self.results[0].n_causal,
                     no_boxes="" if self.test_split.info.has_boxes else ", ".join(
-                        e.name for e in METRICS if e.obj.needs_boxes),
-                    wall_seconds=round(time.perf_counter() - self.t_start, 1))
+                        e.name for e in METRICS if e.obj.needs_boxes))
+        if any("energy_pg" in r.per_image for r in self.results):
+            # what energy_pg a map spread evenly over each image scores: the reports
+            # mark the rows below it
+            meta["uniform_energy_pg"] = evalcache.uniform_energy_cached(
+                self.store, self.test_split, split_key=self.meta["test_split_id"],
+                read=self.read, batch_size=self.plan.cfg.eval.batch_size)
+        meta["wall_seconds"] = round(time.perf_counter() - self.t_start, 1)
         return meta
 
     def mark(self, status: str, *, quiet: bool = False) -> None:

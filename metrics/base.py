@@ -260,6 +260,10 @@ class MetricSpec:
     #: the datasets it applies to: ``single`` (one label an image) and / or ``multi``
     #: (samples carry ``labels``, :attr:`harness.data.DatasetInfo.multi_label`)
     tasks: tuple[str, ...] = ("single",)
+    #: the fewest classes a dataset needs for the column to say anything (top-5: 6;
+    #: with 5 classes or fewer every image's five best classes hold its own, a score of
+    #: 1 whatever the model): the reports leave the column out below it
+    min_classes: int = 0
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")

@@ -19,7 +19,7 @@ from harness import geometry
 from harness.geometry import box_mask, normalize
 from metrics import checks
 
-__all__ = ["bbox_inside_frac", "box_mask", "energy_pointing_game", "normalize",
+__all__ = ["bbox_inside_frac", "box_mask", "box_share", "energy_pointing_game", "normalize",
            "pointing_game"]
 
 
@@ -42,6 +42,16 @@ def energy_pointing_game(saliency: torch.Tensor, boxes: torch.Tensor) -> torch.T
     if len(saliency) == 0:
         return torch.zeros(0, device=saliency.device)
     return geometry.energy_inside(saliency, boxes)
+
+
+def box_share(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Share of an ``height`` x ``width`` image's pixels inside each box (pixel-centre
+    rule): what :func:`energy_pointing_game` gives a map spread evenly over the image,
+    the reference a map must beat to put more of its energy in the box than none would.
+    (A constant map itself scores 0: min-max normalisation makes it all zeros.) Returns
+    ``[B]``."""
+    b = torch.as_tensor(boxes)
+    return box_mask(checks.boxes(b, len(b)), height, width).flatten(1).float().mean(1)
 
 
 def pointing_game(saliency: torch.Tensor, boxes: torch.Tensor, tolerance: float = 15.0,

@@ -547,9 +547,10 @@ def _spec(name: str, hib: bool, desc: str, factory: Any = None, needs: tuple[str
           paper: str = "", unit: str = "", explanation: bool = True,
           ranked: bool = True, bounds: tuple[float, float] | None = (0.0, 1.0),
           options: tuple[str, ...] = (), of_model: bool = False,
-          needs_permuted: bool = False) -> None:
+          needs_permuted: bool = False, min_classes: int = 0) -> None:
     register_metric(MetricSpec(name, hib, desc, paper, needs, factory, unit, explanation,
-                               ranked, bounds, options, of_model, needs_permuted))
+                               ranked, bounds, options, of_model, needs_permuted,
+                               min_classes=min_classes))
 
 
 #: what the causal metrics' scores depend on besides the model and its explanation
@@ -580,7 +581,8 @@ SEED_CONTEXTS.add("comb_subset", comb_subset)
 
 
 _spec("top1", True, "top-1 accuracy", lambda cfg: TopK(1), explanation=False)
-_spec("top5", True, "top-5 accuracy", lambda cfg: TopK(5), explanation=False)
+_spec("top5", True, "top-5 accuracy", lambda cfg: TopK(5), explanation=False,
+      min_classes=6)
 _spec("balanced_acc", True, "balanced accuracy: mean over classes of the per-class top-1 "
       "recall", lambda cfg: BalancedAccuracy(), explanation=False,
       paper="Gupta & Sintorn (MSABN), 2022, Table 3")

@@ -26,7 +26,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import yaml
+from matplotlib.font_manager import FontProperties
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.patches import Rectangle
+from matplotlib.textpath import TextPath
 
 from harness.analysis import ALPHA, STABLE_TAU, Analysis, Row, by_method, summarise
 from harness.evaluate import MethodResult
@@ -80,6 +83,42 @@ def metric_columns(rows: list[Row]) -> list[str]:
     return [e.name for e in METRICS if e.name in present]
 
 
+def num_classes(record: RunRecord) -> int | None:
+    """The run dataset's class count: the run's record, else its registry entry's
+    (None when neither says)."""
+    from harness.data import DATASETS
+
+    k = record.meta.get("num_classes")
+    name = record.meta.get("dataset", "")
+    if k is None and name in DATASETS:
+        k = DATASETS.entry(name).meta.get("num_classes")
+    return None if k is None else int(k)
+
+
+def left_out(record: RunRecord) -> dict[str, str]:
+    """The metric columns the reports leave out, each with the sentence saying why:
+    those that need more classes than the dataset has
+    (:attr:`metrics.base.MetricSpec.min_classes`: top-5 of 5 classes or fewer is 1
+    whatever the model)."""
+    k = num_classes(record)
+    out = {}
+    for c in metric_columns(record.analysis.rows):
+        need = METRICS.get(c).min_classes
+        if k is not None and k < need:
+            dataset = record.meta.get("dataset") or "the dataset"
+            out[c] = (f"{c} ({METRICS.get(c).description}) is left out (table and CSV): "
+                      f"{dataset} has {k} classes, and with {need - 1} or fewer it scores "
+                      "every model alike.")
+    return out
+
+
+def shown_columns(record: RunRecord) -> list[str]:
+    """The metric columns of the reports: those present (:func:`metric_columns`) less
+    those :func:`left_out`."""
+    gone = left_out(record)
+    return [c for c in metric_columns(record.analysis.rows) if c not in gone]
+
+
 def to_frame(record: RunRecord) -> pd.DataFrame:
     """One row per (method, explainer) over all seeds (``seed`` = "all" when there are
     several), then, with several seeds, one row per (method, explainer, seed). Each
@@ -87,7 +126,7 @@ def to_frame(record: RunRecord) -> pd.DataFrame:
     aggregated rows, over images on the per-seed rows) and the seed standard deviation
     (``_sd``, aggregated rows only)."""
     rows = record.analysis.rows
-    cols = metric_columns(rows)
+    cols = shown_columns(record)
     seeds = record.seeds
     multi = len(seeds) > 1
     papers = {(p.method, p.metric): p for p in record.paper_values}
@@ -138,10 +177,13 @@ def paper_verdict(lo: float, hi: float, value: float) -> str:
 def paper_frame(record: RunRecord) -> pd.DataFrame:
     """Each number the preset's paper reports beside ours: our value and interval, the
     paper's value (as a number and as printed), its source, and whether it falls
-    inside our interval."""
+    inside our interval (the columns :func:`left_out` of the run left out here too)."""
     rows = {r.method: r for r in record.analysis.rows}
+    gone = left_out(record)
     out = []
     for p in record.paper_values:
+        if p.metric in gone:
+            continue
         row = rows.get(p.method)
         e = row.estimates.get(p.metric) if row else None
         verdict = "n/a" if e is None else paper_verdict(e.lo, e.hi, p.value)
@@ -160,7 +202,10 @@ def comparisons_frame(record: RunRecord) -> pd.DataFrame:
     """Every paired comparison: method - reference per metric, interval, p-values and
     the verdict."""
     out = []
+    gone = left_out(record)
     for c in record.analysis.comparisons:
+        if c.metric in gone:
+            continue
         k = c.comparison
         out.append({"method": c.method, "metric": c.metric, "reference": c.reference,
                     "diff": k.diff, "diff_lo": k.lo, "diff_hi": k.hi, "p": k.p,
@@ -267,13 +312,22 @@ OUTPUTS = {"csv": "leaderboard.csv", "curves": "curves.csv",
 
 
 def label_names(record: RunRecord) -> tuple[str, ...]:
-    """The run dataset's class names, when its registry entry gives them."""
+    """The run dataset's class names: those the run recorded (a folder dataset's class
+    folders, :attr:`harness.data.DatasetInfo.label_names`), else its registry entry's;
+    empty when neither names them."""
     from harness.data import DATASETS
 
+    if record.meta.get("label_names"):
+        return tuple(str(n) for n in record.meta["label_names"])
     name = record.meta.get("dataset", "")
     if name not in DATASETS:
         return ()
     return tuple(DATASETS.entry(name).meta.get("label_names") or ())
+
+
+def class_label(names: tuple[str, ...], k: int) -> str:
+    """Class ``k`` by its name, or its number when the dataset names none."""
+    return names[k] if 0 <= k < len(names) else str(k)
 
 
 def per_label_frame(record: RunRecord) -> pd.DataFrame:
@@ -385,10 +439,107 @@ MARKS = {"better": ("▲", "better"), "worse": ("▼", "worse"),
          "no detectable difference": ("=", "same")}
 
 
+@dataclass(frozen=True)
+class Lens:
+    """A group of the leaderboard's columns that answer one question (a lens), the
+    unit the HTML's column checkboxes show and hide: ``key`` names it in the page
+    (``#cols-KEY``, class ``lens-KEY``), ``columns`` in the order the table shows them,
+    ``shown`` those visible by default."""
+
+    key: str
+    title: str
+    columns: tuple[str, ...] = ()
+    shown: tuple[str, ...] = ()
+
+
+#: the lenses in the table's order; by default the table shows the accuracy, the RISE
+#: causal columns, the main localisation columns, the class discrimination, the cost,
+#: and every column of a lens not listed (a plugin's: :func:`lens_of`)
+LENSES = (
+    Lens("accuracy", "accuracy",
+         ("top1", "balanced_acc", "label_acc", "mAP", "top5", "max_wrong_prob"),
+         ("top1", "balanced_acc", "label_acc", "mAP")),
+    Lens("faithfulness", "faithfulness (causal)",
+         ("insertion_auc", "deletion_auc", "comb_insertion_auc", "road_morf", "road_lerf",
+          "road_combined", "avg_drop", "increase_conf", "roar_auc", "kar_auc"),
+         ("insertion_auc", "deletion_auc")),
+    Lens("localisation", "localisation",
+         ("energy_pg", "pointing_game", "class_energy_pg", "class_pointing_game",
+          "bbox_inside_frac", "pointing_game_0px", "distractor_frac",
+          "class_bbox_inside_frac"),
+         ("energy_pg", "pointing_game", "class_energy_pg", "class_pointing_game")),
+    Lens("discrimination", "class discrimination",
+         ("siou_confusion", "siou_confusion_pred", "class_sensitivity"), ("siou_confusion",)),
+    Lens("randomisation", "randomisation",
+         ("mprt_spearman", "mprt_ssim", "data_rand_spearman", "data_rand_ssim")),
+    Lens("robustness", "robustness", ("max_sensitivity", "avg_sensitivity", "local_lipschitz")),
+    Lens("shape", "map shape", ("sparseness", "complexity")),
+    Lens("attention", "attention fix (COMB)",
+         ("attn_fix_gain_wrong_prob", "attn_fix_gain_top1", "attn_fix_gain_wrong_prob_all",
+          "attn_fix_gain_top1_all")),
+    Lens("cost", "cost", ("explain_ms", "explain_overhead"), ("explain_ms",)),
+)
+#: the lens of a column no lens lists: shown by default
+OTHER = Lens("other", "other")
+
+
+def lens_of(column: str) -> Lens:
+    """The lens a column belongs to: the one listing it, else by its registry
+    metadata (an accuracy column, a localisation column), else :data:`OTHER`."""
+    for lens in LENSES:
+        if column in lens.columns:
+            return lens
+    spec = METRICS.get(column)
+    if not spec.explanation:
+        return LENSES[0]
+    if spec.needs_boxes and not spec.of_model:
+        return next(x for x in LENSES if x.key == "localisation")
+    return OTHER
+
+
+def shown_by_default(column: str) -> bool:
+    """Whether the table shows ``column`` before any checkbox is ticked."""
+    lens = lens_of(column)
+    return lens is OTHER or column in lens.shown or column not in lens.columns
+
+
+def table_order(columns: list[str]) -> list[str]:
+    """``columns`` grouped by lens, in :data:`LENSES` order (each lens's own order;
+    unlisted columns after its listed ones, in registry order)."""
+    keys = [*LENSES, OTHER]
+
+    def key(c: str) -> tuple[int, int]:
+        lens = lens_of(c)
+        pos = lens.columns.index(c) if c in lens.columns else len(lens.columns)
+        return keys.index(lens), pos
+
+    return sorted(columns, key=key)  # stable: registry order among equals
+
+
+def column_controls(columns: list[str]) -> list[dict[str, Any]]:
+    """The lens checkboxes of the table: each lens with hidden columns, its title and
+    those columns."""
+    out = []
+    for lens in [*LENSES, OTHER]:
+        hidden = [c for c in columns if lens_of(c) is lens and not shown_by_default(c)]
+        if hidden:
+            out.append({"key": lens.key, "title": lens.title, "hidden": hidden})
+    return out
+
+
+def column_head(c: str) -> dict[str, Any]:
+    """What a table header and its cells need of column ``c``: its direction arrow, its
+    lens and whether it is hidden until its lens's checkbox is ticked."""
+    return {"id": c, "arrow": "↑" if METRICS.get(c).higher_is_better else "↓",
+            "lens": lens_of(c).key, "lens_title": lens_of(c).title,
+            "more": not shown_by_default(c)}
+
+
 def comparison_matrix(record: RunRecord) -> dict[str, Any]:
-    """The paired comparisons as a method x metric table for the HTML report."""
+    """The paired comparisons as a method x metric table for the HTML report (its
+    columns in the leaderboard's order, hidden alike)."""
     comps = record.analysis.comparisons
-    metrics = [m for m in metric_columns(record.analysis.rows)
+    metrics = [m for m in table_order(shown_columns(record))
                if any(c.metric == m for c in comps)]
     methods = [r.method for r in record.analysis.rows
                if any(c.method == r.method for c in comps)]
@@ -404,14 +555,101 @@ def comparison_matrix(record: RunRecord) -> dict[str, Any]:
                 "mark_cls": MARKS[c.verdict][1]})
         rows.append({"method": method, "cells": cells})
     return {"rows": rows, "metrics": [
-        {"id": m, "arrow": "↑" if METRICS.get(m).higher_is_better else "↓",
-         "reference": record.analysis.references.get(m, "")} for m in metrics]}
+        {**column_head(m), "reference": record.analysis.references.get(m, "")}
+        for m in metrics]}
+
+
+#: two rows explain alike when their per-image scores differ by at most this on
+#: average, in every compared column (:func:`coinciding_rows`)
+COINCIDE_TOL = 1e-3
+
+
+def coinciding_rows(record: RunRecord) -> list[tuple[str, ...]]:
+    """Groups of rows whose explanations coincide up to scale, as the scores show: in
+    every bounded explanation column both rows have (per-image scores of the same
+    images and seeds; shares, AUCs, correlations, which read a map min-max normalised
+    or by rank: the unbounded ones such as ``local_lipschitz`` are in the map's own
+    units, and the columns of the model alone are left out), the per-image scores
+    differ by :data:`COINCIDE_TOL` or less on average. Columns of 0/1 hits are left
+    out (two maps equal up to float rounding can break a tie for their arg-max
+    differently: a pointing-game hit flips), and a map binarised at a threshold moves
+    by a pixel or two (``bbox_inside_frac``: about 0.003 on an image of 64 x 64), which
+    the average absorbs. Grad-CAM of the last stage and CAM coincide so on a backbone
+    whose head is global average pooling and one linear layer (the gradient of a logit
+    with respect to the last feature maps is then the class's weights, the same at
+    every position)."""
+    groups = by_method(record.results)
+    names = list(groups)
+    parent = {n: n for n in names}
+
+    def root(n: str) -> str:
+        while parent[n] != n:
+            n = parent[n]
+        return n
+
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if root(a) != root(b) and _same_explanations(groups[a], groups[b]):
+                parent[root(b)] = root(a)
+    out: dict[str, list[str]] = {}
+    for n in names:
+        out.setdefault(root(n), []).append(n)
+    return [tuple(g) for g in out.values() if len(g) > 1]
+
+
+def _same_explanations(a: list[MethodResult], b: list[MethodResult]) -> bool:
+    by_seed = {r.seed: r for r in b}
+    compared = 0
+    for x in a:
+        y = by_seed.get(x.seed)
+        if y is None:
+            continue
+        for c, sx in x.per_image.items():
+            spec = METRICS.get(c) if c in METRICS else None
+            sy = y.per_image.get(c)
+            if (spec is None or not spec.explanation or spec.of_model or spec.bounds is None
+                    or sy is None
+                    or not len(sx.scores) or len(sx.scores) != len(sy.scores)
+                    or not np.array_equal(sx.ids, sy.ids)):
+                continue
+            xs, ys = np.asarray(sx.scores, float), np.asarray(sy.scores, float)
+            if np.isin(xs, (0.0, 1.0)).all() and np.isin(ys, (0.0, 1.0)).all():
+                continue  # hits (the pointing game): a tie for the arg-max flips one
+            if float(np.mean(np.abs(xs - ys))) > COINCIDE_TOL:
+                return False
+            compared += 1
+    return compared > 0
+
+
+def below_uniform(record: RunRecord) -> dict[str, str]:
+    """The rows whose maps put less of their energy inside the box than a uniform map
+    would: ``energy_pg`` below the run's ``uniform_energy_pg`` (the mean share of the
+    image that the test boxes cover, :func:`harness.evalcache.uniform_energy_cached`)
+    over the whole 95 % interval (the value, without one); row -> the mark's title."""
+    u = record.meta.get("uniform_energy_pg")
+    if u is None or "energy_pg" not in shown_columns(record):
+        return {}
+    out = {}
+    for row in record.analysis.rows:
+        e = row.estimates.get("energy_pg")
+        if e is None or math.isnan(e.value):
+            continue
+        top = e.value if math.isnan(e.hi) else e.hi
+        if top < u:
+            out[row.method] = (f"less energy in the box than a uniform map ({u:.3f}): "
+                               f"{e.value:.3f}" + ("" if math.isnan(e.hi) else
+                                                   f" [{e.lo:.3f}, {e.hi:.3f}]"))
+    return out
+
+
+#: the in-page anchors of the findings' notes (the documentation links to them)
+FINDING_ANCHORS = {"coinciding": "findings-coinciding-explanations",
+                   "uniform": "findings-less-energy-than-uniform"}
 
 
 def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
     """The self-contained HTML leaderboard (the aggregated rows)."""
-    rows = record.analysis.rows
-    cols = metric_columns(rows)
+    cols = table_order(shown_columns(record))
     frame = frame[frame["seed"].astype(str) == str(frame["seed"].iloc[0])].reset_index(drop=True)
     ref = frame["method"].map(lambda m: bool(record.method_meta.get(m, {}).get("reference")))
     best = best_values(frame, cols, ref)
@@ -419,17 +657,19 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
     header = []
     for c in cols:
         tau = stab.get(c, math.nan)
-        header.append({"id": c, "arrow": "↑" if METRICS.get(c).higher_is_better else "↓",
-                       "desc": METRICS.get(c).description,
+        header.append({**column_head(c), "desc": METRICS.get(c).description,
                        "tau": "" if math.isnan(tau) else f"τ {tau:.2f}",
                        "unstable": not math.isnan(tau) and tau < STABLE_TAU})
     cmp = {(c.method, c.metric): c for c in record.analysis.comparisons}
     papers = {(p.method, p.metric): p for p in record.paper_values}
     multi = len(record.seeds) > 1
+    coinciding = coinciding_rows(record)
+    same_as = {n: [m for m in g if m != n] for g in coinciding for n in g}
+    low = below_uniform(record)
     body = []
     for idx, row in frame.iterrows():
         cells = []
-        for c in cols:
+        for c, h in zip(cols, header, strict=True):
             v = row[c]
             lo, hi, sd = row[f"{c}_lo"], row[f"{c}_hi"], row[f"{c}_sd"]
             ranked = not (ref[idx] and METRICS.get(c).explanation)
@@ -452,14 +692,20 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
                           f"{pv.quoted}: {pv.source}{'; ' + pv.note if pv.note else ''}",
                           "sd": "" if not multi or pd.isna(sd) else f"± {_fmt(sd, c)} sd",
                           "mark": mark, "mark_cls": mark_cls, "mark_title": mark_title,
-                          "sort": "" if pd.isna(v) else f"{v:.9g}"})
+                          "sort": "" if pd.isna(v) else f"{v:.9g}",
+                          "lens": h["lens"], "more": h["more"],
+                          "uniform": low.get(row["method"], "") if c == "energy_pg" else ""})
         mm = record.method_meta.get(row["method"], {})
+        twins = same_as.get(row["method"], [])
         body.append({"method": row["method"], "explainer": row["explainer"],
                      "paper": mm.get("paper", ""), "description": mm.get("description", ""),
+                     "same_as": ("the same explanation as " + ", ".join(twins)
+                                 + ": their per-image scores agree") if twins else "",
                      "cells": cells, "train_s": row["train_s"], "cached": row["cached"]})
     env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     comparisons = comparison_matrix(record)
+    groups = by_explainer(record)
     return env.get_template("leaderboard.html.j2").render(
         meta=record.meta, header=header, body=body, methods=record.method_meta,
         seeds=record.seeds, references=sorted(set(record.analysis.references.values())),
@@ -468,6 +714,11 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
         has_distractor="distractor_bbox" in record.gallery_boxes,
         stability=[{"metric": m, "tau": t, "stable": t >= STABLE_TAU}
                    for m, t in stab.items() if not math.isnan(t)],
+        controls=column_controls(cols), lenses=[*LENSES, OTHER],
+        left_out=list(left_out(record).values()),
+        coinciding=coinciding, coincide_tol=COINCIDE_TOL, below_uniform=low,
+        uniform=record.meta.get("uniform_energy_pg") if "energy_pg" in cols else None,
+        anchors=FINDING_ANCHORS,
         groups=[{"title": title, "curves": _png(curves_figure(sub)) if any(
                      k in r.curves for r in sub.results for k in CURVE_PANELS) else "",
                  "gallery": _png(gallery_figure(sub)) if len(sub.gallery_images)
@@ -475,8 +726,15 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
                  # the class maps of the other explainers are scored in the columns; one
                  # figure of them (the methods' own) keeps the page's size in check
                  "confusion": _png(fig) if i == 0 and (fig := confusion_figure(sub))
-                 is not None else ""}
-                for i, (title, sub) in enumerate(by_explainer(record))],
+                 is not None else "",
+                 "confusion_rows": [r.row for r in figure_rows(sub, "confusion_maps")],
+                 "confusion_n": confusion_images(sub)}
+                for i, (title, sub) in enumerate(groups)],
+        class_names=bool(label_names(record)),
+        figure_rows={k: [r.row for r in figure_rows(record, key)]
+                     for k, key in (("cascade", "mprt_cascade"),
+                                    ("class_pairs", "class_pair_maps"))},
+        class_pair_n=class_pair_images(record),
         sanity=sanity_matrix(record),
         sanity_figs={k: _png(f) for k, f in (("cascade", cascade_figure(record)),
                                              ("class_pairs", class_pair_figure(record)),
@@ -511,36 +769,90 @@ def by_explainer(record: RunRecord) -> list[tuple[str, RunRecord]]:
     return out
 
 
+#: the resolution the report's figures are drawn at (PNG pixels per inch)
+PNG_DPI = 110
+#: the widest figure the page shows at its own size (the page's content is 1400 px
+#: wide): a wider one would be scaled down, its labels with it
+PAGE_WIDTH_PX = 1380
+PAGE_WIDTH_IN = PAGE_WIDTH_PX / PNG_DPI
+#: the size of the figures' labels in points: 9 pt at :data:`PNG_DPI` is 13.75 px on
+#: the page (10.3 CSS pt) when the figure is shown at its own size
+LABEL_PT = 9.0
+#: the legend entries of the curve figures, in points
+LEGEND_PT = 8.0
+
+#: the curve figures' line colours: tab20's ten strong hues, then their light twins
+LINE_COLOURS = tuple(matplotlib.colormaps["tab20"](i)
+                     for i in (*range(0, 20, 2), *range(1, 20, 2)))
+#: their line styles, cycled against the colours: a hue's light twin (ten rows on) and
+#: the same colour again (twenty rows on) are drawn in another style; dotted is kept for
+#: the random explainer's rows (the floor)
+LINE_STYLES = ("-", "--", "-.")
+FLOOR_STYLE = ":"
+
+
+def row_order(record: RunRecord) -> list[str]:
+    """Every row of the run in the run's order: the rows of ``method_meta`` (shared by
+    the groups of :func:`by_explainer`), then any other row of the results."""
+    return list(dict.fromkeys([*record.method_meta, *(r.row for r in record.results)]))
+
+
+def line_styles(record: RunRecord) -> dict[str, dict[str, Any]]:
+    """Each row's colour and line style in the curve figures (matplotlib ``plot``
+    keywords), fixed by its place in the run: the same row looks the same in every
+    figure of a report, and no two of the first 60 rows look alike. The random
+    explainer's rows are dotted, the others never."""
+    out = {}
+    for k, row in enumerate(row_order(record)):
+        floor = record.method_meta.get(row, {}).get("explainer") == "random"
+        out[row] = {"color": LINE_COLOURS[k % len(LINE_COLOURS)],
+                    "linestyle": FLOOR_STYLE if floor else LINE_STYLES[k % len(LINE_STYLES)]}
+    return out
+
+
+def panels_figure(n: int, entries: int) -> tuple[plt.Figure, Any]:
+    """A row of ``n`` curve panels as wide as the page (at most 4.2 inches each), with
+    room below each for a legend of ``entries`` rows in two columns."""
+    n = max(1, n)
+    height = 3.1 + LEGEND_PT / 72 * 1.45 * math.ceil(entries / 2)
+    fig, axes = plt.subplots(1, n, figsize=(min(PAGE_WIDTH_IN, 4.2 * n), height),
+                             layout=ConstrainedLayoutEngine(h_pad=0.08), squeeze=False)
+    return fig, axes[0]
+
+
 def curves_figure(record: RunRecord) -> plt.Figure:
-    """Mean curves of every row, one panel per causal metric present."""
+    """Mean curves of every row, one panel per causal metric present (legend below each
+    panel: the row and its AUC)."""
     curves = mean_curves(record)
     values = {r.method: r.estimates for r in record.analysis.rows}
+    styles = line_styles(record)
     panels = [k for k in CURVE_PANELS if any(k in c for c in curves.values())]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 3.6),
-                             constrained_layout=True, squeeze=False)
-    for ax, metric in zip(axes[0], panels, strict=False):
+    fig, axes = panels_figure(len(panels), len(curves))
+    for ax, metric in zip(axes, panels, strict=False):
         for method, by_metric in curves.items():
             c = by_metric.get(metric)
             if c is None or not len(c):
                 continue
             e = values.get(method, {}).get(metric)
             auc = e.value if e is not None else math.nan
-            ax.plot(np.linspace(0, 1, len(c)), c, label=f"{method} ({auc:.3f})")
+            ax.plot(np.linspace(0, 1, len(c)), c, label=f"{method} ({auc:.3f})",
+                    linewidth=1.4, **styles.get(method, {}))
         title, xlabel = CURVE_PANELS[metric]
-        probability_axes(ax, title, xlabel, "probability of the tracked class", 8)
+        probability_axes(ax, title, xlabel, "probability of the tracked class")
     return fig
 
 
-def probability_axes(ax: Any, title: str, xlabel: str, ylabel: str, legend: int) -> None:
+def probability_axes(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
     """A curve panel's frame: a probability against a share of the pixels, both in
-    [0, 1], grid and legend."""
+    [0, 1], grid, and the legend below the axes (never over the curves)."""
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend)
+    ax.legend(fontsize=LEGEND_PT, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+              frameon=False, handlelength=3.0, columnspacing=1.2)
 
 
 def sweep_figure(sweep: CRSweep) -> plt.Figure:
@@ -597,11 +909,12 @@ def mosaic(tiles: list[list[np.ndarray]], vgap: int = GAP) -> np.ndarray:
 
 
 def _mosaic_axes(img: np.ndarray, inch_per_px: float, left: float = 0.0,
-                 top: float = 0.0) -> tuple[plt.Figure, Any]:
-    """One figure holding ``img`` at ``inch_per_px``, with ``left`` / ``top`` inches
-    for labels (a single axes: fast to draw, unlike one axes per tile)."""
+                 top: float = 0.0, right: float = 0.0) -> tuple[plt.Figure, Any]:
+    """One figure holding ``img`` at ``inch_per_px``, with ``left`` / ``top`` /
+    ``right`` inches for labels (a single axes: fast to draw, unlike one axes per
+    tile)."""
     h, w = img.shape[:2]
-    fw, fh = left + w * inch_per_px, top + h * inch_per_px
+    fw, fh = left + w * inch_per_px + right, top + h * inch_per_px
     fig = plt.figure(figsize=(fw, fh))
     ax = fig.add_axes((left / fw, 0.0, w * inch_per_px / fw, h * inch_per_px / fh))
     ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
@@ -609,9 +922,70 @@ def _mosaic_axes(img: np.ndarray, inch_per_px: float, left: float = 0.0,
     return fig, ax
 
 
+#: the pixels of one label line at :data:`LABEL_PT` in the PNG (and on the page)
+LINE_PX = LABEL_PT * PNG_DPI / 72
+
+
+def label_px(text: str) -> float:
+    """How wide ``text`` is drawn at :data:`LABEL_PT` in matplotlib's font, in PNG
+    pixels."""
+    if not text:
+        return 0.0
+    width = TextPath((0, 0), text, size=LABEL_PT, prop=FontProperties()).get_extents().width
+    return float(width) * PNG_DPI / 72
+
+
+def fit_label(text: str, px: float) -> str:
+    """``text``, cut short with an ellipsis where it is wider than ``px`` pixels."""
+    if label_px(text) <= px:
+        return text
+    keep = len(text) - 1
+    while keep > 1 and label_px(text[:keep] + "…") > px:
+        keep -= 1
+    return text[:keep] + "…"
+
+
+def mosaic_scale(width_px: int, tile_px: int, tile_in: float, margin_in: float) -> float:
+    """Inches per mosaic pixel: a tile ``tile_px`` pixels wide drawn ``tile_in`` inches
+    wide, or smaller where the mosaic (``width_px`` wide) and ``margin_in`` inches of
+    labels would not fit the page at their own size."""
+    return min(tile_in / tile_px, (PAGE_WIDTH_IN - margin_in) / width_px)
+
+
+def labelled_mosaic(tiles: list[list[np.ndarray]], row_labels: list[str],
+                    titles: list[list[str]], tile_in: float) -> tuple[plt.Figure, Any, int]:
+    """Rows of equally sized tiles as one figure no wider than the page: each row's
+    label on its left, each tile's title above it (cut to the tile's width), all at
+    :data:`LABEL_PT`, with tiles up to ``tile_in`` inches wide. Returns the figure, its
+    axes (data coordinates: mosaic pixels) and the mosaic's gap between rows."""
+    h, w = tiles[0][0].shape[:2]
+    ncol = max(len(r) for r in tiles)
+    left = max(label_px(t) for t in row_labels) / PNG_DPI + 0.15
+    scale = mosaic_scale(ncol * (w + GAP) - GAP, w, tile_in, left)
+    title_px = 1.3 * LINE_PX + 4  # a title line and its offset, on the page
+    vgap = max(GAP, math.ceil(title_px / (scale * PNG_DPI)))
+    fig, ax = _mosaic_axes(mosaic(tiles, vgap), scale, left=left, top=title_px / PNG_DPI)
+    tile_px = w * scale * PNG_DPI
+    for i, label in enumerate(row_labels):
+        y0 = i * (h + vgap)
+        ax.annotate(label, (-0.5, y0 + h / 2), xytext=(-5, 0), textcoords="offset points",
+                    ha="right", va="center", fontsize=LABEL_PT)
+        for j, t in enumerate(titles[i]):
+            ax.annotate(fit_label(t, tile_px + GAP * scale * PNG_DPI),
+                        (j * (w + GAP) + w / 2, y0 - 0.5), xytext=(0, 2),
+                        textcoords="offset points", ha="center", va="bottom",
+                        fontsize=LABEL_PT)
+    return fig, ax, vgap
+
+
+#: the slant of the gallery's column titles when they are wider than a tile (degrees)
+SLANT = 40.0
+
+
 def gallery_figure(record: RunRecord) -> plt.Figure:
-    """Test images (target box green, distractor box red dashed) and every row's map,
-    one column per row, as one mosaic."""
+    """Test images (target box green, distractor box red dashed; the image's class in
+    its corner) and every row's map, one column per row, as one mosaic no wider than
+    the page; the column titles slant when a row's name is wider than its tile."""
     imgs = record.gallery_images
     n = len(imgs)
     rows = record.gallery_rows
@@ -619,14 +993,38 @@ def gallery_figure(record: RunRecord) -> plt.Figure:
     tiles = [[imgs[i]] + [overlay(imgs[i:i + 1], r.gallery["saliency"][i:i + 1], 0.5)[0]
                           for r in rows] for i in range(n)]
     ncol = 1 + len(rows)
-    fig, ax = _mosaic_axes(mosaic(tiles), 1.55 / w, top=0.25)
-    for j, title in enumerate(["image", *(r.row for r in rows)]):
-        ax.text(j * (w + GAP) + w / 2, -3, title, ha="center", va="bottom", fontsize=8)
+    titles = ["image", *(r.row for r in rows)]
+    width_px = ncol * (w + GAP) - GAP
+    scale = mosaic_scale(width_px, w, 1.55, 0.0)
+    tile_px = w * scale * PNG_DPI
+    longest = max(label_px(t) for t in titles)
+    slant = longest > tile_px + GAP * scale * PNG_DPI
+    right = 0.0
+    if slant:  # the last title reaches past the mosaic's right edge
+        cos, sin, line = math.cos(math.radians(SLANT)), math.sin(math.radians(SLANT)), \
+            1.3 * LINE_PX
+        right = max(0.0, longest * cos + line * sin - tile_px / 2) / PNG_DPI + 0.05
+        scale = mosaic_scale(width_px, w, 1.55, right)
+        tile_px = w * scale * PNG_DPI
+        top = (longest * sin + line * cos + 3 * PNG_DPI / 72 + 4) / PNG_DPI
+    else:
+        top = (1.3 * LINE_PX + 4) / PNG_DPI
+    fig, ax = _mosaic_axes(mosaic(tiles), scale, top=top, right=right)
+    for j, title in enumerate(titles):
+        ax.annotate(title, (j * (w + GAP) + w / 2, -0.5), xytext=(0, 3),
+                    textcoords="offset points", fontsize=LABEL_PT, va="bottom",
+                    ha="left" if slant else "center", rotation=SLANT if slant else 0.0,
+                    rotation_mode="anchor")
+    names = label_names(record)
     for i in range(n):
         y0 = i * (h + GAP)
         if record.gallery_labels is not None:
-            ax.text(1, y0 + 7, str(int(record.gallery_labels[i])), color="white", fontsize=7,
-                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
+            ax.annotate(fit_label(class_label(names, int(record.gallery_labels[i])),
+                                  tile_px - 8),
+                        (-0.5, y0 - 0.5), xytext=(2, -2), textcoords="offset points",
+                        ha="left", va="top", color="white", fontsize=LABEL_PT,
+                        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1,
+                              "linewidth": 0})
         for name, color, style in (("bbox", "lime", "-"), ("distractor_bbox", "red", "--")):
             b = record.gallery_boxes.get(name)
             if b is None or np.isnan(b[i]).any():
@@ -646,32 +1044,48 @@ CONFUSION_IMAGES = 4
 
 def confusion_figure(record: RunRecord) -> plt.Figure | None:
     """For each row with class maps and the first test images: the target class's and
-    the most confusing class's maps (one colour scale per pair, negatives clipped) with
-    the image's ``siou_confusion`` (the metric's per-image score: test images are scored
-    in order), as one mosaic. None if no row has class maps."""
-    rows = [r for r in record.gallery_rows if len(r.gallery.get("confusion_maps", ()))]
+    the most confusing class's maps (one colour scale per pair, negatives clipped),
+    titled with the classes' names where the dataset has them, and the image's
+    ``siou_confusion`` (the metric's per-image score: test images are scored in order),
+    as one mosaic. None if no row has class maps."""
+    rows = figure_rows(record, "confusion_maps")
     if not rows:
         return None
     imgs = record.gallery_images
-    n = min(CONFUSION_IMAGES, len(imgs), *(len(r.gallery["confusion_maps"]) for r in rows))
-    h, w = imgs.shape[1:3]
+    n = confusion_images(record)
     grey = np.repeat(imgs[:n].mean(-1, keepdims=True), 3, axis=-1)
     tiles = [[overlay(grey[j:j + 1], r.gallery["confusion_maps"][j:j + 1, k], 0.55)[0]
               for j in range(n) for k in range(2)] for r in rows]
-    vgap = max(GAP, h // 6)  # room for each tile's title
-    fig, ax = _mosaic_axes(mosaic(tiles, vgap), 1.45 / w, left=1.2, top=0.25)
-    for i, r in enumerate(rows):
-        y0 = i * (h + vgap)
+    names = label_names(record)
+    titles = []
+    for r in rows:
         classes = r.gallery["confusion_classes"]
-        ax.text(-4, y0 + h / 2, r.row, ha="right", va="center", fontsize=8)
+        row_titles = []
         for j in range(n):
-            for k, what in enumerate(("target", "conf.")):
-                title = f"{what} {int(classes[j, k])}"
-                if k and "siou_confusion" in r.per_image:
-                    title += f" · sIoU {float(r.per_image['siou_confusion'].scores[j]):.2f}"
-                ax.text((2 * j + k) * (w + GAP) + w / 2, y0 - 1, title, ha="center",
-                        va="bottom", fontsize=7)
+            target, other = (class_label(names, int(c)) for c in classes[j])
+            vs = f"vs {other}"
+            if "siou_confusion" in r.per_image:
+                vs += f" · sIoU {float(r.per_image['siou_confusion'].scores[j]):.2f}"
+            row_titles += [f"target {target}", vs]
+        titles.append(row_titles)
+    fig, _ax, _vgap = labelled_mosaic(tiles, [r.row for r in rows], titles, 1.45)
     return fig
+
+
+def confusion_images(record: RunRecord) -> int:
+    """How many test images the class-confusion figure shows per row (0 without rows
+    with class maps)."""
+    rows = figure_rows(record, "confusion_maps")
+    if not rows:
+        return 0
+    return min(CONFUSION_IMAGES, len(record.gallery_images),
+               *(len(r.gallery["confusion_maps"]) for r in rows))
+
+
+def figure_rows(record: RunRecord, key: str) -> list[MethodResult]:
+    """The gallery rows with pictures ``key`` (class maps, the cascade, the class
+    pairs), which a figure draws one row each."""
+    return [r for r in record.gallery_rows if len(r.gallery.get(key, ()))]
 
 
 @dataclass(frozen=True)
@@ -749,27 +1163,23 @@ def cascade_figure(record: RunRecord) -> plt.Figure | None:
     model's map and the map as each parameter group is re-initialised in turn (top-down,
     cascading; |map| over its maximum), then, with ``--sanity data``, the map of the
     model trained on permuted labels. None if no row has the cascade."""
-    rows = [r for r in record.gallery_rows if len(r.gallery.get("mprt_cascade", ()))]
+    rows = figure_rows(record, "mprt_cascade")
     if not rows or not len(record.gallery_images):
         return None
     img = record.gallery_images[0]
-    h, w = img.shape[:2]
     grey = np.repeat(img.mean(-1, keepdims=True), 3, axis=-1)[None]
     maps = [[*r.gallery["mprt_cascade"][0], *r.gallery.get("permuted_pair", [[]])[0][1:]]
             for r in rows]
     tiles = [[img] + [overlay(grey, m[None], 0.6)[0] for m in row] for row in maps]
-    vgap = max(GAP, h // 5)
-    fig, ax = _mosaic_axes(mosaic(tiles, vgap), 1.3 / w, left=1.3, top=0.3)
+    titles = []
     for i, r in enumerate(rows):
-        y0 = i * (h + vgap)
-        ax.text(-4, y0 + h / 2, r.row, ha="right", va="center", fontsize=8)
         groups = list(record.method_meta.get(r.row, {}).get("parameter_groups", []))
-        titles = ["image", "trained"] + [f"+ {g}".replace("backbone.", "")
-                                         for g in groups]
+        row_titles = ["image", "trained"] + [f"+ {g}".replace("backbone.", "")
+                                             for g in groups]
         if len(r.gallery.get("permuted_pair", ())):
-            titles.append("labels permuted")
-        for j, t in enumerate(titles[:len(tiles[i])]):
-            ax.text(j * (w + GAP) + w / 2, y0 - 1, t, ha="center", va="bottom", fontsize=6)
+            row_titles.append("labels permuted")
+        titles.append(row_titles[:len(tiles[i])])
+    fig, _ax, _vgap = labelled_mosaic(tiles, [r.row for r in rows], titles, 1.3)
     return fig
 
 
@@ -780,31 +1190,41 @@ CLASS_PAIR_IMAGES = 3
 def class_pair_figure(record: RunRecord) -> plt.Figure | None:
     """Per row and first test images: the map of the ground-truth class beside the map
     of the other class ``class_sensitivity`` drew for the image (each |map| over its
-    maximum), titled with the classes and the image's SSIM. None without the pairs."""
-    rows = [r for r in record.gallery_rows if len(r.gallery.get("class_pair_maps", ()))]
+    maximum), titled with the classes (by name where the dataset has them) and the
+    image's SSIM. None without the pairs."""
+    rows = figure_rows(record, "class_pair_maps")
     if not rows or not len(record.gallery_images):
         return None
     imgs = record.gallery_images
-    n = min(CLASS_PAIR_IMAGES, len(imgs), *(len(r.gallery["class_pair_maps"]) for r in rows))
-    h, w = imgs.shape[1:3]
+    n = class_pair_images(record)
     grey = np.repeat(imgs[:n].mean(-1, keepdims=True), 3, axis=-1)
     tiles = [[overlay(grey[j:j + 1], r.gallery["class_pair_maps"][j:j + 1, k], 0.6)[0]
               for j in range(n) for k in range(2)] for r in rows]
-    vgap = max(GAP, h // 5)
-    fig, ax = _mosaic_axes(mosaic(tiles, vgap), 1.3 / w, left=1.3, top=0.3)
-    for i, r in enumerate(rows):
-        y0 = i * (h + vgap)
-        ax.text(-4, y0 + h / 2, r.row, ha="right", va="center", fontsize=8)
+    names = label_names(record)
+    titles = []
+    for r in rows:
         classes = r.gallery["class_pair_classes"]
         scores = r.per_image.get("class_sensitivity")
+        row_titles = []
         for j in range(n):
-            for k, what in enumerate(("class", "other")):
-                title = f"{what} {int(classes[j, k])}"
-                if k and scores is not None and j < len(scores.scores):
-                    title += f" · SSIM {float(scores.scores[j]):.2f}"
-                ax.text((2 * j + k) * (w + GAP) + w / 2, y0 - 1, title, ha="center",
-                        va="bottom", fontsize=6)
+            own, other = (class_label(names, int(c)) for c in classes[j])
+            vs = f"other {other}"
+            if scores is not None and j < len(scores.scores):
+                vs += f" · SSIM {float(scores.scores[j]):.2f}"
+            row_titles += [f"class {own}", vs]
+        titles.append(row_titles)
+    fig, _ax, _vgap = labelled_mosaic(tiles, [r.row for r in rows], titles, 1.3)
     return fig
+
+
+def class_pair_images(record: RunRecord) -> int:
+    """How many test images the target-vs-other-class figure shows per row (0 without
+    the pairs)."""
+    rows = figure_rows(record, "class_pair_maps")
+    if not rows:
+        return 0
+    return min(CLASS_PAIR_IMAGES, len(record.gallery_images),
+               *(len(r.gallery["class_pair_maps"]) for r in rows))
 
 
 #: ROAD's panels: curve -> title
@@ -814,43 +1234,45 @@ ROAD_PANELS = {"road_morf": "ROAD, most relevant first (lower is better)",
 
 def road_figure(record: RunRecord) -> plt.Figure | None:
     """Mean probability of the predicted class against the share of pixels removed and
-    imputed, most and least relevant first, one line per row (legend: the column's
-    value). None without ROAD curves."""
+    imputed, most and least relevant first, one line per row (legend below: the
+    column's value; the random row dotted). None without ROAD curves."""
     curves = mean_curves(record)
     if not any(k in c for c in curves.values() for k in ROAD_PANELS):
         return None
     values = {r.method: r.estimates for r in record.analysis.rows}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True, squeeze=False)
-    for ax, (metric, title) in zip(axes[0], ROAD_PANELS.items(), strict=True):
+    styles = line_styles(record)
+    fig, axes = panels_figure(len(ROAD_PANELS), len(curves))
+    for ax, (metric, title) in zip(axes, ROAD_PANELS.items(), strict=True):
         for row, by_metric in curves.items():
             c = by_metric.get(metric)
             if c is None or not len(c):
                 continue
             e = values.get(row, {}).get(metric)
-            style = ":" if record.method_meta.get(row, {}).get("explainer") == "random" else "-"
-            ax.plot(road_fractions(len(c)), c, style, marker=".",
-                    label=f"{row} ({e.value if e is not None else math.nan:.3f})")
+            ax.plot(road_fractions(len(c)), c, marker=".", linewidth=1.4,
+                    label=f"{row} ({e.value if e is not None else math.nan:.3f})",
+                    **styles.get(row, {}))
         probability_axes(ax, title, "share of pixels removed (noisy linear imputation)",
-                         "probability of the predicted class", 7)
+                         "probability of the predicted class")
     return fig
 
 
 def roar_figure(record: RunRecord) -> plt.Figure | None:
     """The retrained model's test top-1 against t, ROAR and KAR, one line per row
-    (legend: the column's value; the random row dotted). None without ROAR / KAR."""
+    (legend below: the column's value; the random row dotted). None without ROAR /
+    KAR."""
     frame = roar_frame(record)
     if not len(frame):
         return None
     values = {r.method: r.estimates for r in record.analysis.rows}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True, squeeze=False)
-    for ax, (metric, (mode, title, xlabel)) in zip(axes[0], ROAR_PANELS.items(), strict=True):
+    styles = line_styles(record)
+    fig, axes = panels_figure(len(ROAR_PANELS), frame["method"].nunique())
+    for ax, (metric, (mode, title, xlabel)) in zip(axes, ROAR_PANELS.items(), strict=True):
         for row, part in frame[frame["mode"] == mode].groupby("method", sort=False):
             e = values.get(str(row), {}).get(metric)
-            style = ":" if record.method_meta.get(row, {}).get("explainer") == "random" \
-                else "-"
-            ax.plot(part["t"], part["top1"], style, marker=".",
-                    label=f"{row} ({e.value if e is not None else math.nan:.3f})")
-        probability_axes(ax, title, xlabel, "test top-1 of the retrained model", 7)
+            ax.plot(part["t"], part["top1"], marker=".", linewidth=1.4,
+                    label=f"{row} ({e.value if e is not None else math.nan:.3f})",
+                    **styles.get(str(row), {}))
+        probability_axes(ax, title, xlabel, "test top-1 of the retrained model")
     return fig
 
 
@@ -863,6 +1285,6 @@ def road_fractions(n: int) -> np.ndarray:
 def _png(fig: plt.Figure) -> str:
     buf = io.BytesIO()
     # fast zlib level: the gallery PNGs are large, and level 6 takes seconds for ~10 % less
-    fig.savefig(buf, format="png", dpi=110, pil_kwargs={"compress_level": 1})
+    fig.savefig(buf, format="png", dpi=PNG_DPI, pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -60,20 +60,27 @@ def test_confusion_gallery_and_figure() -> None:
                          method_meta={}, config={}, gallery_images=images)
 
     g = {"confusion_maps": np.random.rand(6, 2, 4, 4),
-         "confusion_classes": np.zeros((6, 2), int)}
+         "confusion_classes": np.tile([[2, 0]], (6, 1))}
     rec = record([row("baseline", {}), row("cam", g), row("abn", g)], np.random.rand(6, 4, 4, 3))
     fig = confusion_figure(rec)
     assert fig is not None and len(fig.axes) == 1  # one mosaic: rows cam, abn
     (ax,) = fig.axes
     texts = [t.get_text() for t in ax.texts]
     assert [t for t in texts if t in ("cam", "abn", "baseline")] == ["cam", "abn"]
-    assert texts[1:1 + 2 * CONFUSION_IMAGES][3] == "conf. 0 · sIoU 0.20"  # image 2's score
-    tile, vgap = 4, max(GAP, 4 // 6)
+    # a dataset without class names: the classes' numbers; image 2's score
+    assert texts[1:1 + 2 * CONFUSION_IMAGES][2:4] == ["target 2", "vs 0 · sIoU 0.20"]
+    tile = 4
     mosaic_px = ax.images[0].get_array()
-    assert mosaic_px.shape == (2 * tile + vgap, 2 * CONFUSION_IMAGES * (tile + GAP) - GAP, 3)
+    vgap = mosaic_px.shape[0] - 2 * tile  # room for a title line between the rows
+    assert vgap >= GAP
+    assert mosaic_px.shape[1] == 2 * CONFUSION_IMAGES * (tile + GAP) - GAP
     # abn's second tile: image 0's grey version under the confusing class's map
     grey = np.repeat(rec.gallery_images[:1].mean(-1, keepdims=True), 3, -1)
     want = overlay(grey, g["confusion_maps"][:1, 1], 0.55)[0]
     got = mosaic_px[tile + vgap:, tile + GAP:2 * tile + GAP]
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert confusion_figure(record([row("baseline", {})], np.zeros((6, 4, 4, 3)))) is None
+    # where the run recorded the dataset's class names, the titles use them
+    rec.meta = {"label_names": ["bird", "cat", "dog"]}
+    (ax,) = confusion_figure(rec).axes
+    assert [t.get_text() for t in ax.texts][1:3] == ["target dog", "vs bird · sIoU 0.10"]

@@ -47,17 +47,19 @@ def _reader(base: type[tvd.CIFAR10]) -> type[tvd.CIFAR10]:
 
 def memory_split(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  split: str, *, image_size: int, augment: bool, n: int | None,
-                 mean: tuple[float, float, float], std: tuple[float, float, float]) -> Split:
+                 mean: tuple[float, float, float], std: tuple[float, float, float],
+                 label_names: tuple[str, ...] = ()) -> Split:
     """A split of 32 x 32 in-memory images (``uint8 [N,3,32,32]``, ``int64 [N]``
     labels): the ``n``-subset, resized when ``image_size`` is not 32, and on the train
     split with ``augment`` ABN Sec. 4.1's augmentation (4 px zero padding, random
-    32 x 32 crop, random horizontal flip, run per batch on the device)."""
+    32 x 32 crop, random horizontal flip, run per batch on the device); the classes
+    named ``label_names`` (:attr:`DatasetInfo.label_names`)."""
     keep = subset(list(range(len(labels))), n, split)
     images, labels = images[keep], labels[keep]
     require("dataset_kwargs", "image_size", image_size, 8, 1024, integer=True)
     info = DatasetInfo(name=name, num_classes=num_classes,
                        image_size=(image_size, image_size), mean=mean, std=std,
-                       has_boxes=False)
+                       has_boxes=False, label_names=label_names)
     tf: v2.Transform = make_transform(info, train=False)
     if image_size != 32:
         tf = v2.Compose([v2.Resize((image_size, image_size), antialias=True), tf])
@@ -100,7 +102,8 @@ def _cifar(name: str, base: type[tvd.CIFAR10], num_classes: int, folder: str,
                             f"{int(labels[bad[0]])}, outside the {num_classes} classes")
         return memory_split(name, images, labels, num_classes, split, image_size=image_size,
                             augment=augment, n=n_train if split == "train" else n_test,
-                            mean=CIFAR_MEAN, std=CIFAR_STD)
+                            mean=CIFAR_MEAN, std=CIFAR_STD,
+                            label_names=tuple(str(c) for c in ds.classes))
 
     factory.__doc__ = (f"{name} from ``{folder}/`` ({source}): the official split, "
                        "32 px (image_size resizes), train augmentation as ABN Sec. 4.1.")

@@ -59,6 +59,9 @@ class DatasetInfo:
         multi_label: samples carry ``labels``, every class the image holds (and, with
             ``multi_object``, ``object_labels``, each object's class); ``label`` is one
             of them (see the module's doc).
+        label_names: each class's name, by label, where the dataset names its classes
+            (a folder dataset's class folders, a published dataset's class list); empty
+            otherwise. Reports show them instead of class numbers.
     """
 
     name: str
@@ -71,6 +74,7 @@ class DatasetInfo:
     pointing_tolerance: float = 15.0
     multi_object: bool = False
     multi_label: bool = False
+    label_names: tuple[str, ...] = ()
 
 
 @dataclass

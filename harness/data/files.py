@@ -626,14 +626,17 @@ def image_split(records: list[Record], info: DatasetInfo, split: str, root: Path
 
 
 def photo_info(name: str, num_classes: int, photo: PhotoTransforms, has_boxes: bool,
-               multi_object: bool = False) -> DatasetInfo:
+               multi_object: bool = False, label_names: Sequence[str] = ()) -> DatasetInfo:
     """The :class:`DatasetInfo` of a photo dataset at ``photo.size`` px; the pointing
-    game's 15 px (TorchRay) apply at the original resolution."""
+    game's 15 px (TorchRay) apply at the original resolution. ``label_names`` are kept
+    when there is one per class."""
     return DatasetInfo(name=name, num_classes=num_classes,
                        image_size=(photo.size, photo.width or photo.size), mean=photo.mean,
                        std=photo.std,
                        has_boxes=has_boxes, pointing_tolerance=15.0,
-                       multi_object=multi_object and has_boxes)
+                       multi_object=multi_object and has_boxes,
+                       label_names=tuple(label_names) if len(label_names) == num_classes
+                       else ())
 
 
 #: a family's index reader: (dataset folder, split, **options) -> (records, class names)
@@ -685,7 +688,7 @@ def register_photo(name: str, *, reader: Reader, marker: str, subdirs: Sequence[
         photo = PhotoTransforms(image_size, IMAGENET_MEAN, IMAGENET_STD, train_crop,
                                 test_crop, resize, flip, extra_augment, width)
         boxed = any(len(r.boxes) for r in records) if has_boxes is None else has_boxes
-        info = photo_info(name, k, photo, boxed, multi_object)
+        info = photo_info(name, k, photo, boxed, multi_object, label_names or classes)
         return image_split(records, info, split, root, photo=photo, augment=augment,
                            n=n_train if split == "train" else n_test,
                            multi_object=multi_object, exif=exif, options=opts)
