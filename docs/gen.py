@@ -128,11 +128,19 @@ def _flags(meta: dict[str, Any], names: dict[str, str]) -> str:
     return ", ".join(label for key, label in names.items() if meta.get(key))
 
 
+def with_details(source: str, head: Sequence[str], rows: list[tuple[Any, ...]],
+                 entries: Iterable[Any]) -> str:
+    """A registry's table, then each documented entry's docstring under its name."""
+    details = [f"### `{e.name}`\n\n{fenced(doc)}" for e in entries
+               if (doc := docstring(e.obj))]
+    return (HEADER.format(source=source) + table(head, rows) + DETAILS + "\n".join(details))
+
+
 def methods_page() -> str:
     from methods.base import METHODS
 
     _registries()
-    rows, details = [], []
+    rows = []
     for e in METHODS:
         meta = e.meta
         train = ", ".join(f"{k} {v}" for k, v in meta.get("train", {}).items())
@@ -145,13 +153,9 @@ def methods_page() -> str:
                                    "multi_task": "multi-task only",
                                    "reference": "reference floor"}),
                      train))
-        doc = docstring(e.obj)
-        if doc:
-            details.append(f"### `{e.name}`\n\n{fenced(doc)}")
-    return (HEADER.format(source="methods.base.METHODS")
-            + table(("id", "trained from", "what", "paper", "explanation", "properties",
-                     "schedule overrides"), rows)
-            + DETAILS + "\n".join(details))
+    return with_details("methods.base.METHODS", ("id", "trained from", "what", "paper",
+                                                  "explanation", "properties",
+                                                  "schedule overrides"), rows, METHODS)
 
 
 def explainers_page() -> str:
@@ -192,7 +196,7 @@ def datasets_page() -> str:
     from harness import data
 
     _registries()
-    rows, details = [], []
+    rows = []
     for e in data.DATASETS:
         meta = e.meta
         where = "embedded" if meta.get("embedded") else "`--data-dir`"
@@ -200,13 +204,9 @@ def datasets_page() -> str:
         rows.append((code(e.name), where, meta.get("source", ""),
                      meta.get("num_classes", ""), boxes,
                      "yes" if meta.get("multi_label") else "", meta.get("image_size", "")))
-        doc = docstring(e.obj)
-        if doc:
-            details.append(f"### `{e.name}`\n\n{fenced(doc)}")
-    return (HEADER.format(source="harness.data.DATASETS")
-            + table(("id", "read from", "source", "classes", "boxes", "multi-label",
-                     "image size"), rows)
-            + DETAILS + "\n".join(details))
+    return with_details("harness.data.DATASETS", ("id", "read from", "source", "classes",
+                                                  "boxes", "multi-label", "image size"),
+                        rows, data.DATASETS)
 
 
 def backbones_page() -> str:
