@@ -67,7 +67,8 @@ def test_each_method_prints_under_its_own_header(
     it trains for; abn, which COMB's protocol needs before the rows, under a line of its
     own; then a warm rerun says cached in each header."""
     args = ["--methods", "baseline,cam,abn,abn-amb", "--preset", "smoke", "--device", "cpu",
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+            "--db", str(tmp_path / "db.sqlite")]  # its own store: cold means no score stored
     assert run.main(args) == 0
     got = sections(capsys.readouterr().out)
     heads = [k for k in got if k != "(before)"]
