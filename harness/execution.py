@@ -546,10 +546,12 @@ class Session:
     def final_meta(self) -> dict[str, Any]:
         """The run's record after its rows: sizes, the causal passes, the wall time."""
         meta = dict(self.meta)
+        from reports.leaderboard import PASSES_MARK
+
         passes = passes_by_kind(self.results)
         if passes:  # how the causal metrics' forward passes ran, on the protocol line too
-            meta.update(causal_passes=passes, protocol=f"{meta['protocol']}; causal forward "
-                                                       f"passes: {describe_passes(passes)}")
+            meta.update(causal_passes=passes,
+                        protocol=f"{meta['protocol']}{PASSES_MARK}{describe_passes(passes)}")
         meta.setdefault("comb_reference", None)
         meta.setdefault("n_comb", None)
         meta.update(n_test=self.results[0].n_test, n_causal=self.results[0].n_causal,

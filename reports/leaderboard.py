@@ -14,6 +14,7 @@ import base64
 import dataclasses
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -642,6 +643,18 @@ def below_uniform(record: RunRecord) -> dict[str, str]:
     return out
 
 
+#: where a run's protocol line goes on to how its causal forward passes ran
+PASSES_MARK = "; causal forward passes: "
+
+
+def protocol_parts(protocol: str) -> tuple[str, list[str]]:
+    """A run's protocol line as the page shows it: the protocol proper, and the phrases
+    on its causal forward passes (one per model kind, each ending in its parenthesis)
+    that the page folds away; the CSV keeps the whole line."""
+    head, _, passes = protocol.partition(PASSES_MARK)
+    return head, re.split(r"(?<=\)); ", passes) if passes else []
+
+
 #: the in-page anchors of the findings' notes (the documentation links to them)
 FINDING_ANCHORS = {"coinciding": "findings-coinciding-explanations",
                    "uniform": "findings-less-energy-than-uniform"}
@@ -706,8 +719,10 @@ def render_html(record: RunRecord, frame: pd.DataFrame) -> str:
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     comparisons = comparison_matrix(record)
     groups = by_explainer(record)
+    protocol, passes = protocol_parts(record.meta["protocol"])
     return env.get_template("leaderboard.html.j2").render(
-        meta=record.meta, header=header, body=body, methods=record.method_meta,
+        meta=record.meta, protocol=protocol, passes=passes, header=header, body=body,
+        methods=record.method_meta,
         seeds=record.seeds, references=sorted(set(record.analysis.references.values())),
         comparisons=comparisons, stable_tau=STABLE_TAU, alpha=ALPHA,
         paper=paper_frame(record).to_dict("records") if record.paper_values else [],

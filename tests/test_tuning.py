@@ -285,11 +285,16 @@ def test_a_short_last_pass_is_scored_but_not_timed() -> None:
 def test_a_run_records_its_forward_batches(tmp_path: Path) -> None:
     """The batch that scored most images, the images at each size, the streams and the
     engine: per row and per model kind in config.yaml and the store's run record, and on
-    the protocol line; a rerun read from the store reports the same."""
+    the protocol line (the page folds them under it); a rerun read from the store
+    reports the same."""
+    import html
+    import re
+
     import pandas as pd
     import yaml
 
     from harness import run, store
+    from reports.leaderboard import protocol_parts
 
     db, out = tmp_path / "r.db", tmp_path / "out"
     args = ["--preset", "smoke", "--methods", "abn,cam", "--db", str(db), "--out", str(out),
@@ -312,6 +317,14 @@ def test_a_run_records_its_forward_batches(tmp_path: Path) -> None:
     assert row["model_kind"].startswith("ABN (") and row["forward_batch"] in tuning.BATCH_CANDIDATES
     protocol = pd.read_csv(out / "leaderboard.csv")["protocol"][0]
     assert "causal forward passes: ABN (" in protocol and "% of the images" in protocol
+    # the page folds the passes away under the protocol, one item per model kind
+    page = (out / "leaderboard.html").read_text()
+    head, passes = protocol.split("; causal forward passes: ")
+    assert f"Protocol: {html.escape(head)}." in page and "causal forward passes:" not in page
+    folded = page.split('id="causal-passes"')[1].split("</details>")[0]
+    items = re.findall(r"<li>(.*?)</li>", folded)
+    assert [html.unescape(i) for i in items] == protocol_parts(protocol)[1]
+    assert len(items) == len(kinds) and "; ".join(html.unescape(i) for i in items) == passes
     with store.Store(db, readonly=True) as st:
         (info,) = st.runs()
         assert info.meta["causal_passes"].keys() == kinds.keys()
