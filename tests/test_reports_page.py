@@ -4,8 +4,8 @@ readable, the findings beside their rows, the columns a 1440-px window shows."""
 from __future__ import annotations
 
 import re
-import shutil
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from harness.store import Store
 from metrics.localization import box_share, energy_pointing_game
 from reports import leaderboard as lb
 from reports.leaderboard import RunRecord
+from tests import browser
 
 N = 40  # test images of the synthetic run
 ROWS = ["baseline", "cam", "gradcam", "abn", "abn-amb", "abn-cot", "abn-comb", "abn-hk",
@@ -427,61 +428,49 @@ def test_default_columns_and_lens_checkboxes(run_page: tuple[RunRecord, str]) ->
     assert not re.search(r'(src|href)="(https?:)?//', html)
 
 
-def _browser() -> Any:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    driver = shutil.which("chromedriver")
-    if driver is None:
-        pytest.skip("no chromedriver")
-    opts = Options()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1440,1000"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=opts, service=Service(driver))
+@pytest.fixture
+def driver() -> Iterator[Any]:
+    yield from browser.chromium(1440, 1000)
 
 
-def test_the_page_in_a_1440px_window(run_page: tuple[RunRecord, str], tmp_path: Path) -> None:
+@pytest.mark.browser
+def test_the_page_in_a_1440px_window(run_page: tuple[RunRecord, str], tmp_path: Path,
+                                     driver: Any) -> None:
     """The default columns fit without scrolling; a lens's checkbox shows its columns,
     which sort like the others; no console errors."""
     _record, html = run_page
     page = tmp_path / "leaderboard.html"
     page.write_text(html, encoding="utf-8")
-    browser = _browser()
-    try:
-        browser.get(page.as_uri())
-        box = browser.find_element("css selector", "#board").find_element("xpath", "..")
-        assert browser.execute_script("return arguments[0].scrollWidth <= arguments[0]"
-                                      ".clientWidth", box)
-        assert browser.execute_script("return document.documentElement.scrollWidth <= "
-                                      "document.documentElement.clientWidth")
-        header = browser.find_element("xpath", "//table[@id='board']//th[starts-with("
-                                      "normalize-space(.), 'road_morf')]")
-        assert not header.is_displayed()
-        browser.find_element("id", "cols-faithfulness").click()
-        assert header.is_displayed()
-        header.click()  # ascending by the hidden-until-now column
-        col = browser.execute_script(
-            "return Array.from(document.querySelectorAll('#board th')).indexOf(arguments[0])",
-            header)
-        values = browser.execute_script(
-            "var col = arguments[0]; return Array.from(document.querySelectorAll("
-            "'#board tbody tr')).map(function (r) { return parseFloat(r.cells[col]"
-            ".dataset.sort); })", col)
-        assert values == sorted(values) and len(values) == 15
-        browser.find_element("id", "cols-all").click()
-        assert browser.find_element(
-            "xpath", "//table[@id='board']//th[starts-with(normalize-space(.), "
-                     "'local_lipschitz')]").is_displayed()
-        browser.find_element("id", "cols-all").click()
-        assert not header.is_displayed()
-        # the class-confusion figure opens on a click
-        figure = browser.find_element("css selector", "#confusion-figure img")
-        assert not figure.is_displayed()
-        browser.find_element("css selector", "#confusion-figure summary").click()
-        assert figure.is_displayed()
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-        assert errors == []
-    finally:
-        browser.quit()
+    driver.get(page.as_uri())
+    box = driver.find_element("css selector", "#board").find_element("xpath", "..")
+    assert driver.execute_script("return arguments[0].scrollWidth <= arguments[0]"
+                                 ".clientWidth", box)
+    assert driver.execute_script("return document.documentElement.scrollWidth <= "
+                                 "document.documentElement.clientWidth")
+    header = driver.find_element("xpath", "//table[@id='board']//th[starts-with("
+                                 "normalize-space(.), 'road_morf')]")
+    assert not header.is_displayed()
+    driver.find_element("id", "cols-faithfulness").click()
+    assert header.is_displayed()
+    header.click()  # ascending by the hidden-until-now column
+    col = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#board th')).indexOf(arguments[0])",
+        header)
+    values = driver.execute_script(
+        "var col = arguments[0]; return Array.from(document.querySelectorAll("
+        "'#board tbody tr')).map(function (r) { return parseFloat(r.cells[col]"
+        ".dataset.sort); })", col)
+    assert values == sorted(values) and len(values) == 15
+    driver.find_element("id", "cols-all").click()
+    assert driver.find_element(
+        "xpath", "//table[@id='board']//th[starts-with(normalize-space(.), "
+                 "'local_lipschitz')]").is_displayed()
+    driver.find_element("id", "cols-all").click()
+    assert not header.is_displayed()
+    # the class-confusion figure opens on a click
+    figure = driver.find_element("css selector", "#confusion-figure img")
+    assert not figure.is_displayed()
+    driver.find_element("css selector", "#confusion-figure summary").click()
+    assert figure.is_displayed()
+    assert browser.console_errors(driver) == []
+
