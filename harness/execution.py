@@ -545,9 +545,9 @@ class Session:
 
     def final_meta(self) -> dict[str, Any]:
         """The run's record after its rows: sizes, the causal passes, the wall time."""
-        meta = dict(self.meta)
         from reports.leaderboard import PASSES_MARK
 
+        meta = dict(self.meta)
         passes = passes_by_kind(self.results)
         if passes:  # how the causal metrics' forward passes ran, on the protocol line too
             meta.update(causal_passes=passes,
